@@ -1,0 +1,1 @@
+"""Wire formats, task and result types, configuration and errors shared by every role."""

@@ -1,0 +1,41 @@
+"""The rooted error hierarchy: every error framehive raises on purpose derives from FramehiveError."""
+
+
+class FramehiveError(Exception):
+    """Base of every error framehive raises on purpose."""
+
+
+class ConfigError(FramehiveError):
+    """A setting is missing, malformed or out of range."""
+
+
+class DecodeError(FramehiveError):
+    """Bytes from the wire could not be decoded."""
+
+
+class PipelineSpecError(ConfigError):
+    """A pipeline spec names an unknown stage or gives a bad argument."""
+
+
+class TaskError(FramehiveError):
+    """A task operation was refused by the task store."""
+
+
+class UnknownTask(TaskError):
+    """The task id is not known (never added, or already finished and forgotten)."""
+
+
+class StaleLease(TaskError):
+    """The lease token does not match the task's current lease (expired, requeued or finished)."""
+
+
+class QueueFull(TaskError):
+    """The store refused a task because a hard capacity limit is reached."""
+
+
+class BadRequest(FramehiveError):
+    """A request's arguments are malformed (wrong type, out of range, missing field)."""
+
+
+class MasterUnavailable(FramehiveError):
+    """The master could not be reached or did not answer in time."""

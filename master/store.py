@@ -1,0 +1,328 @@
+"""The task store: task states, leases with fencing tokens, fair scheduling and result rings.
+
+Pure and thread-safe: no sockets, no threads of its own, no clock reads. Every call that
+depends on time takes `now` (seconds since the Unix epoch, as a float).
+
+    PENDING --request--> IN PROGRESS --complete--> COMPLETED (result stored, record forgotten)
+       ^                     |  lease expired / failed (attempts left) / released
+       +---------------------+
+                             |  lease expired / failed, no attempts left --> FAILED (error result stored)
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from common.errors import QueueFull, StaleLease, UnknownTask
+from common.tasks import SEQ_WIRE_MASK, Outcome, Task, TaskKind, TaskSpec, TaskState
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Limits and timings of the task store."""
+
+    lease_s: float = 10.0  # a lease not renewed or completed within this is requeued
+    max_hold_s: float = 120.0  # renewals never keep one task leased longer than this
+    max_attempts: int = 3  # leases per task before it is FAILED
+    max_pending_per_port: int = 8  # live frames waiting per camera; the oldest is dropped beyond
+    max_frame_age_s: float = 30.0  # a live frame older than this (since received) is never handed out
+    max_tasks: int = 20_000  # pending + in progress, all kinds
+    max_ports: int = 1024
+    results_per_port: int = 1000  # ring size behind get_results
+
+    def __post_init__(self) -> None:
+        for name in ("lease_s", "max_hold_s", "max_frame_age_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("max_attempts", "max_pending_per_port", "max_tasks", "max_ports", "results_per_port"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A task handed to a worker, with the token that must come back with its outcome."""
+
+    task: Task
+    token: str
+    lease_s: float
+    attempt: int
+
+
+@dataclass
+class _Record:
+    task: Task
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0
+    token: str = ""
+    worker: str = ""
+    deadline: float = 0.0
+    first_leased: float = 0.0
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.task.spec
+
+    @property
+    def lane(self) -> Hashable:
+        spec = self.task.spec
+        return ("job", spec.job_id) if spec.kind is TaskKind.TILE else ("port", spec.port)
+
+
+@dataclass
+class _Ring:
+    """Recent results of one port, each with a cursor that only grows."""
+
+    size: int
+    items: deque = field(default_factory=deque)
+    last: int = 0
+
+    def append(self, result: dict[str, Any]) -> int:
+        self.last += 1
+        self.items.append((self.last, result))
+        if len(self.items) > self.size:
+            self.items.popleft()
+        return self.last
+
+    def since(self, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int, int]:
+        """Results after `cursor`, the cursor to pass next time, and how many were evicted unread.
+
+        A cursor from the future (the master restarted) reads from the oldest result kept.
+        """
+        cursor = 0 if cursor > self.last else max(cursor, 0)
+        first = self.items[0][0] if self.items else self.last + 1
+        start = max(cursor + 1, first)
+        chunk = [r for _, r in itertools.islice(self.items, start - first, start - first + limit)]
+        nxt = chunk[-1]["cursor"] if chunk else self.last
+        return chunk, nxt, start - cursor - 1
+
+
+class TaskStore:
+    """All tasks, leases and results of one master."""
+
+    def __init__(self, config: StoreConfig | None = None, *,
+                 token_factory: Callable[[], str] = lambda: secrets.token_hex(8),
+                 id_prefix: str | None = None) -> None:
+        self.config = config or StoreConfig()
+        self._token = token_factory
+        self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(3)
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._tasks: dict[str, _Record] = {}
+        self._lanes: dict[Hashable, deque[str]] = {}
+        self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
+        self._rings: dict[int, _Ring] = {}
+        self.counters: Counter[str] = Counter()
+        self.port_counters: dict[int, Counter[str]] = {}
+
+    # ----- producers -------------------------------------------------------------------------
+
+    def add(self, spec: TaskSpec, payload: bytes, now: float) -> str:
+        """Queue a task; return its id. Live frames beyond the per-port cap push out the oldest."""
+        with self._lock:
+            self._admit(spec)
+            self._next_id += 1
+            task = Task(f"{self._prefix}-{self._next_id:x}", spec, bytes(payload), int(now * NS))
+            rec = _Record(task)
+            lane = self._lanes.setdefault(rec.lane, deque())
+            if spec.kind is TaskKind.FRAME:
+                while len(lane) >= self.config.max_pending_per_port:
+                    self._drop(lane.popleft(), "dropped_overflow")
+            self._tasks[task.id] = rec
+            lane.append(task.id)
+            self._ready(rec.lane)
+            self._count(spec.port, "added")
+            return task.id
+
+    def _admit(self, spec: TaskSpec) -> None:
+        if spec.port not in self.port_counters and len(self.port_counters) >= self.config.max_ports:
+            raise QueueFull(f"too many ports (max {self.config.max_ports})")
+        lane_full = spec.kind is TaskKind.FRAME and len(
+            self._lanes.get(("port", spec.port), ())) >= self.config.max_pending_per_port
+        if len(self._tasks) >= self.config.max_tasks and not lane_full:
+            self.counters["rejected_full"] += 1
+            raise QueueFull(f"the master holds {len(self._tasks)} tasks (max {self.config.max_tasks})")
+
+    # ----- workers -----------------------------------------------------------------------------
+
+    def request(self, worker: str, max_n: int, now: float) -> list[Lease]:
+        """Lease up to `max_n` pending tasks to `worker`, one lane at a time in turn."""
+        leases: list[Lease] = []
+        with self._lock:
+            while len(leases) < max_n and self._turn:
+                lane_key = self._turn.popleft()
+                rec = self._next_in_lane(lane_key, now)
+                if self._lanes.get(lane_key):
+                    self._turn.append(lane_key)
+                if rec is not None:
+                    leases.append(self._lease(rec, worker, now))
+        return leases
+
+    def _next_in_lane(self, lane_key: Hashable, now: float) -> _Record | None:
+        lane = self._lanes.get(lane_key)
+        while lane:
+            rec = self._tasks[lane.popleft()]
+            if rec.spec.kind is TaskKind.FRAME and now - self._received_s(rec) > self.config.max_frame_age_s:
+                self._drop(rec.task.id, "dropped_stale")
+                continue
+            return rec
+        return None
+
+    @staticmethod
+    def _received_s(rec: _Record) -> float:
+        return (rec.spec.received_ns or rec.task.queued_ns) / NS
+
+    def _lease(self, rec: _Record, worker: str, now: float) -> Lease:
+        rec.state, rec.worker, rec.token = TaskState.IN_PROGRESS, worker, self._token()
+        rec.attempts += 1
+        rec.deadline = now + self.config.lease_s
+        rec.first_leased = rec.first_leased or now
+        self.counters["leased"] += 1
+        return Lease(rec.task, rec.token, self.config.lease_s, rec.attempts)
+
+    def complete(self, task_id: str, token: str, outcome: Outcome, worker: str, now: float) -> dict[str, Any]:
+        """Store a worker's result; a stale or unknown lease raises and stores nothing."""
+        with self._lock:
+            rec = self._leased(task_id, token)
+            del self._tasks[task_id]
+            status = "error" if outcome.error else "ok"
+            result = self._store_result(rec, outcome, worker, status, now)
+            self._count(rec.spec.port, "completed")
+            return result
+
+    def fail(self, task_id: str, token: str, error: str, now: float) -> TaskState:
+        """A worker could not finish a task: requeue it, or fail it when attempts are used up."""
+        with self._lock:
+            rec = self._leased(task_id, token)
+            self.counters["worker_failures"] += 1
+            return self._retry_or_fail(rec, error, now)
+
+    def release(self, task_id: str, token: str) -> None:
+        """Hand a leased task back unprocessed (worker shutting down); the attempt is not counted."""
+        with self._lock:
+            rec = self._leased(task_id, token)
+            rec.attempts -= 1
+            self._requeue(rec)
+            self.counters["released"] += 1
+
+    def renew(self, worker: str, now: float) -> int:
+        """Extend every lease `worker` holds (it is alive), up to max_hold_s per task."""
+        n = 0
+        with self._lock:
+            for rec in self._tasks.values():
+                if rec.state is TaskState.IN_PROGRESS and rec.worker == worker:
+                    rec.deadline = min(now + self.config.lease_s, rec.first_leased + self.config.max_hold_s)
+                    n += 1
+        return n
+
+    def expire(self, now: float, *, worker: str | None = None) -> int:
+        """Requeue (or fail) leases past their deadline, or every lease of a dead `worker`."""
+        n = 0
+        with self._lock:
+            for rec in list(self._tasks.values()):
+                if rec.state is not TaskState.IN_PROGRESS:
+                    continue
+                if (worker is not None and rec.worker == worker) or (worker is None and rec.deadline <= now):
+                    self.counters["lease_expired"] += 1
+                    self._retry_or_fail(rec, f"lease expired on worker {rec.worker!r}", now)
+                    n += 1
+        return n
+
+    def _leased(self, task_id: str, token: str) -> _Record:
+        rec = self._tasks.get(task_id)
+        if rec is None:
+            self.counters["stale_completions"] += 1
+            raise UnknownTask(f"task {task_id!r} is unknown or already finished")
+        if rec.state is not TaskState.IN_PROGRESS or not secrets.compare_digest(rec.token, token):
+            self.counters["stale_completions"] += 1
+            raise StaleLease(f"lease token for task {task_id!r} is stale (the task was requeued)")
+        return rec
+
+    def _retry_or_fail(self, rec: _Record, error: str, now: float) -> TaskState:
+        if rec.attempts < self.config.max_attempts:
+            self._requeue(rec)
+            self.counters["retried"] += 1
+            return TaskState.PENDING
+        del self._tasks[rec.task.id]
+        self._store_result(rec, Outcome(rec.task.id, rec.token, error=f"failed after {rec.attempts} "
+                                        f"attempts: {error}"), rec.worker, "failed", now)
+        self._count(rec.spec.port, "failed")
+        return TaskState.FAILED
+
+    def _requeue(self, rec: _Record) -> None:
+        rec.state, rec.token, rec.worker = TaskState.PENDING, "", ""
+        lane = self._lanes.setdefault(rec.lane, deque())
+        lane.appendleft(rec.task.id)
+        if rec.spec.kind is TaskKind.FRAME and len(lane) > self.config.max_pending_per_port:
+            self._drop(lane.pop(), "dropped_overflow")
+        self._ready(rec.lane)
+
+    def _ready(self, lane_key: Hashable) -> None:
+        if lane_key not in self._turn:
+            self._turn.append(lane_key)
+
+    def _drop(self, task_id: str, reason: str) -> None:
+        rec = self._tasks.pop(task_id)
+        self._count(rec.spec.port, reason)
+
+    def _count(self, port: int, what: str) -> None:
+        self.counters[what] += 1
+        self.port_counters.setdefault(port, Counter())[what] += 1
+
+    # ----- results -----------------------------------------------------------------------------
+
+    def _store_result(self, rec: _Record, o: Outcome, worker: str, status: str, now: float) -> dict[str, Any]:
+        spec = rec.spec
+        ring = self._rings.setdefault(spec.port, _Ring(self.config.results_per_port))
+        result = {
+            "cursor": ring.last + 1, "task_id": rec.task.id, "port": spec.port,
+            "seq": spec.seq & SEQ_WIRE_MASK, "kind": spec.kind.value, "pipeline": spec.pipeline,
+            "status": status, "error": o.error, "worker": worker, "attempts": rec.attempts,
+            "detections": [d.to_wire() for d in o.detections],
+            "timings_ms": {k: round(v, 3) for k, v in o.timings_ms.items()},
+            "captured_at": spec.captured_ns / NS, "received_at": self._received_s(rec),
+            "queued_at": rec.task.queued_ns / NS, "completed_at": now,
+            "latency_ms": round((now - spec.captured_ns / NS) * 1000.0, 3),
+        }
+        if spec.job_id:
+            result["job_id"] = spec.job_id
+        ring.append(result)
+        return result
+
+    def results(self, port: int, since: int, limit: int) -> dict[str, Any]:
+        """Results of `port` after cursor `since`: {"results", "next", "missed"}."""
+        with self._lock:
+            ring = self._rings.get(port)
+            if ring is None:
+                return {"results": [], "next": max(0, since), "missed": 0}
+            chunk, nxt, missed = ring.since(since, limit)
+            return {"results": chunk, "next": nxt, "missed": missed}
+
+    # ----- introspection -----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts by state, totals and per-port counters."""
+        with self._lock:
+            states = Counter(r.state.value for r in self._tasks.values())
+            pending_by_port = Counter(r.spec.port for r in self._tasks.values() if r.state is TaskState.PENDING)
+            ports = {
+                str(p): {**c, "pending": pending_by_port.get(p, 0),
+                         "results": self._rings[p].last if p in self._rings else 0}
+                for p, c in self.port_counters.items()
+            }
+            return {"pending": states.get(TaskState.PENDING.value, 0),
+                    "in_progress": states.get(TaskState.IN_PROGRESS.value, 0),
+                    "counters": dict(self.counters), "ports": ports}
+
+    def state_of(self, task_id: str) -> TaskState | None:
+        """The state of a task still held (None once completed, failed or dropped)."""
+        with self._lock:
+            rec = self._tasks.get(task_id)
+            return rec.state if rec else None

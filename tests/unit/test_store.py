@@ -1,0 +1,194 @@
+"""The task store with an injected clock: leases, expiry, fencing, attempt cap, caps, fairness."""
+
+import itertools
+import threading
+
+import pytest
+
+from common.errors import QueueFull, StaleLease, UnknownTask
+from common.tasks import Detection, Outcome, TaskKind, TaskSpec, TaskState
+from master.store import StoreConfig, TaskStore
+
+T0 = 1_700_000_000.0
+
+
+def spec(port=5000, seq=0, kind=TaskKind.FRAME, job="", received=T0):
+    return TaskSpec(port=port, seq=seq, pipeline="person", captured_ns=int(received * 1e9),
+                    received_ns=int(received * 1e9), kind=kind, job_id=job)
+
+
+def make(**cfg):
+    counter = itertools.count()
+    return TaskStore(StoreConfig(**cfg), token_factory=lambda: f"tok{next(counter)}", id_prefix="t")
+
+
+def ok(lease, label="person"):
+    return Outcome(lease.task.id, lease.token, (Detection(label, 0.9, (1, 2, 3, 4)),), {"person": 12.5})
+
+
+def test_lifecycle_pending_in_progress_completed():
+    s = make()
+    tid = s.add(spec(seq=7), b"jpeg", T0)
+    assert s.state_of(tid) is TaskState.PENDING
+    [lease] = s.request("w1", 4, T0)
+    assert lease.task.payload == b"jpeg" and lease.attempt == 1
+    assert s.state_of(tid) is TaskState.IN_PROGRESS
+    r = s.complete(tid, lease.token, ok(lease), "w1", T0 + 0.05)
+    assert s.state_of(tid) is None
+    assert r["seq"] == 7 and r["worker"] == "w1" and r["status"] == "ok"
+    assert r["detections"] == [{"label": "person", "score": 0.9, "box": [1, 2, 3, 4]}]
+    assert r["latency_ms"] == pytest.approx(50.0, abs=0.01)
+    page = s.results(5000, 0, 100)
+    assert [x["seq"] for x in page["results"]] == [7] and page["next"] == 1
+
+
+def test_stale_token_cannot_complete_after_expiry():
+    s = make(lease_s=5)
+    tid = s.add(spec(), b"x", T0)
+    [slow] = s.request("slow", 1, T0)
+    assert s.expire(T0 + 4.9) == 0
+    assert s.expire(T0 + 5.0) == 1
+    [fast] = s.request("fast", 1, T0 + 5.1)
+    assert fast.task.id == tid and fast.attempt == 2
+    with pytest.raises(StaleLease):
+        s.complete(tid, slow.token, ok(slow), "slow", T0 + 6)
+    s.complete(tid, fast.token, ok(fast), "fast", T0 + 6)
+    with pytest.raises(UnknownTask):  # the slow one tries again later: still no duplicate
+        s.complete(tid, slow.token, ok(slow), "slow", T0 + 7)
+    assert len(s.results(5000, 0, 100)["results"]) == 1
+    assert s.counters["stale_completions"] == 2
+
+
+def test_attempt_cap_fails_task_with_visible_error():
+    s = make(lease_s=1, max_attempts=2)
+    tid = s.add(spec(), b"x", T0)
+    for i in range(2):
+        assert len(s.request("w", 1, T0 + 2 * i)) == 1
+        s.expire(T0 + 2 * i + 1.5)
+    assert s.state_of(tid) is None
+    [r] = s.results(5000, 0, 10)["results"]
+    assert r["status"] == "failed" and "2 attempts" in r["error"]
+    assert s.request("w", 1, T0 + 10) == []
+
+
+def test_worker_failure_requeues_then_fails():
+    s = make(max_attempts=2)
+    tid = s.add(spec(), b"x", T0)
+    [a] = s.request("w", 1, T0)
+    assert s.fail(tid, a.token, "boom", T0) is TaskState.PENDING
+    [b] = s.request("w", 1, T0)
+    assert s.fail(tid, b.token, "boom", T0) is TaskState.FAILED
+
+
+def test_release_does_not_use_an_attempt():
+    s = make(max_attempts=1)
+    tid = s.add(spec(), b"x", T0)
+    [a] = s.request("w", 1, T0)
+    s.release(tid, a.token)
+    [b] = s.request("w2", 1, T0)
+    assert b.attempt == 1
+    with pytest.raises(StaleLease):
+        s.release(tid, a.token)
+
+
+def test_renew_keeps_a_live_worker_lease_up_to_max_hold():
+    s = make(lease_s=5, max_hold_s=12)
+    s.add(spec(), b"x", T0)
+    s.request("w", 1, T0)
+    for t in (4, 8):
+        s.renew("w", T0 + t)
+        assert s.expire(T0 + t + 3.5) == 0  # past the original deadline, inside the renewed one
+    s.renew("w", T0 + 11)  # would reach T0 + 16, capped at max_hold_s
+    assert s.expire(T0 + 12.01) == 1
+
+
+def test_dead_worker_leases_are_requeued_at_once():
+    s = make(lease_s=60)
+    s.add(spec(seq=1), b"x", T0)
+    s.add(spec(seq=2), b"x", T0)
+    s.request("dead", 1, T0)
+    s.request("alive", 1, T0)
+    assert s.expire(T0 + 1, worker="dead") == 1
+    [again] = s.request("alive", 5, T0 + 1)
+    assert again.task.spec.seq == 1
+
+
+def test_per_port_cap_drops_oldest_frames():
+    s = make(max_pending_per_port=3)
+    for i in range(10):
+        s.add(spec(seq=i), b"x", T0)
+    assert [x.task.spec.seq for x in s.request("w", 10, T0)] == [7, 8, 9]
+    assert s.port_counters[5000]["dropped_overflow"] == 7
+
+
+def test_tiles_are_never_dropped_but_capacity_is_bounded():
+    s = make(max_pending_per_port=2, max_tasks=5)
+    for i in range(5):
+        s.add(spec(seq=i, kind=TaskKind.TILE, job="j1"), b"x", T0)
+    with pytest.raises(QueueFull):
+        s.add(spec(seq=5, kind=TaskKind.TILE, job="j1"), b"x", T0)
+    assert len(s.request("w", 10, T0 + 1000)) == 5  # never stale
+
+
+def test_stale_frames_are_not_handed_out():
+    s = make(max_frame_age_s=2)
+    s.add(spec(seq=1, received=T0), b"x", T0)
+    s.add(spec(seq=2, received=T0 + 2), b"x", T0 + 2)
+    assert [x.task.spec.seq for x in s.request("w", 5, T0 + 3)] == [2]
+    assert s.port_counters[5000]["dropped_stale"] == 1
+
+
+def test_fair_across_ports():
+    s = make(max_pending_per_port=100)
+    for i in range(50):
+        s.add(spec(port=5000, seq=i), b"x", T0)
+    for i in range(3):
+        s.add(spec(port=5001, seq=i), b"x", T0)
+    first = [x.task.spec.port for x in s.request("w", 6, T0)]
+    assert first == [5000, 5001] * 3
+
+
+def test_result_cursor_ring_and_missed_count():
+    s = make(results_per_port=3)
+    for i in range(5):
+        s.add(spec(seq=i), b"x", T0)
+        [lease] = s.request("w", 1, T0)
+        s.complete(lease.task.id, lease.token, ok(lease), "w", T0)
+    page = s.results(5000, 0, 10)
+    assert [r["seq"] for r in page["results"]] == [2, 3, 4] and page["missed"] == 2 and page["next"] == 5
+    assert s.results(5000, 5, 10) == {"results": [], "next": 5, "missed": 0}
+    page = s.results(5000, 3, 1)
+    assert [r["cursor"] for r in page["results"]] == [4] and page["next"] == 4
+    # a cursor from before a master restart reads from the oldest kept result
+    assert [r["cursor"] for r in s.results(5000, 999, 10)["results"]] == [3, 4, 5]
+    assert s.results(6000, 0, 10) == {"results": [], "next": 0, "missed": 0}
+
+
+def test_too_many_ports_refused():
+    s = make(max_ports=2)
+    s.add(spec(port=1), b"", T0)
+    s.add(spec(port=2), b"", T0)
+    with pytest.raises(QueueFull):
+        s.add(spec(port=3), b"", T0)
+
+
+def test_concurrent_workers_never_get_the_same_task_or_double_complete():
+    s = make(max_pending_per_port=10_000, max_tasks=10_000)
+    for i in range(2000):
+        s.add(spec(port=5000 + i % 4, seq=i), b"x", T0)
+    seen, lock = [], threading.Lock()
+
+    def work(name):
+        while leases := s.request(name, 3, T0):
+            for lease in leases:
+                s.complete(lease.task.id, lease.token, ok(lease), name, T0)
+                with lock:
+                    seen.append(lease.task.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(seen) == len(set(seen)) == 2000
+    assert s.snapshot()["pending"] == 0
