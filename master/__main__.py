@@ -1,0 +1,91 @@
+"""`python -m master`: the coordinator (XML-RPC + binary task API + status on one HTTP port)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+
+from common.runtime import is_loopback, setup_logging, stop_on_signals
+from master.httpserver import DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
+from master.service import MasterService, ServiceConfig
+from master.store import StoreConfig
+
+log = logging.getLogger("master")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m master", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (:: for every IPv6 and IPv4 address)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (XML-RPC at /RPC2)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow binding a non-loopback address without authentication")
+    p.add_argument("--lease-s", type=float, default=StoreConfig.lease_s, help="task lease before requeue")
+    p.add_argument("--max-attempts", type=int, default=StoreConfig.max_attempts, help="leases per task")
+    p.add_argument("--max-pending-per-port", type=int, default=StoreConfig.max_pending_per_port,
+                   help="live frames waiting per camera; older ones are dropped")
+    p.add_argument("--max-frame-age-s", type=float, default=StoreConfig.max_frame_age_s,
+                   help="live frames older than this are dropped, never processed")
+    p.add_argument("--results-per-port", type=int, default=StoreConfig.results_per_port,
+                   help="results kept per camera for get_results")
+    p.add_argument("--worker-timeout-s", type=float, default=ServiceConfig.worker_timeout_s,
+                   help="a worker silent this long is dead and its tasks requeued")
+    p.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
+                   help="largest request body accepted")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be 0..65535, got {args.port}")
+    if not is_loopback(args.host) and not args.insecure:
+        p.error(f"refusing to bind {args.host}: this master has no authentication yet, so anyone who "
+                "reaches it could queue work and read results; bind 127.0.0.1, or pass --insecure on a "
+                "network you trust")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> ServiceConfig:
+    """Turn flags into a validated ServiceConfig (ValueError names the bad setting)."""
+    store = StoreConfig(lease_s=args.lease_s, max_attempts=args.max_attempts,
+                        max_pending_per_port=args.max_pending_per_port, max_frame_age_s=args.max_frame_age_s,
+                        results_per_port=args.results_per_port)
+    if args.worker_timeout_s <= 0:
+        raise ValueError("worker_timeout_s must be > 0")
+    return ServiceConfig(store=store, worker_timeout_s=args.worker_timeout_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = build_config(args)
+    except ValueError as e:
+        print(f"python -m master: error: {e}", file=sys.stderr)
+        return 2
+    stop = stop_on_signals()
+    service = MasterService(config)
+    try:
+        server = MasterHTTPServer((args.host, args.port), service,
+                                  max_request_bytes=int(args.max_request_mb * 2**20))
+    except OSError as e:
+        print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        return 1
+    service.start()
+    host, port = server.server_address[:2]
+    log.info("master listening on http://%s:%d (XML-RPC at /RPC2)", host if ":" not in host else f"[{host}]", port)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http")
+    serving.start()
+    stop.wait()
+    log.info("stopping: closing the HTTP port")
+    server.shutdown()
+    serving.join(5)
+    server.server_close()
+    service.stop()
+    service.join(5)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The XML-RPC facade: only the public verbs, explicit argument checks, domain errors as Faults.
+
+Fault codes (docs/PROTOCOL.md): 1 unknown verb, 2 bad arguments, 3 stale lease, 4 unknown task,
+5 queue full, 6 internal error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable
+from xmlrpc.client import Binary, Fault
+from xmlrpc.server import SimpleXMLRPCDispatcher
+
+from common.errors import BadRequest, FramehiveError, QueueFull, StaleLease, UnknownTask
+from common.tasks import outcome_from_wire, spec_from_wire, task_to_wire
+from master.service import MasterService
+from master.store import Lease
+
+log = logging.getLogger(__name__)
+
+FAULT_UNKNOWN_VERB = 1
+FAULT_BAD_ARGS = 2
+FAULT_STALE_LEASE = 3
+FAULT_UNKNOWN_TASK = 4
+FAULT_QUEUE_FULL = 5
+FAULT_INTERNAL = 6
+
+_FAULTS: list[tuple[type[Exception], int]] = [
+    (StaleLease, FAULT_STALE_LEASE), (UnknownTask, FAULT_UNKNOWN_TASK), (QueueFull, FAULT_QUEUE_FULL),
+    (BadRequest, FAULT_BAD_ARGS), (FramehiveError, FAULT_BAD_ARGS),
+]
+MAX_BATCH_ITEMS = 1024
+
+
+def lease_to_wire(lease: Lease, *, binary: bool) -> dict[str, Any]:
+    """A lease as a dict; the payload as xmlrpc Binary when `binary`, else left out."""
+    d = {**task_to_wire(lease.task), "token": lease.token, "lease_s": lease.lease_s, "attempt": lease.attempt}
+    if binary:
+        d["payload"] = Binary(lease.task.payload)
+    return d
+
+
+def _payload(d: Any) -> bytes:
+    p = d.get("payload") if isinstance(d, dict) else None
+    if isinstance(p, Binary):
+        return p.data
+    if isinstance(p, bytes):
+        return p
+    raise BadRequest("task 'payload' must be base64 binary (xmlrpc Binary)")
+
+
+def _items(value: Any, what: str) -> list:
+    if not isinstance(value, list):
+        raise BadRequest(f"{what} must be an array, got {type(value).__name__}")
+    if len(value) > MAX_BATCH_ITEMS:
+        raise BadRequest(f"{what} holds {len(value)} items (max {MAX_BATCH_ITEMS})")
+    return value
+
+
+def _text(value: Any, what: str, max_chars: int = 128) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        raise BadRequest(f"{what} must be a non-empty string of at most {max_chars} characters")
+    return value
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadRequest(f"{what} must be an integer in {lo}..{hi}, got {value!r:.40}")
+    return value
+
+
+class MasterRpc:
+    """The verbs reachable over XML-RPC. Every public method here is a verb; nothing else is."""
+
+    def __init__(self, service: MasterService) -> None:
+        self._svc = service
+
+    def add_task(self, task: dict) -> str:
+        """Queue one task {port, seq, pipeline, captured_ns, payload: Binary, ...}; return its id."""
+        [task_id] = self.add_tasks([task])
+        return task_id
+
+    def add_tasks(self, tasks: list) -> list:
+        """Queue tasks; return their ids in order ('' where a task was refused for capacity)."""
+        items = [(spec_from_wire(t), _payload(t)) for t in _items(tasks, "tasks")]
+        return self._svc.add_tasks(items)
+
+    def register_worker(self, name: str) -> dict:
+        """Register a worker by name; returns {worker_id, lease_s, heartbeat_s}."""
+        return self._svc.register_worker(_text(name, "name"))
+
+    def heartbeat(self, worker_id: str, stats: dict) -> dict:
+        """Report liveness and stats; renews the worker's leases. {known: false} means register again."""
+        if not isinstance(stats, dict):
+            raise BadRequest("stats must be a struct")
+        return self._svc.heartbeat(_text(worker_id, "worker_id"), stats)
+
+    def request_task(self, worker_id: str) -> dict:
+        """Lease one task (payload as Binary); an empty struct when there is none."""
+        leases = self._svc.request_tasks(_text(worker_id, "worker_id"), 1)
+        return lease_to_wire(leases[0], binary=True) if leases else {}
+
+    def request_tasks(self, worker_id: str, max_n: int, wait_s: float = 0.0) -> list:
+        """Lease up to max_n tasks, long-polling up to wait_s seconds (max 5) for work."""
+        if not isinstance(wait_s, (int, float)) or isinstance(wait_s, bool):
+            raise BadRequest("wait_s must be a number of seconds")
+        leases = self._svc.request_tasks(_text(worker_id, "worker_id"), _int(max_n, "max_n", 1, 256), wait_s)
+        return [lease_to_wire(x, binary=True) for x in leases]
+
+    def complete_task(self, worker_id: str, completion: dict) -> bool:
+        """Store one result {task_id, token, detections, timings_ms, error}; Fault 3 if the lease is stale."""
+        out = self._svc.complete(_text(worker_id, "worker_id"), [outcome_from_wire(completion)])
+        if out["rejected"]:
+            reason = out["rejected"][0]["reason"]
+            raise StaleLease(reason) if "stale" in reason else UnknownTask(reason)
+        return True
+
+    def complete_tasks(self, worker_id: str, completions: list) -> dict:
+        """Store many results; returns {accepted: [ids], rejected: [{task_id, reason}]}."""
+        outcomes = [outcome_from_wire(c) for c in _items(completions, "completions")]
+        return self._svc.complete(_text(worker_id, "worker_id"), outcomes)
+
+    def fail_task(self, worker_id: str, task_id: str, token: str, error: str) -> str:
+        """Report that a task could not be processed; returns its new state (PENDING or FAILED)."""
+        return self._svc.fail(_text(worker_id, "worker_id"), _text(task_id, "task_id"),
+                              _text(token, "token"), str(error)[:500])
+
+    def release_tasks(self, worker_id: str, leases: list) -> int:
+        """Hand back unprocessed leases [{task_id, token}]; returns how many were taken back."""
+        pairs = [(_text(x.get("task_id"), "task_id"), _text(x.get("token"), "token"))
+                 for x in _items(leases, "leases") if isinstance(x, dict)]
+        return self._svc.release(_text(worker_id, "worker_id"), pairs)
+
+    def get_results(self, port: int, since: int = 0, limit: int = 100) -> dict:
+        """Results of one camera port after cursor `since`: {results, next, missed}."""
+        return self._svc.results(_int(port, "port", 0, 65535), _int(since, "since", 0, 2**31 - 1),
+                                 _int(limit, "limit", 1, 1000))
+
+    def get_stats(self) -> dict:
+        """Counters per port, task states, workers and receivers."""
+        return self._svc.stats()
+
+    def report_source(self, name: str, counters: dict) -> bool:
+        """A receiver reports its own counters (frames complete, malformed by reason, ...)."""
+        if not isinstance(counters, dict):
+            raise BadRequest("counters must be a struct")
+        self._svc.report_source(_text(name, "name"), counters)
+        return True
+
+
+class RpcDispatcher(SimpleXMLRPCDispatcher):
+    """Dispatches only MasterRpc's verbs and turns every error into a Fault a user can read."""
+
+    def __init__(self, rpc: MasterRpc, errors: Any) -> None:
+        super().__init__(allow_none=False, encoding="utf-8", use_builtin_types=False)
+        self._errors = errors
+        for name, fn in inspect.getmembers(rpc, inspect.ismethod):
+            if not name.startswith("_"):
+                self.register_function(fn, name)
+        self.register_introspection_functions()
+        self.register_multicall_functions()
+
+    def _dispatch(self, method: str, params: tuple) -> Any:
+        fn: Callable | None = self.funcs.get(method)
+        if fn is None:
+            self._errors["unknown_verb"] += 1
+            verbs = ", ".join(sorted(self.funcs))
+            raise Fault(FAULT_UNKNOWN_VERB, f"unknown verb {method!r}; verbs: {verbs}")
+        try:
+            inspect.signature(fn).bind(*params)
+        except TypeError as e:
+            self._errors["bad_arguments"] += 1
+            raise Fault(FAULT_BAD_ARGS, f"{method}{inspect.signature(fn)}: {e}") from None
+        try:
+            return fn(*params)
+        except Fault:
+            raise
+        except FramehiveError as e:
+            code = next(c for t, c in _FAULTS if isinstance(e, t))
+            self._errors[type(e).__name__] += 1
+            raise Fault(code, f"{method}: {e}") from None
+        except Exception:
+            self._errors["internal"] += 1
+            log.exception("verb %s failed", method)
+            raise Fault(FAULT_INTERNAL, f"{method}: internal error (details in the master's log)") from None

@@ -1,0 +1,197 @@
+"""The master's behaviour behind every transport: the store, the registry, long polls, the monitor.
+
+Both the XML-RPC facade and the binary task API call these methods; neither holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from common.errors import FramehiveError, QueueFull, TaskError
+from common.tasks import Outcome, TaskSpec
+from master.store import Lease, StoreConfig, TaskStore
+from master.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+MONITOR_INTERVAL_S = 0.25
+MAX_WAIT_S = 5.0  # longest a request may long-poll for work
+MAX_BATCH = 256  # most tasks one request may lease
+MAX_RESULTS_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Timing of the service around the store."""
+
+    store: StoreConfig = StoreConfig()
+    heartbeat_s: float = 1.0  # how often workers are asked to heartbeat
+    worker_timeout_s: float = 5.0  # a worker silent this long is dead; its leases are requeued
+
+
+class MasterService:
+    """Everything the master does, callable from any thread."""
+
+    def __init__(self, config: ServiceConfig | None = None, *, clock: Callable[[], float] = time.time,
+                 store: TaskStore | None = None) -> None:
+        self.config = config or ServiceConfig()
+        self.clock = clock
+        self.store = store or TaskStore(self.config.store)
+        self.workers = WorkerRegistry(self.config.worker_timeout_s)
+        self.sources: dict[str, dict[str, Any]] = {}  # receivers' own counters, by name
+        self.errors: Counter[str] = Counter()  # rejected requests by kind
+        self.started_at = clock()
+        self._work = threading.Condition()
+        self._generation = 0
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the monitor thread that requeues expired leases and dead workers' tasks."""
+        self._monitor = threading.Thread(target=self._monitor_loop, name="lease-monitor", daemon=True)
+        self._monitor.start()
+
+    def stop(self) -> None:
+        """Ask the monitor to stop and wake every long poll."""
+        self._stop.set()
+        self._signal()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the monitor thread."""
+        if self._monitor:
+            self._monitor.join(timeout)
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(MONITOR_INTERVAL_S):
+            try:
+                self.monitor_once()
+            except Exception:  # the monitor must outlive any one bad pass
+                log.exception("lease monitor pass failed")
+
+    def monitor_once(self) -> int:
+        """One monitor pass: requeue expired leases and those of workers gone silent."""
+        now = self.clock()
+        n = self.store.expire(now)
+        for worker in self.workers.newly_dead(now):
+            lost = self.store.expire(now, worker=worker)
+            log.warning("worker %s silent for %.1fs: requeued %d task(s)", worker,
+                        self.config.worker_timeout_s, lost)
+            n += lost
+        if n:
+            self._signal()
+        return n
+
+    def _signal(self) -> None:
+        with self._work:
+            self._generation += 1
+            self._work.notify_all()
+
+    # ----- producers ---------------------------------------------------------------------------
+
+    def add_tasks(self, items: Iterable[tuple[TaskSpec, bytes]]) -> list[str]:
+        """Queue tasks; return their ids. Raises QueueFull only if none could be queued."""
+        ids: list[str] = []
+        full: QueueFull | None = None
+        now = self.clock()
+        for spec, payload in items:
+            try:
+                ids.append(self.store.add(spec, payload, now))
+            except QueueFull as e:
+                full = e
+                ids.append("")
+        if any(ids):
+            self._signal()
+        elif full is not None:
+            raise full
+        return ids
+
+    def report_source(self, name: str, counters: Mapping[str, Any]) -> None:
+        """Keep a receiver's own counters (frames complete, malformed, ...) for stats."""
+        if len(self.sources) < 64 or name in self.sources:
+            self.sources[str(name)[:64]] = {"at": self.clock(), "counters": dict(counters)}
+
+    # ----- workers -----------------------------------------------------------------------------
+
+    def register_worker(self, name: str) -> dict[str, Any]:
+        """Register a worker; tell it its id and the timings it must keep."""
+        worker_id = self.workers.register(name, self.clock())
+        log.info("worker %s registered", worker_id)
+        return {"worker_id": worker_id, "lease_s": self.config.store.lease_s,
+                "heartbeat_s": self.config.heartbeat_s}
+
+    def heartbeat(self, worker_id: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A worker is alive: renew its leases. `known` False means register again."""
+        now = self.clock()
+        if not self.workers.seen(worker_id, now, stats):
+            return {"known": False, "renewed": 0}
+        return {"known": True, "renewed": self.store.renew(worker_id, now)}
+
+    def request_tasks(self, worker_id: str, max_n: int, wait_s: float = 0.0) -> list[Lease]:
+        """Lease up to `max_n` tasks, waiting up to `wait_s` for one to arrive."""
+        max_n = max(1, min(int(max_n), MAX_BATCH))
+        deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
+        self.workers.seen(worker_id, self.clock())
+        while True:
+            with self._work:
+                generation = self._generation
+            leases = self.store.request(worker_id, max_n, self.clock())
+            left = deadline - time.monotonic()
+            if leases or left <= 0 or self._stop.is_set():
+                return leases
+            with self._work:
+                if generation == self._generation:
+                    self._work.wait(left)
+
+    def complete(self, worker_id: str, outcomes: Iterable[Outcome]) -> dict[str, list]:
+        """Store outcomes; stale or unknown leases are rejected one by one, never stored twice."""
+        accepted: list[str] = []
+        rejected: list[dict[str, str]] = []
+        for o in outcomes:
+            try:
+                self.store.complete(o.task_id, o.token, o, worker_id, self.clock())
+                accepted.append(o.task_id)
+            except TaskError as e:
+                rejected.append({"task_id": o.task_id, "reason": str(e)})
+        self.workers.tally(worker_id, len(accepted), 0)
+        return {"accepted": accepted, "rejected": rejected}
+
+    def fail(self, worker_id: str, task_id: str, token: str, error: str) -> str:
+        """A worker could not process a task; it is retried or failed. Returns the new state."""
+        state = self.store.fail(task_id, token, error, self.clock())
+        self.workers.tally(worker_id, 0, 1)
+        self._signal()
+        return state.value
+
+    def release(self, worker_id: str, items: Iterable[tuple[str, str]]) -> int:
+        """Hand back unprocessed leases (a worker stopping); returns how many were taken back."""
+        n = 0
+        for task_id, token in items:
+            try:
+                self.store.release(task_id, token)
+                n += 1
+            except FramehiveError as e:
+                log.info("worker %s released %s too late: %s", worker_id, task_id, e)
+        if n:
+            self._signal()
+        return n
+
+    # ----- users -------------------------------------------------------------------------------
+
+    def results(self, port: int, since: int, limit: int) -> dict[str, Any]:
+        """A page of results for one camera port."""
+        return self.store.results(port, since, max(1, min(limit, MAX_RESULTS_PAGE)))
+
+    def stats(self) -> dict[str, Any]:
+        """A wire-safe snapshot of the whole master."""
+        now = self.clock()
+        snap = self.store.snapshot()
+        return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
+                "sources": {k: {"age_s": round(now - v["at"], 3), **v["counters"]} for k, v in self.sources.items()},
+                "rejected_requests": dict(self.errors)}

@@ -1,0 +1,106 @@
+"""The binary task API: frame bytes move as raw batch blobs instead of base64 inside XML.
+
+Each function takes the service and a request body and returns (status, content type, body).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from common import batch
+from common.errors import BadRequest, FramehiveError, TaskError
+from common.tasks import outcome_from_wire, spec_from_wire
+from master.rpc import MAX_BATCH_ITEMS, lease_to_wire
+from master.service import MasterService
+
+JSON = "application/json"
+
+
+def _json(obj: Any, status: int = 200) -> tuple[int, str, bytes]:
+    return status, JSON, json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _list(meta: dict, key: str) -> list:
+    value = meta.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_BATCH_ITEMS:
+        raise BadRequest(f"{key!r} must be a list of at most {MAX_BATCH_ITEMS} items")
+    return value
+
+
+def _worker(meta: dict) -> str:
+    worker = meta.get("worker")
+    if not isinstance(worker, str) or not worker or len(worker) > 128:
+        raise BadRequest("'worker' must be the worker_id that register_worker returned")
+    return worker
+
+
+def add(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
+    """POST /api/v1/tasks: a batch of task specs, one blob (the JPEG) per task."""
+    meta, blobs = batch.unpack(body)
+    tasks = _list(meta, "tasks")
+    if len(tasks) != len(blobs):
+        raise BadRequest(f"{len(tasks)} tasks but {len(blobs)} payload blobs")
+    if isinstance(meta.get("source"), str) and isinstance(meta.get("counters"), dict):
+        svc.report_source(meta["source"], meta["counters"])
+    good, errors = [], []
+    for i, (t, blob) in enumerate(zip(tasks, blobs)):
+        try:
+            good.append((i, spec_from_wire(t), bytes(blob)))
+        except FramehiveError as e:
+            errors.append({"index": i, "error": str(e)})
+    ids = [""] * len(tasks)
+    if good:
+        for (i, _, _), task_id in zip(good, svc.add_tasks((s, p) for _, s, p in good)):
+            ids[i] = task_id
+    if errors:
+        svc.errors["bad_task"] += len(errors)
+    return _json({"ids": ids, "errors": errors})
+
+
+def lease(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
+    """POST /api/v1/lease: JSON {worker, max, wait_s} -> a batch of leases with payload blobs."""
+    try:
+        req = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"lease request is not JSON: {e}") from e
+    if not isinstance(req, dict):
+        raise BadRequest("lease request must be a JSON object")
+    max_n, wait_s = req.get("max", 1), req.get("wait_s", 0.0)
+    if not isinstance(max_n, int) or not isinstance(wait_s, (int, float)):
+        raise BadRequest("'max' must be an integer and 'wait_s' a number")
+    leases = svc.request_tasks(_worker(req), max_n, wait_s)
+    meta = {"tasks": [lease_to_wire(x, binary=False) for x in leases]}
+    return 200, batch.CONTENT_TYPE, batch.pack(meta, [x.task.payload for x in leases])
+
+
+def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
+    """POST /api/v1/complete: outcomes, failures and hand-backs of one worker, in one call."""
+    meta, _ = batch.unpack(body)
+    worker = _worker(meta)
+    outcomes = [outcome_from_wire(o) for o in _list(meta, "outcomes")]
+    out: dict[str, Any] = svc.complete(worker, outcomes)
+    out["failed"] = []
+    for f in _list(meta, "failed"):
+        try:
+            out["failed"].append(svc.fail(worker, str(f["task_id"]), str(f["token"]), str(f.get("error", ""))))
+        except (KeyError, TypeError) as e:
+            raise BadRequest("each 'failed' item needs task_id, token and error") from e
+        except TaskError as e:
+            out["rejected"].append({"task_id": str(f.get("task_id")), "reason": str(e)})
+    released = [(str(r.get("task_id")), str(r.get("token"))) for r in _list(meta, "released") if isinstance(r, dict)]
+    out["released"] = svc.release(worker, released)
+    return _json(out)
+
+
+def results_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+    """GET /api/v1/results?port=5000&since=0&limit=100 (the same page as get_results)."""
+    try:
+        port = int(query["port"][0])
+        since = int(query.get("since", ["0"])[0])
+        limit = int(query.get("limit", ["100"])[0])
+    except (KeyError, ValueError) as e:
+        raise BadRequest("use ?port=N[&since=CURSOR][&limit=N]") from e
+    if not 0 <= port <= 65535 or since < 0 or not 1 <= limit <= 1000:
+        raise BadRequest("port must be 0..65535, since >= 0, limit 1..1000")
+    return _json(svc.results(port, since, limit))

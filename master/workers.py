@@ -1,0 +1,92 @@
+"""The worker registry: who is registered, when each was last heard from, what each reports.
+
+Pure and thread-safe; `now` is passed in.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+MAX_WORKERS = 1024
+MAX_STAT_KEYS = 32
+
+
+@dataclass
+class WorkerInfo:
+    """What the master knows of one worker."""
+
+    worker_id: str
+    name: str
+    registered_at: float
+    last_seen: float
+    alive: bool = True
+    tasks_done: int = 0
+    tasks_failed: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerRegistry:
+    """Registered workers; a worker silent for `timeout_s` is declared dead once."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerInfo] = {}
+        self._serial = 0
+
+    def register(self, name: str, now: float) -> str:
+        """Add a worker and return its id (unique even when names repeat)."""
+        with self._lock:
+            if len(self._workers) >= MAX_WORKERS:
+                self._forget_dead()
+            self._serial += 1
+            worker_id = f"{name[:48]}#{self._serial}"
+            self._workers[worker_id] = WorkerInfo(worker_id, name[:48], now, now)
+            return worker_id
+
+    def seen(self, worker_id: str, now: float, stats: Mapping[str, Any] | None = None) -> bool:
+        """Record a sign of life; False when the id is unknown (the master restarted)."""
+        with self._lock:
+            info = self._workers.get(worker_id)
+            if info is None:
+                return False
+            info.last_seen, info.alive = now, True
+            if stats:
+                info.stats = {str(k)[:32]: v for k, v in list(stats.items())[:MAX_STAT_KEYS]
+                              if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+            return True
+
+    def tally(self, worker_id: str, done: int, failed: int) -> None:
+        """Add to a worker's task counts."""
+        with self._lock:
+            info = self._workers.get(worker_id)
+            if info:
+                info.tasks_done += done
+                info.tasks_failed += failed
+
+    def known(self, worker_id: str) -> bool:
+        """Whether the id was handed out by this master."""
+        with self._lock:
+            return worker_id in self._workers
+
+    def newly_dead(self, now: float) -> list[str]:
+        """Workers that just crossed the silence timeout (each reported once)."""
+        with self._lock:
+            dead = [w for w in self._workers.values() if w.alive and now - w.last_seen > self.timeout_s]
+            for w in dead:
+                w.alive = False
+            return [w.worker_id for w in dead]
+
+    def _forget_dead(self) -> None:
+        for wid in [w.worker_id for w in self._workers.values() if not w.alive]:
+            del self._workers[wid]
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """Every worker as a wire-safe dict."""
+        with self._lock:
+            return [{"worker_id": w.worker_id, "name": w.name, "alive": w.alive,
+                     "last_seen_s": round(now - w.last_seen, 3), "tasks_done": w.tasks_done,
+                     "tasks_failed": w.tasks_failed, "stats": dict(w.stats)}
+                    for w in self._workers.values()]
