@@ -39,3 +39,7 @@ class BadRequest(FramehiveError):
 
 class MasterUnavailable(FramehiveError):
     """The master could not be reached or did not answer in time."""
+
+
+class UnknownWorker(BadRequest):
+    """The worker id was not handed out by this master (it restarted): register again."""

@@ -64,6 +64,16 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A task handed to a worker, with the token that must come back with its outcome."""
+
+    task: Task
+    token: str
+    lease_s: float
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Detection:
     """One thing found in a frame; box is x, y, width, height in pixels of the original frame."""
 
@@ -144,6 +154,17 @@ def task_from_wire(d: Mapping[str, Any], payload: bytes) -> Task:
     """Rebuild a Task on the worker side."""
     return Task(id=_str(d, "id", 64), spec=spec_from_wire(d), payload=payload,
                 queued_ns=_int(d, "queued_ns", 0, 2**63 - 1))
+
+
+def lease_to_wire(lease: Lease) -> dict[str, Any]:
+    """A Lease as a wire dict (payload travels separately)."""
+    return {**task_to_wire(lease.task), "token": lease.token, "lease_s": lease.lease_s, "attempt": lease.attempt}
+
+
+def lease_from_wire(d: Mapping[str, Any], payload: bytes) -> Lease:
+    """Rebuild a Lease on the worker side."""
+    return Lease(task_from_wire(d, payload), _str(d, "token", 64), float(d.get("lease_s", 0.0)),
+                 _int(d, "attempt", 0, 1000))
 
 
 def detection_from_wire(d: Any) -> Detection:

@@ -1,7 +1,7 @@
 """The XML-RPC facade: only the public verbs, explicit argument checks, domain errors as Faults.
 
 Fault codes (docs/PROTOCOL.md): 1 unknown verb, 2 bad arguments, 3 stale lease, 4 unknown task,
-5 queue full, 6 internal error.
+5 queue full, 6 internal error, 7 unknown worker (register again).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from typing import Any, Callable
 from xmlrpc.client import Binary, Fault
 from xmlrpc.server import SimpleXMLRPCDispatcher
 
-from common.errors import BadRequest, FramehiveError, QueueFull, StaleLease, UnknownTask
-from common.tasks import outcome_from_wire, spec_from_wire, task_to_wire
+from common.errors import BadRequest, FramehiveError, QueueFull, StaleLease, UnknownTask, UnknownWorker
+from common.tasks import Lease, lease_to_wire, outcome_from_wire, spec_from_wire
 from master.service import MasterService
-from master.store import Lease
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +24,18 @@ FAULT_STALE_LEASE = 3
 FAULT_UNKNOWN_TASK = 4
 FAULT_QUEUE_FULL = 5
 FAULT_INTERNAL = 6
+FAULT_UNKNOWN_WORKER = 7
 
 _FAULTS: list[tuple[type[Exception], int]] = [
     (StaleLease, FAULT_STALE_LEASE), (UnknownTask, FAULT_UNKNOWN_TASK), (QueueFull, FAULT_QUEUE_FULL),
-    (BadRequest, FAULT_BAD_ARGS), (FramehiveError, FAULT_BAD_ARGS),
+    (UnknownWorker, FAULT_UNKNOWN_WORKER), (BadRequest, FAULT_BAD_ARGS), (FramehiveError, FAULT_BAD_ARGS),
 ]
 MAX_BATCH_ITEMS = 1024
 
 
-def lease_to_wire(lease: Lease, *, binary: bool) -> dict[str, Any]:
-    """A lease as a dict; the payload as xmlrpc Binary when `binary`, else left out."""
-    d = {**task_to_wire(lease.task), "token": lease.token, "lease_s": lease.lease_s, "attempt": lease.attempt}
-    if binary:
-        d["payload"] = Binary(lease.task.payload)
-    return d
+def lease_with_payload(lease: Lease) -> dict[str, Any]:
+    """A lease as an XML-RPC struct, its payload as Binary."""
+    return {**lease_to_wire(lease), "payload": Binary(lease.task.payload)}
 
 
 def _payload(d: Any) -> bytes:
@@ -99,14 +96,14 @@ class MasterRpc:
     def request_task(self, worker_id: str) -> dict:
         """Lease one task (payload as Binary); an empty struct when there is none."""
         leases = self._svc.request_tasks(_text(worker_id, "worker_id"), 1)
-        return lease_to_wire(leases[0], binary=True) if leases else {}
+        return lease_with_payload(leases[0]) if leases else {}
 
     def request_tasks(self, worker_id: str, max_n: int, wait_s: float = 0.0) -> list:
         """Lease up to max_n tasks, long-polling up to wait_s seconds (max 5) for work."""
         if not isinstance(wait_s, (int, float)) or isinstance(wait_s, bool):
             raise BadRequest("wait_s must be a number of seconds")
         leases = self._svc.request_tasks(_text(worker_id, "worker_id"), _int(max_n, "max_n", 1, 256), wait_s)
-        return [lease_to_wire(x, binary=True) for x in leases]
+        return [lease_with_payload(x) for x in leases]
 
     def complete_task(self, worker_id: str, completion: dict) -> bool:
         """Store one result {task_id, token, detections, timings_ms, error}; Fault 3 if the lease is stale."""

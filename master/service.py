@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from common.errors import FramehiveError, QueueFull, TaskError
-from common.tasks import Outcome, TaskSpec
-from master.store import Lease, StoreConfig, TaskStore
+from common.errors import FramehiveError, QueueFull, TaskError, UnknownWorker
+from common.tasks import Lease, Outcome, TaskSpec
+from master.store import StoreConfig, TaskStore
 from master.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ class MasterService:
         """Lease up to `max_n` tasks, waiting up to `wait_s` for one to arrive."""
         max_n = max(1, min(int(max_n), MAX_BATCH))
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
-        self.workers.seen(worker_id, self.clock())
+        if not self.workers.seen(worker_id, self.clock()):
+            raise UnknownWorker(f"unknown worker_id {worker_id!r}: call register_worker first")
         while True:
             with self._work:
                 generation = self._generation

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from common.errors import QueueFull, StaleLease, UnknownTask
-from common.tasks import SEQ_WIRE_MASK, Outcome, Task, TaskKind, TaskSpec, TaskState
+from common.tasks import SEQ_WIRE_MASK, Lease, Outcome, Task, TaskKind, TaskSpec, TaskState
 
 NS = 1_000_000_000
 
@@ -44,16 +44,6 @@ class StoreConfig:
         for name in ("max_attempts", "max_pending_per_port", "max_tasks", "max_ports", "results_per_port"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A task handed to a worker, with the token that must come back with its outcome."""
-
-    task: Task
-    token: str
-    lease_s: float
-    attempt: int
 
 
 @dataclass

@@ -10,8 +10,8 @@ from typing import Any
 
 from common import batch
 from common.errors import BadRequest, FramehiveError, TaskError
-from common.tasks import outcome_from_wire, spec_from_wire
-from master.rpc import MAX_BATCH_ITEMS, lease_to_wire
+from common.tasks import lease_to_wire, outcome_from_wire, spec_from_wire
+from master.rpc import MAX_BATCH_ITEMS
 from master.service import MasterService
 
 JSON = "application/json"
@@ -70,7 +70,7 @@ def lease(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     if not isinstance(max_n, int) or not isinstance(wait_s, (int, float)):
         raise BadRequest("'max' must be an integer and 'wait_s' a number")
     leases = svc.request_tasks(_worker(req), max_n, wait_s)
-    meta = {"tasks": [lease_to_wire(x, binary=False) for x in leases]}
+    meta = {"tasks": [lease_to_wire(x) for x in leases]}
     return 200, batch.CONTENT_TYPE, batch.pack(meta, [x.task.payload for x in leases])
 
 

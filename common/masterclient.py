@@ -1,0 +1,176 @@
+"""The client every role uses to talk to the master: one keep-alive HTTP connection per instance.
+
+This is the one module in common/ that does I/O: receivers, workers and user tools all need it
+and roles never import each other. Not thread-safe; give each thread its own instance.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import xmlrpc.client
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from common import batch
+from common.errors import BadRequest, DecodeError, MasterUnavailable, QueueFull
+from common.tasks import Lease, Outcome, TaskSpec, lease_from_wire, outcome_to_wire, spec_to_wire
+
+DEFAULT_TIMEOUT_S = 10.0
+_RETRYABLE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected,
+              http.client.CannotSendRequest)
+
+
+def parse_master_url(url: str) -> tuple[str, int]:
+    """Host and port of a master URL like http://127.0.0.1:8000 (a trailing /RPC2 is fine)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"master URL must look like http://HOST:PORT, got {url!r}")
+    try:
+        return parts.hostname, parts.port or 8000
+    except ValueError as e:
+        raise ValueError(f"bad port in master URL {url!r}") from e
+
+
+class MasterClient:
+    """Calls the master's XML-RPC verbs and binary task API over one connection."""
+
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url = url
+        self.host, self.port = parse_master_url(url)
+        self.timeout_s = timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "MasterClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- transport ---------------------------------------------------------------------------
+
+    def _request(self, path: str, body: bytes, ctype: str, *, timeout_s: float | None = None) -> tuple[int, str, bytes]:
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            try:
+                self._conn.timeout = timeout_s or self.timeout_s
+                if self._conn.sock is not None:
+                    self._conn.sock.settimeout(self._conn.timeout)
+                self._conn.request("POST", path, body, {"Content-Type": ctype})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                if resp.will_close:
+                    self.close()
+                return resp.status, resp.getheader("Content-Type", ""), data
+            except _RETRYABLE as e:
+                self.close()
+                if not reused or attempt == 2:  # a fresh connection failing is a real failure
+                    raise MasterUnavailable(f"master at {self.host}:{self.port}: {e}") from e
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise MasterUnavailable(f"master at {self.host}:{self.port}: {e or type(e).__name__}") from e
+        raise AssertionError("unreachable")
+
+    def _check(self, status: int, data: bytes) -> None:
+        if status == 200:
+            return
+        try:
+            message = json.loads(data).get("error", "")
+        except (ValueError, AttributeError):
+            message = data.decode("utf-8", "replace").strip()
+        if status == 503:
+            raise QueueFull(message)
+        if status >= 500:
+            raise MasterUnavailable(f"master answered {status}: {message}")
+        raise BadRequest(f"master refused the request ({status}): {message}")
+
+    def call(self, verb: str, *params: Any) -> Any:
+        """Call an XML-RPC verb; a Fault from the master is raised as xmlrpc.client.Fault."""
+        body = xmlrpc.client.dumps(params, verb, encoding="utf-8", allow_none=False).encode()
+        status, _, data = self._request("/RPC2", body, "text/xml")
+        self._check(status, data)
+        try:
+            (result,), _ = xmlrpc.client.loads(data, use_builtin_types=False)
+        except xmlrpc.client.Fault:
+            raise
+        except Exception as e:
+            raise DecodeError(f"unreadable XML-RPC reply to {verb}: {e}") from e
+        return result
+
+    # ----- binary task API ---------------------------------------------------------------------
+
+    def add_tasks(self, items: Sequence[tuple[TaskSpec, bytes]], *, source: str = "",
+                  counters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Queue tasks with their payloads; returns {ids, errors}."""
+        meta: dict[str, Any] = {"tasks": [spec_to_wire(s) for s, _ in items]}
+        if source and counters is not None:
+            meta.update(source=source, counters=dict(counters))
+        status, _, data = self._request("/api/v1/tasks", batch.pack(meta, [p for _, p in items]),
+                                        batch.CONTENT_TYPE)
+        self._check(status, data)
+        return json.loads(data)
+
+    def lease(self, worker_id: str, max_n: int, wait_s: float = 0.0) -> list[Lease]:
+        """Lease up to `max_n` tasks, long-polling up to `wait_s` seconds."""
+        body = json.dumps({"worker": worker_id, "max": max_n, "wait_s": wait_s}).encode()
+        status, _, data = self._request("/api/v1/lease", body, "application/json",
+                                        timeout_s=self.timeout_s + wait_s)
+        self._check(status, data)
+        meta, blobs = batch.unpack(data)
+        return [lease_from_wire(t, bytes(b)) for t, b in zip(meta.get("tasks", []), blobs)]
+
+    def complete(self, worker_id: str, outcomes: Iterable[Outcome] = (),
+                 failed: Iterable[tuple[str, str, str]] = (),
+                 released: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+        """Report results, failures (task_id, token, error) and hand-backs (task_id, token) at once."""
+        meta = {"worker": worker_id, "outcomes": [outcome_to_wire(o) for o in outcomes],
+                "failed": [{"task_id": t, "token": k, "error": e} for t, k, e in failed],
+                "released": [{"task_id": t, "token": k} for t, k in released]}
+        status, _, data = self._request("/api/v1/complete", batch.pack(meta), batch.CONTENT_TYPE)
+        self._check(status, data)
+        return json.loads(data)
+
+    # ----- control verbs -----------------------------------------------------------------------
+
+    def register_worker(self, name: str) -> dict[str, Any]:
+        """Register; returns {worker_id, lease_s, heartbeat_s}."""
+        return self.call("register_worker", name)
+
+    def heartbeat(self, worker_id: str, stats: Mapping[str, Any]) -> dict[str, Any]:
+        """Report liveness; returns {known, renewed}."""
+        return self.call("heartbeat", worker_id, dict(stats))
+
+    def get_results(self, port: int, since: int = 0, limit: int = 100) -> dict[str, Any]:
+        """One page of a camera's results: {results, next, missed}."""
+        return self.call("get_results", port, since, limit)
+
+    def get_stats(self) -> dict[str, Any]:
+        """The master's counters, workers and sources."""
+        return self.call("get_stats")
+
+
+def wait_for_master(url: str, timeout_s: float) -> bool:
+    """True once the master answers /healthz within `timeout_s` (used by launchers and tests)."""
+    import time
+
+    host, port = parse_master_url(url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False

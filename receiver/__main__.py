@@ -1,0 +1,136 @@
+"""`python -m receiver`: the ingest hub. One UDP port per camera (plus an optional imagezmq hub);
+reassembles frames and queues them on the master, untouched, in batches."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+from common.errors import PipelineSpecError
+from common.masterclient import parse_master_url
+from common.pipeline import normalize_pipeline
+from common.runtime import is_loopback, setup_logging, stop_on_signals
+from receiver.buffer import FrameBuffer
+from receiver.forward import Forwarder
+from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
+
+log = logging.getLogger("receiver")
+
+MAX_PORTS = 256
+STATS_EVERY_S = 10.0
+
+
+def parse_ports(text: str) -> list[int]:
+    """'5000,5001' or '5000-5003' (or both, comma separated) -> sorted unique ports."""
+    ports: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"bad port {part!r}: use numbers like 5000,5001 or a range 5000-5003") from None
+        if not (0 < a <= b < 65536):
+            raise ValueError(f"bad port range {part!r}: ports are 1..65535, low to high")
+        ports.update(range(a, b + 1))
+    if not ports or len(ports) > MAX_PORTS:
+        raise ValueError(f"give 1..{MAX_PORTS} ports")
+    return sorted(ports)
+
+
+def parse_pipelines(items: list[str], ports: list[int]) -> tuple[str, dict[int, str]]:
+    """The default pipeline and per-port overrides from repeated --pipeline values."""
+    default, per_port = "person", {}
+    for item in items:
+        if "=" in item:
+            port_text, spec = item.split("=", 1)
+            if not port_text.strip().isdigit():
+                raise ValueError(f"per-port pipeline must look like 5001=face, got {item!r}")
+            per_port[int(port_text)] = normalize_pipeline(spec)
+        else:
+            default = normalize_pipeline(item)
+    unknown = sorted(set(per_port) - set(ports))
+    if unknown:
+        raise ValueError(f"--pipeline names port(s) {unknown} that are not in --ports")
+    return default, {p: per_port.get(p, default) for p in ports}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m receiver", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ports", default="5000-5003", help="UDP ports, one per camera: 5000,5001 or 5000-5003")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (:: for every address)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback address (datagrams are not authenticated yet)")
+    p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
+    p.add_argument("--pipeline", action="append", default=[],
+                   help="what workers run on these cameras, e.g. person or person,face; PORT=SPEC "
+                        "overrides one port (repeatable). Default: person")
+    p.add_argument("--zmq-port", type=int, default=0,
+                   help="also open an imagezmq hub (REQ/REP) on this TCP port; 0: off")
+    p.add_argument("--backlog", type=int, default=4, help="frames buffered per camera while the master is busy")
+    p.add_argument("--rcvbuf-kb", type=int, default=DEFAULT_RCVBUF_BYTES // 1024, help="UDP receive buffer asked for")
+    p.add_argument("--name", default="", help="receiver name in the master's stats (default receiver@host)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    try:
+        args.port_list = parse_ports(args.ports)
+        args.default_pipeline, args.pipelines = parse_pipelines(args.pipeline, args.port_list)
+        parse_master_url(args.master)
+    except (ValueError, PipelineSpecError) as e:
+        p.error(str(e))
+    if not 0 <= args.zmq_port < 65536 or args.backlog < 1 or args.rcvbuf_kb < 64:
+        p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
+    if not is_loopback(args.host) and not args.insecure:
+        p.error(f"refusing to listen on {args.host}: datagrams are not authenticated yet, so anyone on the "
+                "network could inject frames; listen on 127.0.0.1, or pass --insecure on a network you trust")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    stop = stop_on_signals()
+    buffer = FrameBuffer(args.backlog)
+    try:
+        ingest = UdpIngest(args.host, args.port_list, args.pipelines, buffer, rcvbuf=args.rcvbuf_kb * 1024)
+        hub = None
+        if args.zmq_port:
+            from receiver.zmqhub import ZmqHub
+
+            hub = ZmqHub(args.host, args.zmq_port, buffer, pipelines=args.pipelines,
+                         default_pipeline=args.default_pipeline)
+    except OSError as e:
+        print(f"python -m receiver: error: cannot listen: {e}", file=sys.stderr)
+        return 1
+
+    def counters() -> dict:
+        out = ingest.counters()
+        if hub is not None:
+            out["zmq"] = {k: int(v) for k, v in dict(hub.counters).items()}
+        return out
+
+    name = args.name or f"receiver@{socket.gethostname()}"
+    forwarder = Forwarder(buffer, args.master, name=name, counters=counters)
+    producers = [ingest] + ([hub] if hub else [])
+    for part in [forwarder, *producers]:
+        part.start()
+    log.info("receiving UDP on %s ports %s%s; queueing on %s", args.host, args.ports,
+             f", imagezmq on {args.zmq_port}" if hub else "", args.master)
+    while not stop.wait(STATS_EVERY_S):
+        for port, c in forwarder.counters().items():
+            log.info("port %s: %s", port, " ".join(f"{k}={v}" for k, v in sorted(c.items()) if v))
+    log.info("stopping: closing the ingest sockets, then flushing to the master")
+    for part in producers:
+        part.stop()
+    for part in producers:
+        part.join(5)
+    forwarder.stop()
+    forwarder.join(10)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

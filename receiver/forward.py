@@ -1,0 +1,120 @@
+"""The forwarder: takes reassembled frames and queues them on the master in batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Callable
+
+from common.errors import BadRequest, MasterUnavailable, QueueFull
+from common.masterclient import MasterClient
+from common.tasks import TaskSpec
+from receiver.buffer import FrameBuffer, ReadyFrame
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 32
+TAKE_TIMEOUT_S = 0.2
+REPORT_EVERY_S = 1.0
+
+
+class Forwarder:
+    """Moves frames from a FrameBuffer to the master; frames are never decoded or re-encoded here."""
+
+    def __init__(self, buffer: FrameBuffer, master_url: str, *, name: str,
+                 counters: Callable[[], dict], batch_max: int = BATCH_MAX) -> None:
+        self.buffer = buffer
+        self.client = MasterClient(master_url)
+        self.name = name
+        self.batch_max = batch_max
+        self._source_counters = counters
+        self.stats: Counter[str] = Counter()
+        self.port_stats: dict[int, Counter[str]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_report = 0.0
+        self._down_since = 0.0
+        self._pause = 0.1
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="forwarder")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.buffer.wake()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+        self.client.close()
+
+    def run(self) -> None:
+        """Forward until stopped, then flush what is buffered once."""
+        while not self._stop.is_set():
+            try:
+                self.forward_once(TAKE_TIMEOUT_S)
+            except Exception:  # one bad batch must not end ingest
+                log.exception("forwarder: unexpected error")
+                self._stop.wait(1.0)
+        if len(self.buffer):
+            self.forward_once(0.0)
+
+    def forward_once(self, timeout: float) -> int:
+        """Send one batch (waiting up to `timeout` for frames); returns frames accepted."""
+        frames = self.buffer.take(self.batch_max, timeout)
+        now = time.monotonic()
+        report = now - self._last_report >= REPORT_EVERY_S
+        if not frames and not report:
+            return 0
+        counters = {"ports": self.counters()} if report else None
+        try:
+            reply = self.client.add_tasks([(self._spec(f), f.data) for f in frames], source=self.name,
+                                          counters=counters)
+        except (MasterUnavailable, QueueFull, BadRequest) as e:
+            self._failed(frames, e)
+            return 0
+        if report:
+            self._last_report = now
+        self._recovered()
+        return self._tally(frames, reply)
+
+    @staticmethod
+    def _spec(f: ReadyFrame) -> TaskSpec:
+        return TaskSpec(port=f.port, seq=f.seq & 0x7FFFFFFF, pipeline=f.pipeline, captured_ns=f.capture_ns,
+                        received_ns=f.received_ns, meta=f.meta)
+
+    def _tally(self, frames: list[ReadyFrame], reply: dict) -> int:
+        ok = 0
+        for f, task_id in zip(frames, reply.get("ids", [])):
+            c = self.port_stats.setdefault(f.port, Counter())
+            c["forwarded" if task_id else "refused"] += 1
+            ok += bool(task_id)
+        for err in reply.get("errors", []):
+            log.warning("master refused a frame: %s", err.get("error"))
+        return ok
+
+    def _failed(self, frames: list[ReadyFrame], e: Exception) -> None:
+        for f in frames:
+            self.port_stats.setdefault(f.port, Counter())["dropped_master_down"] += 1
+        if not self._down_since:
+            self._down_since = time.monotonic()
+            log.warning("forwarder: cannot queue frames on the master (%s); dropping the newest-frame "
+                        "backlog until it is back", e)
+        self._stop.wait(self._pause)
+        self._pause = min(self._pause * 2, 2.0)
+
+    def _recovered(self) -> None:
+        if self._down_since:
+            log.info("forwarder: master reachable again after %.1fs", time.monotonic() - self._down_since)
+            self._down_since = 0.0
+        self._pause = 0.1
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The ingest counters merged with what the forwarder did, per port."""
+        out = self._source_counters()
+        for port, c in self.port_stats.items():
+            out.setdefault(str(port), {}).update({k: int(v) for k, v in dict(c).items()})
+        return out

@@ -1,0 +1,109 @@
+"""UDP ingest: one socket per camera port, one thread for all of them, reassembly, no decoding."""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Callable, Mapping
+
+from common.protocol import MAX_DATAGRAM_BYTES
+from common.reassembly import FrameAssembler, ReassemblyLimits
+from receiver.buffer import FrameBuffer, ReadyFrame
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RCVBUF_BYTES = 8 * 1024 * 1024
+EXPIRE_EVERY_S = 0.1
+MAX_DRAIN_PER_WAKE = 256  # datagrams read from one socket before looking at the others
+
+
+def open_udp_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
+    """Bind a non-blocking UDP socket and ask for a large receive buffer (the kernel may cap it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if got < rcvbuf:
+        log.warning("port %d: asked for a %d KB receive buffer, the kernel gave %d KB (raise "
+                    "net.core.rmem_max to avoid losing bursts)", sock.getsockname()[1], rcvbuf // 1024, got // 1024)
+    return sock
+
+
+class UdpIngest:
+    """Receives every camera port, reassembles frames and hands them to a FrameBuffer."""
+
+    def __init__(self, host: str, ports: list[int], pipelines: Mapping[int, str], out: FrameBuffer, *,
+                 limits: ReassemblyLimits | None = None, rcvbuf: int = DEFAULT_RCVBUF_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.pipelines = dict(pipelines)
+        self.clock = clock
+        self.sockets = {p: open_udp_socket(host, p, rcvbuf) for p in ports}
+        self.ports = {p: s.getsockname()[1] for p, s in self.sockets.items()}  # asked -> bound (0 picks one)
+        self.assemblers = {self.ports[p]: FrameAssembler(limits) for p in ports}
+        self._selector = selectors.DefaultSelector()
+        for p, s in self.sockets.items():
+            self._selector.register(s, selectors.EVENT_READ, self.ports[p])
+        self._buf = bytearray(MAX_DATAGRAM_BYTES + 1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="udp-ingest")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+        self._selector.close()
+        for s in self.sockets.values():
+            s.close()
+
+    def run(self) -> None:
+        """Receive until stopped."""
+        next_expire = 0.0
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=EXPIRE_EVERY_S):
+                self._drain(key.fileobj, key.data)
+            now = self.clock()
+            if now >= next_expire:
+                for asm in self.assemblers.values():
+                    asm.expire(now)
+                next_expire = now + EXPIRE_EVERY_S
+
+    def _drain(self, sock: socket.socket, port: int) -> None:
+        asm, view = self.assemblers[port], memoryview(self._buf)
+        for _ in range(MAX_DRAIN_PER_WAKE):
+            try:
+                n, source = sock.recvfrom_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ICMP errors surfacing on the socket: count, keep serving
+                asm.counters["socket_errors"] += 1
+                log.debug("port %d: %s", port, e)
+                return
+            frame = asm.add(view[:n], source[:2], self.clock())
+            if frame is not None:
+                self.out.put(ReadyFrame(port, frame.seq, frame.capture_ns, time.time_ns(), frame.data,
+                                        self.pipelines[port], {"source": f"{source[0]}:{source[1]}"}))
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per-port counters: frames complete/incomplete, malformed (total and by reason), dropped."""
+        out = {}
+        for port, asm in self.assemblers.items():
+            c = Counter(dict(asm.counters))  # dict() copies atomically under the GIL
+            c["malformed"] = asm.malformed()
+            c["dropped_stale"] = self.out.dropped[port]
+            out[str(port)] = {k: int(v) for k, v in c.items()}
+        return out

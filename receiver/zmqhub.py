@@ -1,0 +1,139 @@
+"""An imagezmq-compatible hub (ZMQ REP): for links where every frame must arrive.
+
+Speaks imagezmq's wire format, so an unmodified `imagezmq.ImageSender` works: a JSON part
+{"msg": text} (plus "dtype" and "shape" for a raw array) followed by the image bytes; the
+reply is b"OK". framehive publishers put a JSON object in `msg` naming the camera port, the
+frame number and the capture time; any other text is kept as the source name and the frame
+goes to the hub's own port number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from receiver.buffer import FrameBuffer, ReadyFrame
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 200
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_RAW_PIXELS = 4096 * 4096 * 3
+JPEG_QUALITY = 90
+
+
+class ZmqHub:
+    """One REP socket; each request is a frame, answered as soon as it is buffered."""
+
+    def __init__(self, host: str, port: int, buffer: FrameBuffer, *, pipelines: dict[int, str],
+                 default_pipeline: str, ports: set[int] | None = None) -> None:
+        self.buffer = buffer
+        self.pipelines = pipelines
+        self.default_pipeline = default_pipeline
+        self.allowed_ports = ports  # None: any port a sender names
+        self.counters: Counter[str] = Counter()
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        addr = f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
+        if ":" in host:
+            self._sock.setsockopt(zmq.IPV6, 1)
+        if port:
+            self._sock.bind(f"{addr}:{port}")
+            self.port = port
+        else:
+            self.port = self._sock.bind_to_random_port(addr)
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="zmq-hub")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+        self._sock.close(0)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(POLL_MS):
+                continue
+            parts = self._sock.recv_multipart(copy=True)
+            reply = self.handle(parts)
+            self._sock.send(reply)
+
+    def handle(self, parts: list[bytes]) -> bytes:
+        """Turn one request into a buffered frame; the reply says OK or what was wrong."""
+        try:
+            frame = self._frame(parts)
+        except ValueError as e:
+            self.counters["malformed"] += 1
+            log.debug("zmq hub: %s", e)
+            return f"ERR {e}".encode()
+        self.buffer.put(frame)
+        self.counters["frames_complete"] += 1
+        return b"OK"
+
+    def _frame(self, parts: list[bytes]) -> ReadyFrame:
+        if len(parts) != 2:
+            raise ValueError(f"expected 2 message parts (metadata, image), got {len(parts)}")
+        try:
+            md = json.loads(parts[0])
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"metadata is not JSON: {e}") from e
+        if not isinstance(md, dict):
+            raise ValueError("metadata must be a JSON object")
+        data = self._jpeg(md, parts[1])
+        port, seq, capture_ns, source = self._identity(md.get("msg", ""))
+        return ReadyFrame(port, seq, capture_ns, time.time_ns(), data,
+                          self.pipelines.get(port, self.default_pipeline), {"source": source, "via": "zmq"})
+
+    @staticmethod
+    def _jpeg(md: dict[str, Any], body: bytes) -> bytes:
+        if "dtype" not in md:  # send_jpg: bytes go through untouched
+            if not body:
+                raise ValueError("empty image")
+            return body
+        shape = md.get("shape")
+        if md["dtype"] != "uint8" or not isinstance(shape, list) or len(shape) not in (2, 3):
+            raise ValueError(f"raw images must be uint8 HxW or HxWxC, got {md.get('dtype')} {shape}")
+        if not all(isinstance(v, int) and v > 0 for v in shape) or int(np.prod(shape)) > MAX_RAW_PIXELS:
+            raise ValueError(f"bad raw image shape {shape}")
+        if int(np.prod(shape)) != len(body):
+            raise ValueError(f"shape {shape} needs {int(np.prod(shape))} bytes, got {len(body)}")
+        ok, enc = cv2.imencode(".jpg", np.frombuffer(body, np.uint8).reshape(shape),
+                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ValueError("could not encode the raw image as JPEG")
+        return enc.tobytes()
+
+    def _identity(self, msg: Any) -> tuple[int, int, int, str]:
+        """(port, seq, capture_ns, source name) from a framehive msg, or defaults for plain text."""
+        if isinstance(msg, str) and msg.startswith("{"):
+            try:
+                d = json.loads(msg)
+                port, seq, cap = int(d["port"]), int(d["seq"]), int(d["capture_ns"])
+                name = str(d.get("name", ""))[:64]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"framehive metadata is incomplete: {e}") from e
+            if not 0 < port < 65536 or (self.allowed_ports is not None and port not in self.allowed_ports):
+                raise ValueError(f"port {port} is not served by this receiver")
+            return port, seq & 0x7FFFFFFF, cap, name
+        self._seq += 1
+        return self.port, self._seq & 0x7FFFFFFF, time.time_ns(), str(msg)[:64]

@@ -1,0 +1,154 @@
+"""`python -m sender`: the publisher. Captures frames, JPEG-encodes each once, and sends them to a
+receiver over UDP chunks (default) or imagezmq (--transport zmq), paced to --fps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import threading
+import time
+from collections import Counter
+
+import cv2
+import numpy as np
+
+from common.protocol import DEFAULT_CHUNK_BYTES, HEADER_BYTES, MAX_DATAGRAM_BYTES
+from common.runtime import setup_logging, stop_on_signals
+from sender.sources import CaptureSource, FrameSource, open_source
+from sender.transport import Transport, UdpTransport, ZmqTransport, parse_hostport
+
+log = logging.getLogger("publisher")
+
+STATS_EVERY_S = 10.0
+REOPEN_BACKOFF_MAX_S = 10.0
+
+
+class Publisher:
+    """Reads, encodes and sends frames at a steady pace until the source ends or it is stopped."""
+
+    def __init__(self, source: FrameSource, transport: Transport, *, fps: float, quality: int,
+                 max_frames: int = 0, max_width: int = 0) -> None:
+        self.source, self.transport = source, transport
+        self.period = 1.0 / fps
+        self.params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+        self.max_frames, self.max_width = max_frames, max_width
+        self.counters: Counter[str] = Counter()
+        self.seq = 0
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish until the source is exhausted, max_frames are sent, or `stop` is set."""
+        next_at = time.monotonic()
+        last_stats = next_at
+        while not stop.is_set() and not (self.max_frames and self.seq >= self.max_frames):
+            frame = self._read(stop)
+            if frame is None:
+                break
+            self.publish(frame)
+            next_at += self.period
+            now = time.monotonic()
+            if next_at < now - self.period:  # fell behind (slow source or encoder): do not burst to catch up
+                self.counters["late"] += 1
+                next_at = now
+            stop.wait(max(0.0, next_at - now))
+            if now - last_stats >= STATS_EVERY_S:
+                log.info("sent %d frames %s", self.seq, dict(self.transport.counters))
+                last_stats = now
+
+    def _read(self, stop: threading.Event) -> np.ndarray | None:
+        frame = self.source.read()
+        pause = 0.5
+        while frame is None and self.source.live and not stop.is_set():
+            log.warning("source stopped delivering frames; reopening in %.1fs", pause)
+            stop.wait(pause)
+            pause = min(pause * 2, REOPEN_BACKOFF_MAX_S)
+            if isinstance(self.source, CaptureSource) and self.source.reopen():
+                frame = self.source.read()
+        return frame
+
+    def publish(self, frame: np.ndarray) -> bool:
+        """Encode once and send; returns whether the transport took it."""
+        capture_ns = time.time_ns()
+        if self.max_width and frame.shape[1] > self.max_width:
+            scale = self.max_width / frame.shape[1]
+            frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", frame, self.params)
+        if not ok:
+            self.counters["encode_errors"] += 1
+            return False
+        sent = self.transport.send(jpeg.tobytes(), seq=self.seq, capture_ns=capture_ns)
+        self.counters["sent" if sent else "not_sent"] += 1
+        self.counters["bytes"] += len(jpeg) if sent else 0
+        self.seq += 1
+        return sent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", default="synthetic",
+                   help="camera index (0), video file, rtsp:// or http:// URL, or synthetic[:WxH]")
+    p.add_argument("--receiver", default="127.0.0.1:5000",
+                   help="HOST:PORT of the receiver's UDP port for this camera (or its imagezmq hub with --transport zmq)")
+    p.add_argument("--transport", choices=["udp", "zmq"], default="udp")
+    p.add_argument("--camera-port", type=int, default=0,
+                   help="with --transport zmq: the camera port results are filed under (default: the hub's port)")
+    p.add_argument("--fps", type=float, default=0.0, help="frames per second (0: the source's own rate)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: no limit)")
+    p.add_argument("--loop", action="store_true", help="restart a video file when it ends")
+    p.add_argument("--quality", type=int, default=80, help="JPEG quality 1..100")
+    p.add_argument("--max-width", type=int, default=0, help="downscale wider frames to this width (0: never)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES,
+                   help="payload bytes per UDP datagram (1400 fits a 1500-byte MTU; up to 65000 on loopback)")
+    p.add_argument("--stream-id", type=int, default=-1, help="stream id in each datagram (default: random)")
+    p.add_argument("--name", default="", help="camera name (zmq metadata)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    try:
+        args.host, args.port = parse_hostport(args.receiver)
+    except ValueError as e:
+        p.error(str(e))
+    checks = [(0 <= args.fps <= 1000, "--fps must be 0..1000"), (1 <= args.quality <= 100, "--quality must be 1..100"),
+              (args.max_frames >= 0, "--max-frames must be >= 0"), (args.max_width >= 0, "--max-width must be >= 0"),
+              (1 <= args.chunk_size <= MAX_DATAGRAM_BYTES - HEADER_BYTES,
+               f"--chunk-size must be 1..{MAX_DATAGRAM_BYTES - HEADER_BYTES}"),
+              (-1 <= args.stream_id < 2**32, "--stream-id must be 0..4294967295"),
+              (0 <= args.camera_port < 65536, "--camera-port must be 0..65535")]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        source = open_source(args.source, loop=args.loop)
+    except (ValueError, OSError) as e:
+        print(f"python -m sender: error: {e}", file=sys.stderr)
+        return 2
+    fps = args.fps or source.fps
+    stream_id = args.stream_id if args.stream_id >= 0 else random.getrandbits(32)
+    if args.transport == "udp":
+        transport: Transport = UdpTransport(args.host, args.port, stream_id=stream_id, chunk_bytes=args.chunk_size)
+    else:
+        transport = ZmqTransport(args.host, args.port, camera_port=args.camera_port or args.port,
+                                 name=args.name or args.source)
+    stop = stop_on_signals()
+    pub = Publisher(source, transport, fps=fps, quality=args.quality, max_frames=args.max_frames,
+                    max_width=args.max_width)
+    log.info("publishing %s to %s:%d over %s at %.1f fps", args.source, args.host, args.port, args.transport, fps)
+    try:
+        pub.run(stop)
+    finally:
+        source.close()
+        transport.close()
+    print(json.dumps({"frames": pub.seq, **pub.counters, **transport.counters}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""How a publisher sends an encoded frame: UDP datagrams, or imagezmq REQ/REP with timeouts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections import Counter
+from typing import Protocol
+
+import zmq
+
+from common.protocol import encode_frame
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """Sends one encoded frame; returns True if it left (UDP) or was acknowledged (ZMQ)."""
+
+    counters: Counter
+
+    def send(self, jpeg: bytes, *, seq: int, capture_ns: int) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """'host:port' or '[v6addr]:port' -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class UdpTransport:
+    """Frames as protocol datagrams to one receiver port."""
+
+    def __init__(self, host: str, port: int, *, stream_id: int, chunk_bytes: int) -> None:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        self.addr = info[4]
+        self.stream_id, self.chunk_bytes = stream_id, chunk_bytes
+        self.counters: Counter[str] = Counter()
+
+    def send(self, jpeg: bytes, *, seq: int, capture_ns: int) -> bool:
+        try:
+            for datagram in encode_frame(jpeg, stream_id=self.stream_id, seq=seq, capture_ns=capture_ns,
+                                         chunk_bytes=self.chunk_bytes):
+                self.sock.sendto(datagram, self.addr)
+                self.counters["datagrams"] += 1
+        except OSError as e:  # e.g. ECONNREFUSED from an earlier ICMP, ENOBUFS: count and go on
+            self.counters["send_errors"] += 1
+            log.debug("send failed: %s", e)
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ZmqTransport:
+    """imagezmq-compatible REQ with send/receive timeouts and reconnect (stock imagezmq has neither)."""
+
+    def __init__(self, host: str, port: int, *, camera_port: int, name: str, timeout_s: float = 2.0,
+                 retries: int = 3) -> None:
+        self.endpoint = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+        self.camera_port, self.name = camera_port, name
+        self.timeout_ms, self.retries = int(timeout_s * 1000), retries
+        self.ctx = zmq.Context.instance()
+        self.counters: Counter[str] = Counter()
+        self.sock = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.REQ)
+        for opt, val in ((zmq.LINGER, 0), (zmq.SNDTIMEO, self.timeout_ms), (zmq.RCVTIMEO, self.timeout_ms),
+                         (zmq.IPV6, 1)):
+            sock.setsockopt(opt, val)
+        sock.connect(self.endpoint)
+        return sock
+
+    def send(self, jpeg: bytes, *, seq: int, capture_ns: int) -> bool:
+        msg = json.dumps({"port": self.camera_port, "seq": seq, "capture_ns": capture_ns, "name": self.name})
+        md = json.dumps({"msg": msg}).encode()
+        for _ in range(self.retries + 1):
+            try:
+                self.sock.send_multipart([md, jpeg], copy=False)
+                reply = self.sock.recv()
+            except zmq.Again:  # no answer in time: a REQ socket is stuck now, so start a new one
+                self.counters["timeouts"] += 1
+                self.sock.close(0)
+                self.sock = self._connect()
+                continue
+            if reply != b"OK":
+                self.counters["refused"] += 1
+                log.warning("hub refused frame %d: %s", seq, reply[:200].decode("utf-8", "replace"))
+                return False
+            return True
+        self.counters["given_up"] += 1
+        return False
+
+    def close(self) -> None:
+        self.sock.close(0)

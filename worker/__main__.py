@@ -1,0 +1,67 @@
+"""`python -m worker`: a pull-based worker that runs each task's pipeline and reports results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import cv2
+
+from common.masterclient import parse_master_url
+from common.pipeline import STAGES, parse_pipeline
+from common.runtime import setup_logging, stop_on_signals
+from common.errors import PipelineSpecError
+from worker.loop import Worker, WorkerConfig
+from worker.pipeline import StageCache
+
+log = logging.getLogger("worker")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    stages = "; ".join(f"{k}: {v.help}" for k, v in STAGES.items())
+    p = argparse.ArgumentParser(prog="python -m worker", description=__doc__,
+                                epilog=f"stages: {stages}",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
+    p.add_argument("--name", default="", help="worker name shown by the master (default host-pid)")
+    p.add_argument("--batch", type=int, default=WorkerConfig.batch, help="tasks leased per request (1..256)")
+    p.add_argument("--wait-s", type=float, default=WorkerConfig.wait_s, help="long-poll time per request (0..5)")
+    p.add_argument("--threads", type=int, default=0, help="OpenCV threads (0: OpenCV's default)")
+    p.add_argument("--preload", default="", help="pipeline to load before taking work, e.g. person,face")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    try:
+        parse_master_url(args.master)
+        if args.preload:
+            parse_pipeline(args.preload)
+        WorkerConfig(batch=args.batch, wait_s=args.wait_s)
+    except (ValueError, PipelineSpecError) as e:
+        p.error(str(e))
+    if args.threads < 0:
+        p.error("--threads must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    if args.threads:
+        cv2.setNumThreads(args.threads)
+    stop = stop_on_signals()
+    stages = StageCache()
+    if args.preload:
+        for spec in parse_pipeline(args.preload):
+            stages.get(spec)
+    worker = Worker(WorkerConfig(master_url=args.master, name=args.name, batch=args.batch, wait_s=args.wait_s),
+                    stages=stages)
+    worker.start()
+    stop.wait()
+    log.info("stopping: finishing the task in hand, handing back the rest")
+    worker.stop()
+    worker.join(60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

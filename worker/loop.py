@@ -1,0 +1,227 @@
+"""The pull loop: register, lease tasks, run their pipelines, report, heartbeat, back off, stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from common.errors import BadRequest, DecodeError, MasterUnavailable, PipelineSpecError, QueueFull
+from common.masterclient import MasterClient
+from common.tasks import Lease, Outcome
+from worker.pipeline import StageCache, process_payload
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker process pulls work."""
+
+    master_url: str = "http://127.0.0.1:8000"
+    name: str = ""
+    batch: int = 2  # tasks leased per request: small keeps cameras fair and leases short
+    wait_s: float = 1.0  # long poll: how long the master may hold a lease request open
+    backoff_min_s: float = 0.1
+    backoff_max_s: float = 5.0
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch <= 256:
+            raise ValueError(f"batch must be 1..256, got {self.batch}")
+        if not 0 <= self.wait_s <= 5:
+            raise ValueError(f"wait_s must be 0..5, got {self.wait_s}")
+        if not 0 < self.backoff_min_s <= self.backoff_max_s:
+            raise ValueError("backoff_min_s must be > 0 and <= backoff_max_s")
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset on success."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi, self.n = lo, hi, 0
+
+    def next(self) -> float:
+        self.n += 1
+        return random.uniform(self.lo, min(self.hi, self.lo * 2 ** self.n))
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+class Worker:
+    """One pull-based worker: `start()`, `stop()`, `join(timeout)`, or `run_once()` in tests."""
+
+    def __init__(self, config: WorkerConfig, *, stages: StageCache | None = None) -> None:
+        self.config = config
+        self.name = config.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.stages = stages or StageCache()
+        self.client = MasterClient(config.master_url, timeout_s=config.timeout_s)
+        self.worker_id = ""
+        self.heartbeat_s = 1.0
+        self.done = 0
+        self.failed = 0
+        self.busy = False
+        self._stop = threading.Event()
+        self._reregister = threading.Event()
+        self._backoff = Backoff(config.backoff_min_s, config.backoff_max_s)
+        self._threads: list[threading.Thread] = []
+        self._master_down = False
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the pull loop and the heartbeat in background threads."""
+        self._threads = [threading.Thread(target=self.run, name="pull"),
+                         threading.Thread(target=self._heartbeat_loop, name="heartbeat")]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Finish the task in hand, hand back the rest, then stop."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self._threads:
+            t.join(timeout)
+
+    def __enter__(self) -> "Worker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.join(30)
+
+    # ----- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Pull and process until stopped."""
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # one bad pass must not end the worker
+                log.exception("worker %s: unexpected error in the pull loop", self.worker_id)
+                self._stop.wait(self._backoff.next())
+        self.client.close()
+        log.info("worker %s stopped after %d task(s)", self.worker_id or self.name, self.done)
+
+    def run_once(self) -> int:
+        """Register if needed, lease one batch, process it, report; returns tasks processed."""
+        try:
+            if not self.worker_id or self._reregister.is_set():
+                self._register()
+            leases = self.client.lease(self.worker_id, self.config.batch, self.config.wait_s)
+        except BadRequest as e:  # our id is unknown: the master restarted
+            log.info("worker %s: %s; registering again", self.worker_id, e)
+            self._reregister.set()
+            return 0
+        except MasterUnavailable as e:
+            self._master_unavailable(e)
+            return 0
+        self._master_back()
+        if leases:
+            self._process_batch(leases)
+        return len(leases)
+
+    def _register(self) -> None:
+        info = self.client.register_worker(self.name)
+        self.worker_id, self.heartbeat_s = info["worker_id"], float(info["heartbeat_s"])
+        self._reregister.clear()
+        log.info("registered with %s as %s", self.config.master_url, self.worker_id)
+
+    def _process_batch(self, leases: list[Lease]) -> None:
+        outcomes: list[Outcome] = []
+        failed: list[tuple[str, str, str]] = []
+        released: list[tuple[str, str]] = []
+        self.busy = True
+        for lease in leases:
+            if self._stop.is_set():
+                released.append((lease.task.id, lease.token))
+                continue
+            outcome, error = self.process(lease)
+            if outcome is not None:
+                outcomes.append(outcome)
+            else:
+                failed.append((lease.task.id, lease.token, error))
+        self.busy = False
+        self._report(outcomes, failed, released)
+
+    def process(self, lease: Lease) -> tuple[Outcome | None, str]:
+        """Run one task. A bad payload or spec is a result with an error; a crash is a retryable failure."""
+        task, started = lease.task, time.time_ns()
+        try:
+            out = process_payload(task.spec.pipeline, task.payload, self.stages)
+        except (DecodeError, PipelineSpecError) as e:
+            log.info("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
+            return Outcome(task.id, lease.token, error=str(e), started_ns=started, finished_ns=time.time_ns()), ""
+        except Exception as e:  # a detector crash: let the master retry it, maybe elsewhere
+            log.exception("task %s failed in its pipeline", task.id)
+            return None, f"{type(e).__name__}: {e}"
+        return Outcome(task.id, lease.token, out.detections, out.timings_ms, "", started, time.time_ns()), ""
+
+    def _report(self, outcomes: list[Outcome], failed: list, released: list) -> None:
+        """Deliver a batch's outcomes, retrying while the lease could still be valid."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                reply = self.client.complete(self.worker_id, outcomes, failed, released)
+                break
+            except (MasterUnavailable, QueueFull) as e:
+                if time.monotonic() > deadline or (self._stop.is_set() and not outcomes):
+                    log.warning("worker %s: dropping %d outcome(s): %s", self.worker_id, len(outcomes), e)
+                    return
+                pause = self._backoff.next()
+                if self._stop.is_set():  # shutting down: keep trying briefly, the stop event no longer waits
+                    time.sleep(min(pause, 0.5))
+                else:
+                    self._stop.wait(pause)
+        self.done += len(reply.get("accepted", []))
+        self.failed += len(failed)
+        for r in reply.get("rejected", []):
+            log.info("worker %s: result for %s not stored: %s", self.worker_id, r["task_id"], r["reason"])
+
+    def _master_unavailable(self, e: Exception) -> None:
+        if not self._master_down:
+            log.warning("worker %s: master unreachable (%s); retrying with backoff", self.worker_id or self.name, e)
+            self._master_down = True
+        self._stop.wait(self._backoff.next())
+
+    def _master_back(self) -> None:
+        if self._master_down:
+            log.info("worker %s: master reachable again", self.worker_id)
+            self._master_down = False
+        self._backoff.reset()
+
+    # ----- heartbeat ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float | int | str]:
+        """What the heartbeat reports: load, memory, progress."""
+        proc = psutil.Process()
+        return {"cpu_percent": proc.cpu_percent(None), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+                "host_cpu_percent": psutil.cpu_percent(None), "tasks_done": self.done,
+                "tasks_failed": self.failed, "busy": int(self.busy), "pid": os.getpid()}
+
+    def _heartbeat_loop(self) -> None:
+        client = MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s))
+        try:
+            while not self._stop.wait(self.heartbeat_s):
+                if not self.worker_id:
+                    continue
+                try:
+                    if not client.heartbeat(self.worker_id, self.stats()).get("known", True):
+                        self._reregister.set()
+                except (MasterUnavailable, OSError):
+                    pass  # the pull loop reports the outage
+                except Exception:
+                    log.exception("worker %s: heartbeat failed", self.worker_id)
+        finally:
+            client.close()
