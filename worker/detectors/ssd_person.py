@@ -7,9 +7,11 @@ predictors) and replaces the rest with cv2.dnn's own SSD layers: one PriorBox pe
 flattened box encodings and class logits concatenated, a Sigmoid, and a DetectionOutput layer.  The
 weights are still read from the frozen graph; the text graph only describes the structure.
 
-Model configuration (from the graph's training pipeline): 300x300 fixed resizer, inputs scaled to
-[-1, 1], SSD anchor generator with 6 layers, scales 0.2..0.95, aspect ratios 1, 2, 0.5, 3, 0.3333,
-box coder scales y/x 10 and h/w 5, sigmoid scores, NMS IoU 0.6 with score floor 0.3 and 100 detections.
+Model configuration: 300x300 fixed resizer, RGB inputs scaled to [-1, 1], SSD anchor generator with
+6 layers, scales 0.2..0.95, aspect ratios 1, 2, 0.5, 3, 0.3333, box coder scales y/x 10 and h/w 5,
+sigmoid scores; the frozen graph's own NMS uses IoU 0.6, score floor 1e-8 and 100 detections.
+With the same 300x300 RGB input, the converted net reproduces TensorFlow's detections of the frozen
+graph (scores within 1e-5, boxes to the pixel).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ MAX_SCALE = 0.95
 ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 0.3333)
 VARIANCES = (0.1, 0.1, 0.2, 0.2)  # reciprocals of the box coder scales (y, x, h, w) = (10, 10, 5, 5)
 
-DEFAULT_SCORE_FLOOR = 0.3
+# What the frozen graph's postprocessor uses (its NonMaxSuppressionV3 constants).
+DEFAULT_SCORE_FLOOR = 1e-8
 DEFAULT_NMS_IOU = 0.6
 DEFAULT_MAX_DETECTIONS = 100
 
@@ -122,9 +125,9 @@ class _Graph:
 
     def resolve(self, ref: str) -> str:
         """Follow Identity nodes from an input reference; preprocessor outputs become the input placeholder."""
-        name = ref.split(":")[0].lstrip("^")
+        name = ref.split(":", maxsplit=1)[0]
         while name in self.by_name and self.by_name[name].op == "Identity":
-            name = self.by_name[name].inputs[0].split(":")[0].lstrip("^")
+            name = self.by_name[name].inputs[0].split(":", maxsplit=1)[0]
         return INPUT_NAME if name.startswith(PREPROCESSOR_PREFIX) else name
 
     def is_const(self, name: str) -> bool:
@@ -136,7 +139,9 @@ class _Graph:
         try:
             return self.by_name[name]
         except KeyError:
-            raise ValueError(f"the frozen graph has no node {name!r}: not an SSD graph of the expected layout") from None
+            raise ValueError(
+                f"the frozen graph has no node {name!r}: not an SSD graph of the expected layout"
+            ) from None
 
     def ancestors(self, outputs: list[str]) -> set[str]:
         """Names of the non-Const nodes the outputs depend on, up to the input placeholder."""
@@ -148,18 +153,23 @@ class _Graph:
                 continue
             seen.add(name)
             if name != INPUT_NAME:
-                stack.extend(self.resolve(ref) for ref in self.node(name).inputs)
+                stack.extend(self.resolve(ref) for ref in _data_inputs(self.node(name)))
         return seen
 
 
+def _data_inputs(node: _Node) -> list[str]:
+    """Return a node's data inputs (control dependencies, `^name`, do not matter to cv2.dnn)."""
+    return [ref for ref in node.inputs if not ref.startswith("^")]
+
+
 def _predictor_names(index: int) -> tuple[str, str]:
-    """The box-encoding and class-logit output nodes of box predictor `index`."""
+    """Return the box-encoding and class-logit output nodes of box predictor `index`."""
     prefix = f"BoxPredictor_{index}/"
     return prefix + "BoxEncodingPredictor/BiasAdd", prefix + "ClassPredictor/BiasAdd"
 
 
 def _feature_map(graph: _Graph, index: int) -> str:
-    """The feature-map node that box predictor `index` reads from."""
+    """Return the feature-map node that box predictor `index` reads from."""
     prefix = f"BoxPredictor_{index}/"
     name = _predictor_names(index)[0]
     while name.startswith(prefix):
@@ -171,7 +181,7 @@ def _conv_out_channels(graph: _Graph, bias_add: str) -> int:
     """Output channels of the convolution that feeds a BiasAdd, read from its weights' shape."""
     conv = graph.node(graph.resolve(graph.node(bias_add).inputs[0]))
     weights = graph.node(graph.resolve(conv.inputs[1]))
-    sizes = [int(m) for m in re.findall(r"^\s+size: (\d+)$", "\n".join(weights.attr_lines), re.M)]
+    sizes = [int(m) for m in re.findall(r"^\s+size: (\d+)$", "\n".join(weights.attr_lines), re.MULTILINE)]
     if not sizes:
         raise ValueError(f"no shape recorded for the weights {weights.name!r}")
     return sizes[-1]
@@ -196,7 +206,7 @@ def _anchor_specs(layer: int) -> list[tuple[float, float]]:
     return [(scale, ratio) for ratio in ASPECT_RATIOS] + [(math.sqrt(scale * scales[layer + 1]), 1.0)]
 
 
-def anchor_sizes(layer: int) -> list[tuple[float, float]]:
+def _anchor_sizes(layer: int) -> list[tuple[float, float]]:
     """(width, height) in input pixels of each anchor of one feature-map location."""
     return [(INPUT_SIZE * s * math.sqrt(r), INPUT_SIZE * s / math.sqrt(r)) for s, r in _anchor_specs(layer)]
 
@@ -222,39 +232,39 @@ def _fmt_float(value: float) -> str:
 
 
 def _attr(key: str, body: list[str]) -> list[str]:
-    """An `attr { key: ... value { ... } }` block with the given value lines."""
+    """Return an `attr { key: ... value { ... } }` block with the given value lines."""
     return ["  attr {", f'    key: "{key}"', "    value {", *(f"      {line}" for line in body), "    }", "  }"]
 
 
 def _attr_bool(key: str, value: bool) -> list[str]:
-    """A boolean attribute."""
+    """Return a boolean attribute."""
     return _attr(key, [f"b: {'true' if value else 'false'}"])
 
 
 def _attr_int(key: str, value: int) -> list[str]:
-    """An integer attribute."""
+    """Return an integer attribute."""
     return _attr(key, [f"i: {value}"])
 
 
 def _attr_float(key: str, value: float) -> list[str]:
-    """A float attribute."""
+    """Return a float attribute."""
     return _attr(key, [f"f: {_fmt_float(value)}"])
 
 
 def _attr_str(key: str, value: str) -> list[str]:
-    """A string attribute."""
+    """Return a string attribute."""
     return _attr(key, [f's: "{value}"'])
 
 
 def _attr_floats(key: str, values: list[float]) -> list[str]:
-    """A float-vector attribute, as a tensor (how cv2.dnn reads PriorBox sizes and variances)."""
+    """Return a float-vector attribute, as a tensor (how cv2.dnn reads PriorBox sizes and variances)."""
     body = ["tensor {", "  dtype: DT_FLOAT", "  tensor_shape {", "    dim {", f"      size: {len(values)}"]
     body += ["    }", "  }", *(f"  float_val: {_fmt_float(v)}" for v in values), "}"]
     return _attr(key, body)
 
 
 def _int_const(name: str, value: int) -> _Node:
-    """A scalar int32 Const node."""
+    """Return a scalar int32 Const node."""
     tensor = ["tensor {", "  dtype: DT_INT32", "  tensor_shape {", "  }", f"  int_val: {value}", "}"]
     return _Node(name, "Const", [], _attr("dtype", ["type: DT_INT32"]) + _attr("value", tensor))
 
@@ -271,8 +281,8 @@ def _render(node: _Node) -> str:
 
 
 def _prior_box(name: str, feature_map: str, layer: int) -> _Node:
-    """A PriorBox node reproducing the anchors of one feature map (centres at (i + 0.5) / size)."""
-    sizes = anchor_sizes(layer)
+    """Return a PriorBox node reproducing the anchors of one feature map (centres at (i + 0.5) / size)."""
+    sizes = _anchor_sizes(layer)
     attrs = _attr_bool("clip", False) + _attr_bool("flip", False) + _attr_float("offset", 0.5)
     attrs += _attr_floats("width", [w for w, _ in sizes]) + _attr_floats("height", [h for _, h in sizes])
     attrs += _attr_floats("variance", list(VARIANCES))
@@ -280,7 +290,7 @@ def _prior_box(name: str, feature_map: str, layer: int) -> _Node:
 
 
 def _detection_output(inputs: list[str], score_floor: float, nms_iou: float, max_detections: int) -> _Node:
-    """The DetectionOutput node: decode boxes against the priors, then per-class NMS."""
+    """Return the DetectionOutput node: decode boxes against the priors, then per-class NMS."""
     attrs = _attr_int("num_classes", NUM_CLASSES + 1) + _attr_int("background_label_id", 0)
     attrs += _attr_bool("share_location", True) + _attr_str("code_type", "CENTER_SIZE")
     attrs += _attr_bool("loc_pred_transposed", True)  # TF predicts (ty, tx, th, tw)
@@ -291,7 +301,7 @@ def _detection_output(inputs: list[str], score_floor: float, nms_iou: float, max
 
 
 def _concat(name: str, inputs: list[str], axis_node: str) -> _Node:
-    """A ConcatV2 node whose axis comes from an added Const."""
+    """Return a ConcatV2 node whose axis comes from an added Const."""
     return _Node(name, "ConcatV2", [*inputs, axis_node], _attr_int("N", len(inputs)))
 
 
@@ -319,7 +329,7 @@ def _ssd_head(graph: _Graph, score_floor: float, nms_iou: float, max_detections:
 
 
 def _backbone(graph: _Graph) -> list[_Node]:
-    """The input placeholder, feature extractor and box predictors, Identity- and Const-free, in graph order."""
+    """Return the input placeholder, feature extractor and box predictors (no Identity, no Const), in order."""
     outputs = [name for layer in range(NUM_LAYERS) for name in _predictor_names(layer)]
     keep = graph.ancestors(outputs)
     if INPUT_NAME not in keep:
@@ -327,7 +337,7 @@ def _backbone(graph: _Graph) -> list[_Node]:
     nodes = []
     for node in graph.nodes:
         if node.name in keep:
-            inputs = [graph.resolve(ref) for ref in node.inputs]
+            inputs = [graph.resolve(ref) for ref in _data_inputs(node)]
             nodes.append(_Node(node.name, node.op, inputs, node.attr_lines))
     return nodes
 
@@ -364,16 +374,21 @@ def model_path() -> Path:
     )
 
 
+def _to_pixel(normalised: float, size: int) -> int:
+    """Convert a normalised coordinate to pixels, clipped to [0, size]."""
+    return round(min(max(normalised, 0.0), 1.0) * size)
+
+
 def _to_boxes(detections: np.ndarray, width: int, height: int, score_threshold: float) -> list[Box]:
     """Turn DetectionOutput rows into (score, x, y, w, h) pixel boxes, clipped, best first."""
     boxes: list[Box] = []
-    for _, label, score, x1, y1, x2, y2 in detections.reshape(-1, 7):
-        if int(label) != PERSON_LABEL or score < score_threshold:
+    for _, label, score, x1, y1, x2, y2 in detections.reshape(-1, 7).tolist():
+        if round(label) != PERSON_LABEL or score < score_threshold:
             continue
-        left, right = (int(round(min(max(v, 0.0), 1.0) * width)) for v in (x1, x2))
-        top, bottom = (int(round(min(max(v, 0.0), 1.0) * height)) for v in (y1, y2))
+        left, right = _to_pixel(x1, width), _to_pixel(x2, width)
+        top, bottom = _to_pixel(y1, height), _to_pixel(y2, height)
         if right > left and bottom > top:
-            boxes.append((float(score), left, top, right - left, bottom - top))
+            boxes.append((score, left, top, right - left, bottom - top))
     boxes.sort(key=lambda box: box[0], reverse=True)
     return boxes
 
@@ -400,7 +415,9 @@ class SsdPersonNet:
         net = cv2.dnn.readNetFromTensorflow(weights, np.frombuffer(text.encode("ascii"), dtype=np.uint8))
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        log.info("loaded SSDLite person detector from %s (score >= %s, NMS IoU %s)", pb, self.score_threshold, self.nms_iou)
+        log.info(
+            "loaded SSDLite person detector from %s (score >= %s, NMS IoU %s)", pb, self.score_threshold, self.nms_iou
+        )
         return net
 
     def detect(self, bgr: np.ndarray) -> list[Box]:
