@@ -150,6 +150,8 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         self.max_request_bytes = max_request_bytes
         self.dispatcher = RpcDispatcher(MasterRpc(service), service.errors)
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         super().__init__(address, MasterHandler)
 
     def _marshaled_dispatch(self, data: bytes, dispatch_method: Any = None, path: Any = None) -> bytes:
@@ -164,10 +166,24 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._open_lock:
+                self._open.discard(request)
             self._slots.release()
+
+    def server_close(self) -> None:
+        """Close the listening socket and every open keep-alive connection."""
+        super().server_close()
+        with self._open_lock:
+            for conn in self._open:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address, exc_info=True)

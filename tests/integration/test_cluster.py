@@ -1,0 +1,109 @@
+"""The live path end to end with real processes: publishers -> receiver -> master -> workers -> results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from cluster.local import LocalCluster, free_udp_ports
+from common.masterclient import MasterClient
+from common.pipeline import parse_stage
+from tests.conftest import wait_until
+from worker.pipeline import StageCache
+
+FPS = 10
+
+
+def expected_people(clip, n: int) -> list[int]:
+    """Persons per frame for the first `n` frames, encoded exactly as the publisher encodes them."""
+    detect = StageCache().get(parse_stage("person"))
+    cap = cv2.VideoCapture(str(clip))
+    counts = []
+    for _ in range(n):
+        ok, frame = cap.read()
+        assert ok
+        data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
+        counts.append(len(detect(cv2.imdecode(np.asarray(data), cv2.IMREAD_COLOR))))
+    return counts
+
+
+def collect(url: str, port: int, want: int, timeout: float) -> list[dict]:
+    got: list[dict] = []
+    cursor = 0
+    deadline = time.monotonic() + timeout
+    with MasterClient(url) as c:
+        while time.monotonic() < deadline:
+            page = c.get_results(port, cursor, 1000)
+            got += page["results"]
+            cursor = page["next"]
+            if len(got) >= want:
+                break
+            time.sleep(0.2)
+    return got
+
+
+def stats_of(cluster: LocalCluster) -> dict:
+    with MasterClient(cluster.master_url) as c:
+        stats = c.get_stats()
+    return {"ports": stats["ports"], "sources": stats["sources"], "counters": stats["counters"]}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with LocalCluster(log_dir=tmp_path / "logs") as c:
+        yield c
+
+
+def test_two_cameras_end_to_end(cluster, person_clip):
+    n = 90  # the shared clip's first person walks in around frame 65
+    want = expected_people(person_clip, n)  # before the cluster starts: it needs both cores
+    ports = free_udp_ports(2)
+    cluster.start_master()
+    cluster.start_receiver(ports, "--pipeline", "person")
+    cluster.start_workers(2, "--threads", "1", "--preload", "person")
+    pubs = [cluster.start_publisher(p, str(person_clip), "--fps", str(FPS), "--max-frames", str(n)) for p in ports]
+    for p in pubs:
+        p.popen.wait(60)
+        assert p.popen.returncode == 0, p.log_text()
+    for port in ports:
+        rs = collect(cluster.master_url, port, n, 30)
+        seqs = [r["seq"] for r in rs]
+        assert len(seqs) == len(set(seqs)), "duplicate results"
+        assert len(rs) >= 0.95 * n, f"port {port}: {len(rs)} results for {n} frames: {stats_of(cluster)}"
+        got = {r["seq"]: len(r["detections"]) for r in rs}
+        assert sum(want) > 0, "the clip's first frames should show people"
+        assert all(got[s] == want[s] for s in got), "the cluster must find what a local run finds"
+        assert all(r["status"] == "ok" and r["latency_ms"] > 0 for r in rs)
+    with MasterClient(cluster.master_url) as c:
+        stats = c.get_stats()
+    rx = stats["sources"]["receiver"]["ports"]
+    assert all(rx[str(p)]["frames_complete"] == n and rx[str(p)]["malformed"] == 0 for p in ports)
+
+
+def test_worker_sigkill_mid_run_loses_and_duplicates_nothing(cluster, person_clip):
+    n = 100
+    [port] = free_udp_ports(1)
+    cluster.start_master("--worker-timeout-s", "2")
+    cluster.start_receiver([port], "--pipeline", "person")
+    workers = cluster.start_workers(2, "--threads", "1", "--preload", "person")
+    pub = cluster.start_publisher(port, str(person_clip), "--fps", str(FPS), "--max-frames", str(n))
+    wait_until(lambda: len(collect(cluster.master_url, port, n, 0.1)) >= 30, 60)
+    os.kill(workers[0].popen.pid, signal.SIGKILL)
+    pub.popen.wait(60)
+    rs = collect(cluster.master_url, port, n, 40)
+    seqs = [r["seq"] for r in rs]
+    ids = [r["task_id"] for r in rs]
+    assert len(seqs) == len(set(seqs)) and len(ids) == len(set(ids)), "a duplicated result"
+    with MasterClient(cluster.master_url) as c:
+        stats = c.get_stats()
+    counters = stats["ports"][str(port)]
+    lost = n - len(rs)
+    assert lost == counters.get("dropped_overflow", 0) + counters.get("dropped_stale", 0), "a frame vanished"
+    assert len(rs) >= 0.95 * n, f"{len(rs)} results for {n} frames ({counters})"
+    dead = [w for w in stats["workers"] if not w["alive"]]
+    assert [w["name"] for w in dead] == ["worker0"]

@@ -1,0 +1,114 @@
+"""The pull worker against a real master: detection, bad payloads, master outages and restarts, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from cluster.local import ROOT, free_port
+from common.masterclient import MasterClient
+from common.pipeline import parse_stage
+from common.tasks import TaskSpec
+from master.httpserver import MasterHTTPServer
+from master.service import MasterService, ServiceConfig
+from master.store import StoreConfig
+from tests.conftest import RunningMaster, wait_until
+from worker.loop import Worker, WorkerConfig
+from worker.pipeline import StageCache
+
+
+@pytest.fixture(scope="module")
+def stages() -> StageCache:
+    return StageCache()  # models load once for the module
+
+
+def jpeg(frame) -> bytes:
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+
+
+def add(url: str, payloads: list[bytes], *, port=5000, pipeline="person") -> list[str]:
+    now = time.time_ns()
+    with MasterClient(url) as c:
+        return c.add_tasks([(TaskSpec(port=port, seq=i, pipeline=pipeline, captured_ns=now, received_ns=now), p)
+                            for i, p in enumerate(payloads)])["ids"]
+
+
+def results(url: str, port=5000) -> list[dict]:
+    with MasterClient(url) as c:
+        return c.get_results(port, 0, 1000)["results"]
+
+
+def test_worker_runs_each_tasks_pipeline(master, stages, person_frames):
+    payloads = [jpeg(f) for f in person_frames[:8]]
+    add(master.url, payloads, port=5000, pipeline="person")
+    add(master.url, payloads[:2], port=5001, pipeline="face,person-hog")
+    with Worker(WorkerConfig(master_url=master.url, name="t", wait_s=0.2), stages=stages):
+        wait_until(lambda: len(results(master.url, 5000)) == 8 and len(results(master.url, 5001)) == 2, 60)
+    rs = results(master.url, 5000)
+    assert all(r["status"] == "ok" and set(r["timings_ms"]) == {"decode", "person"} for r in rs)
+    # the same frames through the detector here give the same answer: the cluster adds no error
+    detect = stages.get(parse_stage("person"))
+    direct = [len(detect(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR))) for p in payloads]
+    assert [len(r["detections"]) for r in sorted(rs, key=lambda r: r["seq"])] == direct
+    assert set(results(master.url, 5001)[0]["timings_ms"]) == {"decode", "face", "person-hog"}
+
+
+def test_garbage_payload_is_a_visible_error_and_the_worker_goes_on(master, stages, person_frames):
+    add(master.url, [b"definitely not a jpeg", jpeg(person_frames[0])])
+    with Worker(WorkerConfig(master_url=master.url, wait_s=0.2), stages=stages):
+        wait_until(lambda: len(results(master.url)) == 2, 30)
+    bad, good = sorted(results(master.url), key=lambda r: r["seq"])
+    assert bad["status"] == "error" and "not a decodable" in bad["error"]
+    assert good["status"] == "ok"
+
+
+def test_worker_waits_for_a_master_that_is_down_then_recovers_across_restarts(stages, person_frames):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    w = Worker(WorkerConfig(master_url=url, wait_s=0.2, backoff_max_s=0.3), stages=stages)
+    w.start()
+    try:
+        time.sleep(0.5)  # the worker is retrying against nothing
+        for _ in range(2):  # first start, then a restart: the worker must register again
+            svc = MasterService()
+            server = MasterHTTPServer(("127.0.0.1", port), svc)
+            t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+            svc.start()
+            t.start()
+            try:
+                add(url, [jpeg(person_frames[0])])
+                wait_until(lambda: len(results(url)) == 1, 30)
+            finally:
+                server.shutdown()
+                server.server_close()
+                t.join(5)
+                svc.stop()
+    finally:
+        w.stop()
+        w.join(10)
+    assert w.done == 2
+
+
+def test_sigterm_finishes_in_hand_and_hands_back_the_rest(person_frames):
+    m = RunningMaster(ServiceConfig(store=StoreConfig(max_pending_per_port=100))).start()
+    try:
+        add(m.url, [jpeg(f) for f in person_frames[:8]] * 3, pipeline="person-hog")
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "--master", m.url, "--batch", "24",
+                                 "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_until(lambda: m.service.stats()["in_progress"] > 0, 30)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out.decode()
+        stats = m.service.stats()
+        done = stats["counters"].get("completed", 0)
+        assert stats["in_progress"] == 0 and stats["pending"] == 24 - done and done < 24
+        assert stats["counters"]["released"] == 24 - done
+    finally:
+        m.stop()
