@@ -79,7 +79,7 @@ class LocalCluster:
     def master_url(self) -> str:
         return f"http://127.0.0.1:{self.master_port}"
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:

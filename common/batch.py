@@ -7,7 +7,8 @@ back. The JSON object carries `"sizes": [n0, n1, ...]`, one byte count per blob,
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from common.errors import DecodeError
 

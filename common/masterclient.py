@@ -10,7 +10,8 @@ import http.client
 import json
 import socket
 import xmlrpc.client
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from common import batch
@@ -48,7 +49,7 @@ class MasterClient:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> "MasterClient":
+    def __enter__(self) -> MasterClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,8 +6,8 @@ spec at start-up; the worker owns the implementations and a test keeps the two i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from common.errors import PipelineSpecError
 

@@ -7,8 +7,8 @@ Every datagram that cannot be used is counted under a reason and dropped; nothin
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 from common.protocol import ChunkHeader, ProtocolError, decode_datagram, seq_newer
 

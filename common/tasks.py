@@ -8,9 +8,10 @@ xmlrpc Binary), never inside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Mapping
+from enum import StrEnum
+from typing import Any
 
 from common.errors import BadRequest
 from common.pipeline import normalize_pipeline
@@ -23,14 +24,14 @@ MAX_ERROR_CHARS = 500
 MAX_TIMINGS = 32
 
 
-class TaskKind(str, Enum):
+class TaskKind(StrEnum):
     """What a task carries."""
 
     FRAME = "frame"  # a live camera frame: real time, may be dropped when stale
     TILE = "tile"  # part of a file job: never dropped
 
 
-class TaskState(str, Enum):
+class TaskState(StrEnum):
     """Where a task is in its life."""
 
     PENDING = "PENDING"

@@ -10,9 +10,10 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from http.server import HTTPServer
 from socketserver import ThreadingMixIn
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from xmlrpc.server import SimpleXMLRPCRequestHandler
 
@@ -42,7 +43,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/RPC2", "/RPC2/")
     encode_threshold = None  # gzip costs 1-1.4 ms per 40 KB reply and buys nothing on a LAN
     timeout = IDLE_TIMEOUT_S
-    server: "MasterHTTPServer"
+    server: MasterHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from xmlrpc.client import Binary, Fault
 from xmlrpc.server import SimpleXMLRPCDispatcher
 

@@ -9,8 +9,9 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from common.errors import FramehiveError, QueueFull, TaskError, UnknownWorker
 from common.tasks import Lease, Outcome, TaskSpec

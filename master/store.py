@@ -15,8 +15,9 @@ import itertools
 import secrets
 import threading
 from collections import Counter, deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from common.errors import QueueFull, StaleLease, UnknownTask
 from common.tasks import SEQ_WIRE_MASK, Lease, Outcome, Task, TaskKind, TaskSpec, TaskState

@@ -6,8 +6,9 @@ Pure and thread-safe; `now` is passed in.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 MAX_WORKERS = 1024
 MAX_STAT_KEYS = 32

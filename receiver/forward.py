@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from common.errors import BadRequest, MasterUnavailable, QueueFull
 from common.masterclient import MasterClient

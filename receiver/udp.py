@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from common.protocol import MAX_DATAGRAM_BYTES
 from common.reassembly import FrameAssembler, ReassemblyLimits

@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", default="synthetic",
                    help="camera index (0), video file, rtsp:// or http:// URL, or synthetic[:WxH]")
     p.add_argument("--receiver", default="127.0.0.1:5000",
-                   help="HOST:PORT of the receiver's UDP port for this camera (or its imagezmq hub with --transport zmq)")
+                   help="HOST:PORT of the receiver's UDP port for this camera "
+                        "(its imagezmq hub with --transport zmq)")
     p.add_argument("--transport", choices=["udp", "zmq"], default="udp")
     p.add_argument("--camera-port", type=int, default=0,
                    help="with --transport zmq: the camera port results are filed under (default: the hub's port)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import pytest
@@ -62,7 +62,7 @@ class RunningMaster:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
 
-    def start(self) -> "RunningMaster":
+    def start(self) -> RunningMaster:
         self.service.start()
         self._thread.start()
         return self

@@ -8,10 +8,10 @@ import sys
 
 import cv2
 
+from common.errors import PipelineSpecError
 from common.masterclient import parse_master_url
 from common.pipeline import STAGES, parse_pipeline
 from common.runtime import setup_logging, stop_on_signals
-from common.errors import PipelineSpecError
 from worker.loop import Worker, WorkerConfig
 from worker.pipeline import StageCache
 

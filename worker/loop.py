@@ -93,7 +93,7 @@ class Worker:
         for t in self._threads:
             t.join(timeout)
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         self.start()
         return self
 

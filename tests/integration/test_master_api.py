@@ -129,7 +129,8 @@ def test_truncated_upload_does_not_block_others(master):
 def test_binary_api_round_trip_and_per_item_errors(master):
     with MasterClient(master.url) as c:
         w = c.register_worker("bin")["worker_id"]
-        specs = [(TaskSpec(port=6000, seq=i, pipeline="face", captured_ns=NOW_NS, received_ns=NOW_NS), bytes([i]) * 48_000)
+        now = time.time_ns()  # frames older than the master's max age would be dropped as stale
+        specs = [(TaskSpec(port=6000, seq=i, pipeline="face", captured_ns=now, received_ns=now), bytes([i]) * 48_000)
                  for i in range(5)]
         reply = c.add_tasks(specs, source="rx", counters={"ports": {"6000": {"frames_complete": 5}}})
         assert all(reply["ids"]) and reply["errors"] == []
@@ -155,8 +156,9 @@ def test_long_poll_returns_as_soon_as_work_arrives(master):
         t0 = time.monotonic()
         assert c.lease(w, 1, wait_s=0.3) == []
         assert 0.25 <= time.monotonic() - t0 < 2.0
-        timer = threading.Timer(0.3, lambda: MasterClient(master.url).add_tasks(
-            [(TaskSpec(port=1, seq=1, pipeline="person", captured_ns=time.time_ns(), received_ns=time.time_ns()), b"x")]))
+        now = time.time_ns()
+        task = TaskSpec(port=1, seq=1, pipeline="person", captured_ns=now, received_ns=now)
+        timer = threading.Timer(0.3, lambda: MasterClient(master.url).add_tasks([(task, b"x")]))
         timer.start()
         t0 = time.monotonic()
         leases = c.lease(w, 1, wait_s=4.0)

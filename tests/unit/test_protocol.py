@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.protocol import (HEADER, HEADER_BYTES, MAGIC, ProtocolError, decode_datagram,
-                             encode_frame, seq_newer)
+from common.protocol import HEADER, HEADER_BYTES, MAGIC, ProtocolError, decode_datagram, encode_frame, seq_newer
 from common.reassembly import FrameAssembler, ReassemblyLimits
 
 SRC = ("127.0.0.1", 40000)
@@ -170,7 +169,7 @@ def test_flood_of_new_frame_ids_stays_bounded():
     for i in range(20_000):
         g = forged(seq=rng.randrange(2**32), stream=rng.randrange(50), index=0, count=4, frame_len=4000,
                    payload=b"z" * 1000)
-        asm.add(g, ("10.0.0.%d" % (i % 20), 1), float(i) * 1e-4)
+        asm.add(g, (f"10.0.0.{i % 20}", 1), float(i) * 1e-4)
         assert asm.frames_in_flight <= 4 * 8 and asm.buffered_bytes <= 200_000
     real = list(encode_frame(frame_bytes(3000), stream_id=99, seq=1, capture_ns=1, chunk_bytes=1000))
     assert len(feed(asm, real, now=2.0)) == 1

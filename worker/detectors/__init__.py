@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import cv2
 import numpy as np
