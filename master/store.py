@@ -251,6 +251,8 @@ class TaskStore:
         rec.state, rec.token, rec.worker = TaskState.PENDING, "", ""
         lane = self._lanes.setdefault(rec.lane, deque())
         lane.appendleft(rec.task.id)
+        # A requeued frame was already accepted and started once: keep it (a crashed worker must not
+        # turn into a lost result) and let the cap take the newest waiting frame instead.
         if rec.spec.kind is TaskKind.FRAME and len(lane) > self.config.max_pending_per_port:
             self._drop(lane.pop(), "dropped_overflow")
         self._ready(rec.lane)
