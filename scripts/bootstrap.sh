@@ -32,7 +32,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
-.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip install -q --no-deps -e .
 # A package that pulled in plain opencv-python would shadow the headless build (it needs libGL).
 if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   echo "bootstrap: removing opencv-python (conflicts with opencv-python-headless)"
