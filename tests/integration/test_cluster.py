@@ -79,10 +79,14 @@ def test_two_cameras_end_to_end(cluster, person_clip):
         assert sum(want) > 0, "the clip's first frames should show people"
         assert all(got[s] == want[s] for s in got), "the cluster must find what a local run finds"
         assert all(r["status"] == "ok" and r["latency_ms"] > 0 for r in rs)
-    with MasterClient(cluster.master_url) as c:
-        stats = c.get_stats()
-    rx = stats["sources"]["receiver"]["ports"]
-    assert all(rx[str(p)]["frames_complete"] == n and rx[str(p)]["malformed"] == 0 for p in ports)
+
+    def receiver_counts() -> dict | None:  # the receiver reports its own counters once a second
+        with MasterClient(cluster.master_url) as c:
+            rx = c.get_stats()["sources"]["receiver"]["ports"]
+        return rx if all(rx[str(p)]["frames_complete"] == n for p in ports) else None
+
+    rx = wait_until(receiver_counts, 10)
+    assert all(rx[str(p)]["malformed"] == 0 and rx[str(p)]["forwarded"] == n for p in ports)
 
 
 def test_worker_sigkill_mid_run_loses_and_duplicates_nothing(cluster, person_clip):
