@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from common.errors import BadRequest, MasterUnavailable, QueueFull
 from common.masterclient import MasterClient
+from common.runtime import Component
 from common.tasks import TaskSpec
 from receiver.buffer import FrameBuffer, ReadyFrame
 
@@ -20,11 +20,14 @@ TAKE_TIMEOUT_S = 0.2
 REPORT_EVERY_S = 1.0
 
 
-class Forwarder:
+class Forwarder(Component):
     """Moves frames from a FrameBuffer to the master; frames are never decoded or re-encoded here."""
+
+    thread_name = "forwarder"
 
     def __init__(self, buffer: FrameBuffer, master_url: str, *, name: str,
                  counters: Callable[[], dict], batch_max: int = BATCH_MAX) -> None:
+        super().__init__()
         self.buffer = buffer
         self.client = MasterClient(master_url)
         self.name = name
@@ -32,23 +35,14 @@ class Forwarder:
         self._source_counters = counters
         self.stats: Counter[str] = Counter()
         self.port_stats: dict[int, Counter[str]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_report = 0.0
         self._down_since = 0.0
         self._pause = 0.1
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="forwarder")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+    def _wake(self) -> None:
         self.buffer.wake()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
+    def close(self) -> None:
         self.client.close()
 
     def run(self) -> None:

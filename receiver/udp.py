@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
 from common.protocol import MAX_DATAGRAM_BYTES
 from common.reassembly import FrameAssembler, ReassemblyLimits
+from common.runtime import Component
 from receiver.buffer import FrameBuffer, ReadyFrame
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,15 @@ def open_udp_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
     return sock
 
 
-class UdpIngest:
+class UdpIngest(Component):
     """Receives every camera port, reassembles frames and hands them to a FrameBuffer."""
+
+    thread_name = "udp-ingest"
 
     def __init__(self, host: str, ports: list[int], pipelines: Mapping[int, str], out: FrameBuffer, *,
                  limits: ReassemblyLimits | None = None, rcvbuf: int = DEFAULT_RCVBUF_BYTES,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.out = out
         self.pipelines = dict(pipelines)
         self.clock = clock
@@ -53,19 +56,8 @@ class UdpIngest:
         for p, s in self.sockets.items():
             self._selector.register(s, selectors.EVENT_READ, self.ports[p])
         self._buf = bytearray(MAX_DATAGRAM_BYTES + 1)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="udp-ingest")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
+    def close(self) -> None:
         self._selector.close()
         for s in self.sockets.values():
             s.close()

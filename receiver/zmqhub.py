@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 import zmq
 
+from common.runtime import Component
 from receiver.buffer import FrameBuffer, ReadyFrame
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,14 @@ MAX_RAW_PIXELS = 4096 * 4096 * 3
 JPEG_QUALITY = 90
 
 
-class ZmqHub:
+class ZmqHub(Component):
     """One REP socket; each request is a frame, answered as soon as it is buffered."""
+
+    thread_name = "zmq-hub"
 
     def __init__(self, host: str, port: int, buffer: FrameBuffer, *, pipelines: dict[int, str],
                  default_pipeline: str, ports: set[int] | None = None) -> None:
+        super().__init__()
         self.buffer = buffer
         self.pipelines = pipelines
         self.default_pipeline = default_pipeline
@@ -53,19 +56,8 @@ class ZmqHub:
         else:
             self.port = self._sock.bind_to_random_port(addr)
         self._seq = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="zmq-hub")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
+    def close(self) -> None:
         self._sock.close(0)
 
     def run(self) -> None:
