@@ -15,8 +15,9 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -132,11 +133,78 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, Any]:
             "max_ms": r(max(values_ms) if values_ms else None), "samples": len(values_ms)}
 
 
+def loadavg_1m() -> float:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0
+
+
 def machine() -> dict[str, Any]:
-    """Facts that make a figure comparable: cores, load right now, Python."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {"cores": os.cpu_count(), "loadavg_1m": round(load[0], 2), "python": platform.python_version(),
+    """Facts that make a figure comparable: cores, load when the bench started, Python."""
+    return {"cores": os.cpu_count(), "loadavg_1m_start": loadavg_1m(), "python": platform.python_version(),
             "platform": platform.platform(terse=True)}
+
+
+def finish_machine(info: dict[str, Any]) -> dict[str, Any]:
+    """`info` with the load when the bench ended."""
+    return {**info, "loadavg_1m_end": loadavg_1m()}
+
+
+def wait_quiet(max_wait_s: float, *, busy_below: float = 0.2, sample_s: float = 1.0) -> float:
+    """Wait (at most `max_wait_s`) until other processes keep fewer than `busy_below` cores busy.
+
+    The machine is shared: starting a measurement while a neighbour's burst runs halves it.
+    Returns the busy cores of the last sample.
+    """
+    meter = CpuMeter([])
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        meter.start()
+        time.sleep(sample_s)
+        busy = meter.stop()["system_busy_cores"]
+        if busy < busy_below or time.monotonic() >= deadline:
+            return busy
+
+
+class CpuMeter:
+    """Cores busy over a window: the whole machine, our processes, and everyone else (the noise)."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self._start: tuple[float, float, float, float] | None = None
+
+    @staticmethod
+    def _system() -> tuple[float, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return sum(t) - idle - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0), getattr(t, "steal", 0.0)
+
+    def _ours(self) -> float:
+        import psutil
+
+        total = 0.0
+        for pid in self.pids:
+            try:
+                c = psutil.Process(pid).cpu_times()
+                total += c.user + c.system
+            except psutil.Error:
+                pass
+        return total
+
+    def start(self) -> None:
+        busy, steal = self._system()
+        self._start = (time.monotonic(), busy, steal, self._ours())
+
+    def stop(self) -> dict[str, float]:
+        """Cores (1.0 = one core all the time) used since start()."""
+        if self._start is None:
+            raise RuntimeError("CpuMeter.stop() before start()")
+        t0, busy0, steal0, ours0 = self._start
+        busy, steal = self._system()
+        seconds = max(time.monotonic() - t0, 1e-9)
+        system, ours = (busy - busy0) / seconds, (self._ours() - ours0) / seconds
+        return {"system_busy_cores": round(system, 2), "bench_cores": round(ours, 2),
+                "other_cores": round(max(0.0, system - ours), 2), "steal_cores": round((steal - steal0) / seconds, 2)}
 
 
 def ratio(figure: float, baseline: float) -> float | None:

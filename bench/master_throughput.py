@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import time
 import xmlrpc.client
 import xmlrpc.server
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ LEASE_WAIT_S = 1.0
 POLL_EMPTY_S = 0.001  # the seed consumer's pause when the queue is empty
 THROTTLE_S = 0.0005  # the producer's pause while its window is full
 GOAL_FRAMES_S = 2000.0
+SWEEP_LEASE_BATCHES = (4, 8)  # full runs also measure ours with larger lease batches
 DETECTIONS = (Detection("person", 0.91, (120, 80, 64, 160)),)
 SEED_RESULT = {"detections": [{"label": "person", "score": 0.91, "box": [120, 80, 64, 160]}]}
 
@@ -327,10 +329,13 @@ def run_once(system: str, jpeg: bytes, load: Load) -> dict[str, Any]:
         pids = [p.pid for p in procs]
         c0, t0 = shared.completed.value, time.monotonic()
         server_cpu0, client_cpu0 = _cpu_s([server.popen.pid]), _cpu_s(pids)
+        meter = benchlib.CpuMeter([server.popen.pid, *pids, os.getpid()])
+        meter.start()
         shared.measuring.set()
         _wait_checked(shared, procs, load.measure_s)
         c1, t1 = shared.completed.value, time.monotonic()
         server_cpu1, client_cpu1 = _cpu_s([server.popen.pid]), _cpu_s(pids)
+        cores = meter.stop()
         shared.measuring.clear()
         shared.stop.set()
         latencies = _collect(shared, procs, LEASE_WAIT_S + 10.0)
@@ -347,9 +352,11 @@ def run_once(system: str, jpeg: bytes, load: Load) -> dict[str, Any]:
            "lifecycle": benchlib.latency_summary(latencies),
            "server_cpu_ms_per_frame": round((server_cpu1 - server_cpu0) * 1000 / max(frames, 1), 3),
            "clients_cpu_ms_per_frame": round((client_cpu1 - client_cpu0) * 1000 / max(frames, 1), 3),
+           "cpu_cores": cores,
            "server_stats": stats}
-    log.info("%s: %.0f frames/s (%d in %.1fs), lifecycle p50 %s ms, server CPU %.3f ms/frame", system,
-             out["frames_per_s"], frames, seconds, out["lifecycle"]["p50_ms"], out["server_cpu_ms_per_frame"])
+    log.info("%s: %.0f frames/s (%d in %.1fs), lifecycle p50 %s ms, server CPU %.3f ms/frame, other "
+             "processes on this machine used %.2f cores", system, out["frames_per_s"], frames, seconds,
+             out["lifecycle"]["p50_ms"], out["server_cpu_ms_per_frame"], cores["other_cores"])
     return out
 
 
@@ -368,14 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one short round per system")
     p.add_argument("--seed-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--consumers", type=int, default=2)
-    p.add_argument("--window", type=int, default=Load.window)
+    p.add_argument("--window", type=int, default=Load.window, help="frames queued or leased at most")
+    p.add_argument("--lease-batch", type=int, default=Load.lease_batch, help="tasks per lease call")
+    p.add_argument("--add-batch", type=int, default=Load.add_batch, help="frames per add_tasks call")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.seed_server is not None:
         return serve_seed(args.seed_server)
     benchlib.setup_logging(args.log_level)
-    load = (Load(warmup_s=1.0, measure_s=3.0, rounds=1, consumers=args.consumers, window=args.window) if args.quick
-            else Load(warmup_s=2.0, measure_s=8.0, rounds=2, consumers=args.consumers, window=args.window))
+    shape = {"consumers": args.consumers, "window": args.window, "lease_batch": args.lease_batch,
+             "add_batch": args.add_batch}
+    load = (Load(warmup_s=1.0, measure_s=3.0, rounds=1, **shape) if args.quick
+            else Load(warmup_s=2.0, measure_s=8.0, rounds=2, **shape))
     machine = benchlib.machine()
     jpeg, jpeg_info = benchlib.test_jpeg()
     ours, seed = [], []
@@ -383,10 +394,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("round %d/%d", r + 1, load.rounds)
         ours.append(run_once("framehive", jpeg, load))
         seed.append(run_once("seed", jpeg, load))
+    sweep = {}
+    if not args.quick:  # where the time goes: HTTP requests per frame (see docs/BENCHMARKS.md)
+        for batch in SWEEP_LEASE_BATCHES:
+            run = run_once("framehive", jpeg, replace(load, lease_batch=batch, warmup_s=1.0, measure_s=4.0))
+            sweep[str(batch)] = {k: run[k] for k in ("frames_per_s", "server_cpu_ms_per_frame")}
     best_ours, best_seed = _best(ours), _best(seed)
     drops = {k: sum(_drops(r["server_stats"])[k] for r in ours) for k in _drops({})}
     figure = {**{k: v for k, v in best_ours.items() if k != "server_stats"}, "drops": drops,
-              "rounds_frames_per_s": [r["frames_per_s"] for r in ours],
+              "rounds_frames_per_s": [r["frames_per_s"] for r in ours], "by_lease_batch": sweep,
               "server_counters": best_ours["server_stats"]["counters"]}
     baseline = {**{k: v for k, v in best_seed.items() if k != "server_stats"},
                 "rounds_frames_per_s": [r["frames_per_s"] for r in seed], "server": best_seed["server_stats"],
@@ -398,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": baseline,
         "ratio": benchlib.ratio(best_ours["frames_per_s"], best_seed["frames_per_s"]),
         "goal": {"frames_per_s": GOAL_FRAMES_S, "met": best_ours["frames_per_s"] >= GOAL_FRAMES_S},
-        "machine": machine,
+        "machine": benchlib.finish_machine(machine),
         "params": {**asdict(load), "quick": args.quick, "payload": jpeg_info, "lease_wait_s": LEASE_WAIT_S,
                    "master_flags": "--max-pending-per-port 100000", "headline": "best round of each system"},
     })

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
-import queue
+import os
 import random
 import socket
 import sys
@@ -38,7 +38,7 @@ log = logging.getLogger("bench.receiver")
 
 FULL_RATES = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000)
 QUICK_RATES = (250, 1000, 2000, 4000)
-PACE_TOLERANCE = 0.95  # a sender below this share of its rate is sender-bound: no higher step is tried
+PACE_TOLERANCE = 0.95  # a sender below this share of its rate is sender-bound
 SETTLE_S = 0.3  # delivery is over when nothing new arrived for this long after the sender stopped
 SETTLE_MAX_S = 3.0
 HUB_POLL_MS = 3000
@@ -151,8 +151,11 @@ def run_step(ingest: UdpIngest, sink: Sink, port: int, jpeg: bytes, fps: float, 
     lat0 = len(sink.latencies_ms)
     proc = ctx.Process(target=_udp_sender, args=(port, jpeg, fps, seconds, chunk, out), name=f"udp-sender-{fps}")
     proc.start()
+    meter = benchlib.CpuMeter([os.getpid(), proc.pid])
+    meter.start()
     try:
         sent = out.get(timeout=seconds + 15.0)
+        cores = meter.stop()
     finally:
         proc.join(5)
         if proc.is_alive():
@@ -171,10 +174,10 @@ def run_step(ingest: UdpIngest, sink: Sink, port: int, jpeg: bytes, fps: float, 
             "kernel_drops": _kernel_drops(port) - kdrops0, "send_errors": sent.get("send_errors", 0),
             "sender_late": sent["late"],
             "sender_bound": bool(fps) and achieved < PACE_TOLERANCE * fps,
-            "reassembly": benchlib.latency_summary(sink.latencies_ms[lat0:])}
-    log.info("step %s fps: sent %d (%.0f/s), delivered %d, lost %d, kernel drops %d%s", fps or "max",
-             step["sent"], achieved, delivered, step["lost"], step["kernel_drops"],
-             " (sender-bound)" if step["sender_bound"] else "")
+            "reassembly": benchlib.latency_summary(sink.latencies_ms[lat0:]), "cpu_cores": cores}
+    log.info("step %s fps: sent %d (%.0f/s), delivered %d, lost %d, kernel drops %d%s; other processes "
+             "used %.2f cores", fps or "max", step["sent"], achieved, delivered, step["lost"], step["kernel_drops"],
+             " (sender-bound)" if step["sender_bound"] else "", cores["other_cores"])
     return step
 
 
@@ -193,7 +196,7 @@ def measure_ours(jpeg: bytes, rates: tuple[int, ...], seconds: float, unpaced_s:
         for fps in rates:
             step = run_step(ingest, sink, port, jpeg, fps, seconds, chunk)
             steps.append(step)
-            if step["lost"] or step["sender_bound"]:
+            if step["lost"] or _sender_stalled(steps):
                 break
         unpaced = run_step(ingest, sink, port, jpeg, 0, unpaced_s, chunk)
     finally:
@@ -208,6 +211,12 @@ def measure_ours(jpeg: bytes, rates: tuple[int, ...], seconds: float, unpaced_s:
             "stopped_by": _stopped_by(steps),
             "steps": steps, "unpaced": unpaced, "rcvbuf_bytes": rcvbuf, "buffer_dropped": int(buffer.dropped[port]),
             "wrong_size_frames": sink.wrong_size}
+
+
+def _sender_stalled(steps: list[dict[str, Any]]) -> bool:
+    """The sender missed its pace and sent no faster than in the step before: higher steps are moot."""
+    last = steps[-1]
+    return last["sender_bound"] and (len(steps) < 2 or last["sent_fps"] < 1.05 * steps[-2]["sent_fps"])
 
 
 def _stopped_by(steps: list[dict[str, Any]]) -> str:
@@ -235,6 +244,8 @@ def measure_imagezmq(jpeg: bytes, seconds: float) -> dict[str, Any]:
     out = ctx.Queue()
     proc = ctx.Process(target=_zmq_sender, args=(port, jpeg, seconds, out), name="zmq-sender")
     proc.start()
+    meter = benchlib.CpuMeter([os.getpid(), proc.pid])
+    meter.start()
     received, first, last = 0, 0.0, 0.0
     try:
         while hub.zmq_socket.poll(HUB_POLL_MS, zmq.POLLIN):
@@ -246,15 +257,17 @@ def measure_imagezmq(jpeg: bytes, seconds: float) -> dict[str, Any]:
             first = first or last
             received += 1
         sent = out.get(timeout=15.0)
+        cores = meter.stop()
     finally:
         proc.join(5)
         if proc.is_alive():
             proc.terminate()
         hub.close()
     fps = (received - 1) / (last - first) if received > 1 and last > first else 0.0
-    log.info("imagezmq REQ/REP: %d frames at %.0f/s", received, fps)
+    log.info("imagezmq REQ/REP: %d frames at %.0f/s; other processes used %.2f cores", received, fps,
+             cores["other_cores"])
     return {"frames_per_s": round(fps, 1), "frames": received, "sent": sent["sent"], "lost": sent["sent"] - received,
-            "seconds": round(last - first, 2)}
+            "seconds": round(last - first, 2), "cpu_cores": cores}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                      "design": "stock imagezmq 1.x ImageSender/ImageHub REQ/REP, send_jpg, unpaced"},
         "ratio": benchlib.ratio(ours["zero_loss_fps"], best_zmq["frames_per_s"]),
         "goal": {"ratio": 1.0, "met": (benchlib.ratio(ours["zero_loss_fps"], best_zmq["frames_per_s"]) or 0) >= 1.0},
-        "machine": machine,
+        "machine": benchlib.finish_machine(machine),
         "params": {"quick": args.quick, "rates_fps": list(rates), "step_s": step_s, "imagezmq_s": zmq_s,
                    "chunk_bytes": args.chunk_bytes,
                    "datagrams_per_frame": chunk_count_for(len(jpeg), args.chunk_bytes),
