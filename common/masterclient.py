@@ -130,15 +130,19 @@ class MasterClient:
         return [lease_from_wire(t, bytes(b)) for t, b in zip(meta.get("tasks", []), blobs)]
 
     def complete(self, worker_id: str, outcomes: Iterable[Outcome] = (),
-                 failed: Iterable[tuple[str, str, str]] = (),
-                 released: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-        """Report results, failures (task_id, token, error) and hand-backs (task_id, token) at once."""
+                 failed: Iterable[tuple[str, str, str]] = (), released: Iterable[tuple[str, str]] = (),
+                 *, lease_max: int = 0, wait_s: float = 0.0) -> tuple[dict[str, Any], list[Lease]]:
+        """Report results, failures (task_id, token, error) and hand-backs (task_id, token) at once,
+        and lease up to `lease_max` new tasks in the same request; returns (reply, leases)."""
         meta = {"worker": worker_id, "outcomes": [outcome_to_wire(o) for o in outcomes],
                 "failed": [{"task_id": t, "token": k, "error": e} for t, k, e in failed],
-                "released": [{"task_id": t, "token": k} for t, k in released]}
-        status, _, data = self._request("/api/v1/complete", batch.pack(meta), batch.CONTENT_TYPE)
+                "released": [{"task_id": t, "token": k} for t, k in released],
+                "lease": {"max": lease_max, "wait_s": wait_s}}
+        status, _, data = self._request("/api/v1/complete", batch.pack(meta), batch.CONTENT_TYPE,
+                                        timeout_s=self.timeout_s + wait_s)
         self._check(status, data)
-        return json.loads(data)
+        reply, blobs = batch.unpack(data)
+        return reply, [lease_from_wire(t, bytes(b)) for t, b in zip(reply.pop("tasks", []), blobs)]
 
     # ----- control verbs -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ spec at start-up; the worker owns the implementations and a test keeps the two i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,6 +101,11 @@ def parse_pipeline(spec: str) -> tuple[StageSpec, ...]:
     """Parse a comma list of stages; raise PipelineSpecError with a message a user understands."""
     if not isinstance(spec, str):
         raise PipelineSpecError(f"pipeline must be a string, got {type(spec).__name__}")
+    return _parse(spec)
+
+
+@functools.lru_cache(maxsize=256)  # every task names its pipeline: parse each distinct text once
+def _parse(spec: str) -> tuple[StageSpec, ...]:
     if len(spec) > MAX_SPEC_CHARS:
         raise PipelineSpecError(f"pipeline spec longer than {MAX_SPEC_CHARS} characters")
     items = [s for s in spec.split(",") if s.strip()]

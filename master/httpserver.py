@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import HTTPServer
 from socketserver import ThreadingMixIn
@@ -44,6 +45,17 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
     encode_threshold = None  # gzip costs 1-1.4 ms per 40 KB reply and buys nothing on a LAN
     timeout = IDLE_TIMEOUT_S
     server: MasterHTTPServer
+
+    _date: tuple[int, str] = (0, "")
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header, formatted once per second (formatting it costs ~7% of a request)."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        if MasterHandler._date[0] != now:
+            MasterHandler._date = (now, super().date_time_string(now))
+        return MasterHandler._date[1]
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)

@@ -66,16 +66,18 @@ def lease(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
         raise BadRequest(f"lease request is not JSON: {e}") from e
     if not isinstance(req, dict):
         raise BadRequest("lease request must be a JSON object")
-    max_n, wait_s = req.get("max", 1), req.get("wait_s", 0.0)
-    if not isinstance(max_n, int) or not isinstance(wait_s, (int, float)):
-        raise BadRequest("'max' must be an integer and 'wait_s' a number")
-    leases = svc.request_tasks(_worker(req), max_n, wait_s)
+    max_n, wait_s = _lease_args(req)
+    leases = svc.request_tasks(_worker(req), max(1, max_n), wait_s)
     meta = {"tasks": [lease_to_wire(x) for x in leases]}
     return 200, batch.CONTENT_TYPE, batch.pack(meta, [x.task.payload for x in leases])
 
 
 def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
-    """POST /api/v1/complete: outcomes, failures and hand-backs of one worker, in one call."""
+    """POST /api/v1/complete: outcomes, failures and hand-backs of one worker, and its next leases.
+
+    With `"lease": {"max": n, "wait_s": s}` the reply also carries up to n new leases, so a busy
+    worker makes one request per batch instead of two.
+    """
     meta, _ = batch.unpack(body)
     worker = _worker(meta)
     outcomes = [outcome_from_wire(o) for o in _list(meta, "outcomes")]
@@ -90,7 +92,19 @@ def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
             out["rejected"].append({"task_id": str(f.get("task_id")), "reason": str(e)})
     released = [(str(r.get("task_id")), str(r.get("token"))) for r in _list(meta, "released") if isinstance(r, dict)]
     out["released"] = svc.release(worker, released)
-    return _json(out)
+    max_n, wait_s = _lease_args(meta.get("lease", {"max": 0}))
+    leases = svc.request_tasks(worker, max_n, wait_s) if max_n else []
+    out["tasks"] = [lease_to_wire(x) for x in leases]
+    return 200, batch.CONTENT_TYPE, batch.pack(out, [x.task.payload for x in leases])
+
+
+def _lease_args(req: Any) -> tuple[int, float]:
+    if not isinstance(req, dict):
+        raise BadRequest("'lease' must be an object {max, wait_s}")
+    max_n, wait_s = req.get("max", 1), req.get("wait_s", 0.0)
+    if not isinstance(max_n, int) or isinstance(max_n, bool) or not isinstance(wait_s, (int, float)):
+        raise BadRequest("'max' must be an integer and 'wait_s' a number")
+    return max_n, float(wait_s)
 
 
 def results_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, str, bytes]:

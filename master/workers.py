@@ -5,6 +5,7 @@ Pure and thread-safe; `now` is passed in.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,8 +32,10 @@ class WorkerInfo:
 class WorkerRegistry:
     """Registered workers; a worker silent for `timeout_s` is declared dead once."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, *, instance: str | None = None) -> None:
         self.timeout_s = timeout_s
+        # ids differ between master instances, so an id from before a restart is never mistaken for a new one
+        self._instance = instance if instance is not None else secrets.token_hex(2)
         self._lock = threading.Lock()
         self._workers: dict[str, WorkerInfo] = {}
         self._serial = 0
@@ -43,7 +46,7 @@ class WorkerRegistry:
             if len(self._workers) >= MAX_WORKERS:
                 self._forget_dead()
             self._serial += 1
-            worker_id = f"{name[:48]}#{self._serial}"
+            worker_id = f"{name[:48]}#{self._instance}{self._serial}"
             self._workers[worker_id] = WorkerInfo(worker_id, name[:48], now, now)
             return worker_id
 

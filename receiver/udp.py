@@ -47,14 +47,15 @@ class UdpIngest(Component):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.out = out
-        self.pipelines = dict(pipelines)
         self.clock = clock
-        self.sockets = {p: open_udp_socket(host, p, rcvbuf) for p in ports}
-        self.ports = {p: s.getsockname()[1] for p, s in self.sockets.items()}  # asked -> bound (0 picks one)
-        self.assemblers = {self.ports[p]: FrameAssembler(limits) for p in ports}
+        opened = [(asked, open_udp_socket(host, asked, rcvbuf)) for asked in ports]
+        # Everything below is keyed by the port actually bound (asking for 0 lets the OS pick).
+        self.sockets = {s.getsockname()[1]: s for _, s in opened}
+        self.pipelines = {s.getsockname()[1]: pipelines[asked] for asked, s in opened}
+        self.assemblers = {port: FrameAssembler(limits) for port in self.sockets}
         self._selector = selectors.DefaultSelector()
-        for p, s in self.sockets.items():
-            self._selector.register(s, selectors.EVENT_READ, self.ports[p])
+        for port, s in self.sockets.items():
+            self._selector.register(s, selectors.EVENT_READ, port)
         self._buf = bytearray(MAX_DATAGRAM_BYTES + 1)
 
     def close(self) -> None:
@@ -66,8 +67,12 @@ class UdpIngest(Component):
         """Receive until stopped."""
         next_expire = 0.0
         while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=EXPIRE_EVERY_S):
-                self._drain(key.fileobj, key.data)
+            try:
+                for key, _ in self._selector.select(timeout=EXPIRE_EVERY_S):
+                    self._drain(key.fileobj, key.data)
+            except Exception:  # ingest must outlive any one bad datagram or bug
+                log.exception("udp ingest: unexpected error; still receiving")
+                self._stop.wait(0.1)
             now = self.clock()
             if now >= next_expire:
                 for asm in self.assemblers.values():

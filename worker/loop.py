@@ -75,6 +75,7 @@ class Worker:
         self._backoff = Backoff(config.backoff_min_s, config.backoff_max_s)
         self._threads: list[threading.Thread] = []
         self._master_down = False
+        self._next: list[Lease] = []  # leases that came back with the last report
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -111,6 +112,8 @@ class Worker:
             except Exception:  # one bad pass must not end the worker
                 log.exception("worker %s: unexpected error in the pull loop", self.worker_id)
                 self._stop.wait(self._backoff.next())
+        if self._next:  # stopped between two batches: hand back what the last report leased
+            self._report([], [], [(x.task.id, x.token) for x in self._next], lease_more=False)
         self.client.close()
         log.info("worker %s stopped after %d task(s)", self.worker_id or self.name, self.done)
 
@@ -119,7 +122,8 @@ class Worker:
         try:
             if not self.worker_id or self._reregister.is_set():
                 self._register()
-            leases = self.client.lease(self.worker_id, self.config.batch, self.config.wait_s)
+            leases, self._next = self._next or self.client.lease(self.worker_id, self.config.batch,
+                                                                 self.config.wait_s), []
         except BadRequest as e:  # our id is unknown: the master restarted
             log.info("worker %s: %s; registering again", self.worker_id, e)
             self._reregister.set()
@@ -153,7 +157,7 @@ class Worker:
             else:
                 failed.append((lease.task.id, lease.token, error))
         self.busy = False
-        self._report(outcomes, failed, released)
+        self._report(outcomes, failed, released, lease_more=not self._stop.is_set())
 
     def process(self, lease: Lease) -> tuple[Outcome | None, str]:
         """Run one task. A bad payload or spec is a result with an error; a crash is a retryable failure."""
@@ -168,13 +172,21 @@ class Worker:
             return None, f"{type(e).__name__}: {e}"
         return Outcome(task.id, lease.token, out.detections, out.timings_ms, "", started, time.time_ns()), ""
 
-    def _report(self, outcomes: list[Outcome], failed: list, released: list) -> None:
-        """Deliver a batch's outcomes, retrying while the lease could still be valid."""
+    def _report(self, outcomes: list[Outcome], failed: list, released: list, *, lease_more: bool) -> None:
+        """Deliver a batch's outcomes (and lease the next batch in the same request), retrying while
+        the leases could still be valid."""
         deadline = time.monotonic() + 30.0
+        lease_max = self.config.batch if lease_more else 0
         while True:
             try:
-                reply = self.client.complete(self.worker_id, outcomes, failed, released)
+                reply, self._next = self.client.complete(self.worker_id, outcomes, failed, released,
+                                                         lease_max=lease_max, wait_s=self.config.wait_s)
                 break
+            except BadRequest as e:  # the master restarted and forgot us: these leases died with it
+                log.info("worker %s: results not stored (%s); registering again", self.worker_id, e)
+                self._reregister.set()
+                self._next = []
+                return
             except (MasterUnavailable, QueueFull) as e:
                 if time.monotonic() > deadline or (self._stop.is_set() and not outcomes):
                     log.warning("worker %s: dropping %d outcome(s): %s", self.worker_id, len(outcomes), e)
@@ -199,6 +211,7 @@ class Worker:
         if self._master_down:
             log.info("worker %s: master reachable again", self.worker_id)
             self._master_down = False
+        self._next: list[Lease] = []  # leases that came back with the last report
         self._backoff.reset()
 
     # ----- heartbeat ---------------------------------------------------------------------------

@@ -136,10 +136,12 @@ def test_binary_api_round_trip_and_per_item_errors(master):
         assert all(reply["ids"]) and reply["errors"] == []
         leases = c.lease(w, 10)
         assert [x.task.payload[:1] for x in leases] == [bytes([i]) for i in range(5)]
-        out = c.complete(w, [Outcome(x.task.id, x.token) for x in leases[:3]],
-                         failed=[(leases[3].task.id, leases[3].token, "boom")],
-                         released=[(leases[4].task.id, leases[4].token)])
+        out, again = c.complete(w, [Outcome(x.task.id, x.token) for x in leases[:3]],
+                                failed=[(leases[3].task.id, leases[3].token, "boom")],
+                                released=[(leases[4].task.id, leases[4].token)], lease_max=5)
         assert len(out["accepted"]) == 3 and out["failed"] == ["PENDING"] and out["released"] == 1
+        # the same request leased the next batch: the two handed back tasks
+        assert sorted(x.task.id for x in again) == sorted(x.task.id for x in leases[3:])
         assert c.get_stats()["sources"]["rx"]["ports"]["6000"]["frames_complete"] == 5
         meta = {"tasks": [{"port": 1, "seq": 1, "pipeline": "person", "captured_ns": "1"},
                           {"port": 1, "seq": "x", "pipeline": "person", "captured_ns": "1"}]}

@@ -76,6 +76,7 @@ def test_worker_waits_for_a_master_that_is_down_then_recovers_across_restarts(st
     w.start()
     try:
         time.sleep(0.5)  # the worker is retrying against nothing
+        ids = []
         for _ in range(2):  # first start, then a restart: the worker must register again
             svc = MasterService()
             server = MasterHTTPServer(("127.0.0.1", port), svc)
@@ -85,6 +86,7 @@ def test_worker_waits_for_a_master_that_is_down_then_recovers_across_restarts(st
             try:
                 add(url, [jpeg(person_frames[0])])
                 wait_until(lambda: len(results(url)) == 1, 30)
+                ids.append(w.worker_id)
             finally:
                 server.shutdown()
                 server.server_close()
@@ -93,7 +95,7 @@ def test_worker_waits_for_a_master_that_is_down_then_recovers_across_restarts(st
     finally:
         w.stop()
         w.join(10)
-    assert w.done == 2
+    assert ids[0] != ids[1] and all(ids)  # registered with each master in turn
 
 
 def test_sigterm_finishes_in_hand_and_hands_back_the_rest(person_frames):
