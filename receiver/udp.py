@@ -27,7 +27,10 @@ def open_udp_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:  # as root (CAP_NET_ADMIN) the size we ask for is not capped by net.core.rmem_max
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), rcvbuf)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.bind((host, port))
     sock.setblocking(False)
     got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)

@@ -15,8 +15,8 @@ from collections import Counter
 import cv2
 import numpy as np
 
-from common.protocol import DEFAULT_CHUNK_BYTES, HEADER_BYTES, MAX_DATAGRAM_BYTES
-from common.runtime import setup_logging, stop_on_signals
+from common.protocol import DEFAULT_CHUNK_BYTES, HEADER_BYTES, LOOPBACK_CHUNK_BYTES, MAX_DATAGRAM_BYTES
+from common.runtime import is_loopback, setup_logging, stop_on_signals
 from sender.sources import CaptureSource, FrameSource, open_source
 from sender.transport import Transport, UdpTransport, ZmqTransport, parse_hostport
 
@@ -101,8 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", action="store_true", help="restart a video file when it ends")
     p.add_argument("--quality", type=int, default=80, help="JPEG quality 1..100")
     p.add_argument("--max-width", type=int, default=0, help="downscale wider frames to this width (0: never)")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES,
-                   help="payload bytes per UDP datagram (1400 fits a 1500-byte MTU; up to 65000 on loopback)")
+    p.add_argument("--chunk-size", type=int, default=0,
+                   help=f"payload bytes per UDP datagram; 0: {LOOPBACK_CHUNK_BYTES} to a loopback receiver, "
+                        f"else {DEFAULT_CHUNK_BYTES} (fits a 1500-byte MTU)")
     p.add_argument("--stream-id", type=int, default=-1, help="stream id in each datagram (default: random)")
     p.add_argument("--name", default="", help="camera name (zmq metadata)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -113,8 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     checks = [(0 <= args.fps <= 1000, "--fps must be 0..1000"), (1 <= args.quality <= 100, "--quality must be 1..100"),
               (args.max_frames >= 0, "--max-frames must be >= 0"), (args.max_width >= 0, "--max-width must be >= 0"),
-              (1 <= args.chunk_size <= MAX_DATAGRAM_BYTES - HEADER_BYTES,
-               f"--chunk-size must be 1..{MAX_DATAGRAM_BYTES - HEADER_BYTES}"),
+              (0 <= args.chunk_size <= MAX_DATAGRAM_BYTES - HEADER_BYTES,
+               f"--chunk-size must be 0..{MAX_DATAGRAM_BYTES - HEADER_BYTES}"),
               (-1 <= args.stream_id < 2**32, "--stream-id must be 0..4294967295"),
               (0 <= args.camera_port < 65536, "--camera-port must be 0..65535")]
     for ok, message in checks:
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     fps = args.fps or source.fps
     stream_id = args.stream_id if args.stream_id >= 0 else random.getrandbits(32)
     if args.transport == "udp":
-        transport: Transport = UdpTransport(args.host, args.port, stream_id=stream_id, chunk_bytes=args.chunk_size)
+        chunk = args.chunk_size or (LOOPBACK_CHUNK_BYTES if is_loopback(args.host) else DEFAULT_CHUNK_BYTES)
+        transport: Transport = UdpTransport(args.host, args.port, stream_id=stream_id, chunk_bytes=chunk)
     else:
         transport = ZmqTransport(args.host, args.port, camera_port=args.camera_port or args.port,
                                  name=args.name or args.source)
