@@ -116,12 +116,22 @@ class TaskStore:
     # ----- producers -------------------------------------------------------------------------
 
     def add(self, spec: TaskSpec, payload: bytes, now: float) -> str:
-        """Queue a task; return its id. Live frames beyond the per-port cap push out the oldest."""
+        """Queue a task; return its id. Live frames beyond the per-port cap push out the oldest.
+
+        A frame the receiver decided not to detect (meta "skip": reason) is not queued: it goes
+        straight to the results as status "skipped", so users still see every frame.
+        """
         with self._lock:
-            self._admit(spec)
+            skip = str(spec.meta.get("skip", "")) if spec.kind is TaskKind.FRAME else ""
+            self._admit(spec, queued=not skip)
             self._next_id += 1
-            task = Task(f"{self._prefix}-{self._next_id:x}", spec, bytes(payload), int(now * NS))
+            task = Task(f"{self._prefix}-{self._next_id:x}", spec, b"" if skip else bytes(payload), int(now * NS))
             rec = _Record(task)
+            if skip:
+                self._store_result(rec, Outcome(task.id, ""), "", "skipped", now)
+                self._count(spec.port, "added")
+                self._count(spec.port, "skipped")
+                return task.id
             lane = self._lanes.setdefault(rec.lane, deque())
             if spec.kind is TaskKind.FRAME:
                 while len(lane) >= self.config.max_pending_per_port:
@@ -132,9 +142,11 @@ class TaskStore:
             self._count(spec.port, "added")
             return task.id
 
-    def _admit(self, spec: TaskSpec) -> None:
+    def _admit(self, spec: TaskSpec, *, queued: bool = True) -> None:
         if spec.port not in self.port_counters and len(self.port_counters) >= self.config.max_ports:
             raise QueueFull(f"too many ports (max {self.config.max_ports})")
+        if not queued:
+            return
         lane_full = spec.kind is TaskKind.FRAME and len(
             self._lanes.get(("port", spec.port), ())) >= self.config.max_pending_per_port
         if len(self._tasks) >= self.config.max_tasks and not lane_full:
@@ -286,6 +298,10 @@ class TaskStore:
         }
         if spec.job_id:
             result["job_id"] = spec.job_id
+        if isinstance(spec.meta.get("motion"), (int, float)):
+            result["motion"] = float(spec.meta["motion"])
+        if status == "skipped":
+            result["skip_reason"] = str(spec.meta.get("skip", ""))
         ring.append(result)
         return result
 

@@ -7,16 +7,20 @@ import argparse
 import logging
 import socket
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
-from common.errors import PipelineSpecError
+from common.errors import ConfigError
 from common.masterclient import parse_master_url
 from common.pipeline import normalize_pipeline
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from receiver.buffer import FrameBuffer
 from receiver.forward import Forwarder
+from receiver.motion import GatePolicy, parse_policy
 from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
 
 log = logging.getLogger("receiver")
+T = TypeVar("T")
 
 MAX_PORTS = 256
 STATS_EVERY_S = 10.0
@@ -39,21 +43,27 @@ def parse_ports(text: str) -> list[int]:
     return sorted(ports)
 
 
-def parse_pipelines(items: list[str], ports: list[int]) -> tuple[str, dict[int, str]]:
-    """The default pipeline and per-port overrides from repeated --pipeline values."""
-    default, per_port = "person", {}
+def parse_per_port(flag: str, items: list[str], ports: list[int], default: T,
+                   parse: Callable[[str], T]) -> tuple[T, dict[int, T]]:
+    """A default and per-port overrides from repeated `--flag VALUE` / `--flag PORT=VALUE`."""
+    per_port: dict[int, T] = {}
     for item in items:
         if "=" in item:
-            port_text, spec = item.split("=", 1)
+            port_text, value = item.split("=", 1)
             if not port_text.strip().isdigit():
-                raise ValueError(f"per-port pipeline must look like 5001=face, got {item!r}")
-            per_port[int(port_text)] = normalize_pipeline(spec)
+                raise ValueError(f"per-port {flag} must look like 5001=VALUE, got {item!r}")
+            per_port[int(port_text)] = parse(value)
         else:
-            default = normalize_pipeline(item)
+            default = parse(item)
     unknown = sorted(set(per_port) - set(ports))
     if unknown:
-        raise ValueError(f"--pipeline names port(s) {unknown} that are not in --ports")
+        raise ValueError(f"{flag} names port(s) {unknown} that are not in --ports")
     return default, {p: per_port.get(p, default) for p in ports}
+
+
+def parse_pipelines(items: list[str], ports: list[int]) -> tuple[str, dict[int, str]]:
+    """The default pipeline and per-port overrides from repeated --pipeline values."""
+    return parse_per_port("--pipeline", items, ports, "person", normalize_pipeline)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pipeline", action="append", default=[],
                    help="what workers run on these cameras, e.g. person or person,face; PORT=SPEC "
                         "overrides one port (repeatable). Default: person")
+    p.add_argument("--detect", action="append", default=[],
+                   help="when frames go to the detector: every (default), motion (only frames with motion, "
+                        "plus 2 s after it and one every 10 s), motion:AREA (moving fraction, default 0.003), "
+                        "or rate:N (at most N per second); PORT=POLICY for one port. Skipped frames still "
+                        "appear in results as status 'skipped'")
     p.add_argument("--zmq-port", type=int, default=0,
                    help="also open an imagezmq hub (REQ/REP) on this TCP port; 0: off")
     p.add_argument("--backlog", type=int, default=4, help="frames buffered per camera while the master is busy")
@@ -77,8 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.port_list = parse_ports(args.ports)
         args.default_pipeline, args.pipelines = parse_pipelines(args.pipeline, args.port_list)
+        _, args.policies = parse_per_port("--detect", args.detect, args.port_list, GatePolicy(), parse_policy)
         parse_master_url(args.master)
-    except (ValueError, PipelineSpecError) as e:
+    except (ValueError, ConfigError) as e:
         p.error(str(e))
     if not 0 <= args.zmq_port < 65536 or args.backlog < 1 or args.rcvbuf_kb < 64:
         p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
@@ -112,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     name = args.name or f"receiver@{socket.gethostname()}"
-    forwarder = Forwarder(buffer, args.master, name=name, counters=counters)
+    forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies)
     producers = [ingest] + ([hub] if hub else [])
     for part in [forwarder, *producers]:
         part.start()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from common.errors import BadRequest, MasterUnavailable, QueueFull
 from common.masterclient import MasterClient
 from common.runtime import Component
 from common.tasks import TaskSpec
 from receiver.buffer import FrameBuffer, ReadyFrame
+from receiver.motion import GatePolicy, MotionGate
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,12 @@ class Forwarder(Component):
     thread_name = "forwarder"
 
     def __init__(self, buffer: FrameBuffer, master_url: str, *, name: str,
-                 counters: Callable[[], dict], batch_max: int = BATCH_MAX) -> None:
+                 counters: Callable[[], dict], batch_max: int = BATCH_MAX,
+                 policies: Mapping[int, GatePolicy] | None = None) -> None:
         super().__init__()
         self.buffer = buffer
+        self.policies = dict(policies or {})
+        self.gates: dict[int, MotionGate] = {}
         self.client = MasterClient(master_url)
         self.name = name
         self.batch_max = batch_max
@@ -64,9 +68,9 @@ class Forwarder(Component):
         if not frames and not report:
             return 0
         counters = {"ports": self.counters()} if report else None
+        items = [self._gated(f, now) for f in frames]
         try:
-            reply = self.client.add_tasks([(self._spec(f), f.data) for f in frames], source=self.name,
-                                          counters=counters)
+            reply = self.client.add_tasks(items, source=self.name, counters=counters)
         except (MasterUnavailable, QueueFull, BadRequest) as e:
             self._failed(frames, e)
             return 0
@@ -75,10 +79,23 @@ class Forwarder(Component):
         self._recovered()
         return self._tally(frames, reply)
 
-    @staticmethod
-    def _spec(f: ReadyFrame) -> TaskSpec:
-        return TaskSpec(port=f.port, seq=f.seq & 0x7FFFFFFF, pipeline=f.pipeline, captured_ns=f.capture_ns,
-                        received_ns=f.received_ns, meta=f.meta)
+    def _gated(self, f: ReadyFrame, now: float) -> tuple[TaskSpec, bytes]:
+        """The task for a frame: its bytes for a detector, or just a skip record (and no bytes)."""
+        meta, payload = dict(f.meta), f.data
+        policy = self.policies.get(f.port)
+        if policy is not None and policy.mode != "every":
+            gate = self.gates.setdefault(f.port, MotionGate(policy))
+            motion = gate.measure(f.data) if policy.mode == "motion" else None
+            if motion is not None:
+                meta.update(motion=round(motion.score, 5), regions=[list(r) for r in motion.regions])
+            reason = gate.decide(motion, now)
+            if reason:
+                meta["skip"] = reason
+                payload = b""
+                self.port_stats.setdefault(f.port, Counter())[f"skipped_{reason.replace(' ', '_')}"] += 1
+        spec = TaskSpec(port=f.port, seq=f.seq & 0x7FFFFFFF, pipeline=f.pipeline, captured_ns=f.capture_ns,
+                        received_ns=f.received_ns, meta=meta)
+        return spec, payload
 
     def _tally(self, frames: list[ReadyFrame], reply: dict) -> int:
         ok = 0

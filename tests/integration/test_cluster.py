@@ -111,3 +111,39 @@ def test_worker_sigkill_mid_run_loses_and_duplicates_nothing(cluster, person_cli
     assert len(rs) >= 0.95 * n, f"{len(rs)} results for {n} frames ({counters})"
     dead = [w for w in stats["workers"] if not w["alive"]]
     assert [w["name"] for w in dead] == ["worker0"]
+
+
+def still_then_moving_clip(path, still: int, moving: int) -> str:
+    """A clip that shows an empty room, then something crossing it."""
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for i in range(still + moving):
+        img = np.full((240, 320, 3), 80, np.uint8)
+        cv2.rectangle(img, (20, 20), (100, 80), (20, 150, 20), -1)
+        if i >= still:
+            x = 10 + (i - still) * 12
+            cv2.rectangle(img, (x, 120), (x + 40, 220), (230, 230, 230), -1)
+        out.write(img)
+    out.release()
+    return str(path)
+
+
+def test_motion_gating_skips_still_frames_but_reports_every_frame(cluster, tmp_path):
+    still, moving = 50, 20
+    clip = still_then_moving_clip(tmp_path / "room.mp4", still, moving)
+    [port] = free_udp_ports(1)
+    cluster.start_master()
+    cluster.start_receiver([port], "--pipeline", "person-hog", "--detect", "motion")
+    cluster.start_workers(1, "--threads", "1")
+    pub = cluster.start_publisher(port, clip, "--fps", "20")
+    assert pub.popen.wait(30) == 0, pub.log_text()
+    rs = sorted(collect(cluster.master_url, port, still + moving, 30), key=lambda r: r["seq"])
+    assert [r["seq"] for r in rs] == list(range(still + moving))  # every frame has a result
+    skipped = [r["seq"] for r in rs if r["status"] == "skipped"]
+    assert all(r["skip_reason"] == "no motion" for r in rs if r["status"] == "skipped")
+    # 2 s of hold after the first frame (40 frames at 20 fps), then the still room is skipped ...
+    assert set(range(45, still)) <= set(skipped)
+    # ... and nothing that moves is
+    assert not set(range(still, still + moving)) & set(skipped)
+    assert all(r["motion"] > 0 for r in rs[still:])
+    rx = wait_until(lambda: stats_of(cluster)["sources"]["receiver"]["ports"][str(port)].get("skipped_no_motion"))
+    assert rx == len(skipped)
