@@ -2,6 +2,7 @@
 
 This module knows every stage's name, kind and arguments so that any role can refuse a bad
 spec at start-up; the worker owns the implementations and a test keeps the two in step.
+Arguments are split on ':' and stages on ',', so a string argument (a model path) cannot hold either.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import PipelineSpecError
 
@@ -16,20 +18,32 @@ MAX_SPEC_CHARS = 512
 MAX_STAGES = 16
 
 
+Arg = float | str | None
+
+
 @dataclass(frozen=True)
 class Param:
-    """One positional stage argument."""
+    """One positional stage argument: a number in lo..hi, or a string that `check` accepts.
+
+    A default of None means "not given": the stage picks a value (e.g. from a model's sidecar file).
+    """
 
     name: str
-    kind: type  # int or float
-    default: float
-    lo: float
-    hi: float
-    check: Callable[[float], bool] | None = None
+    kind: type  # int, float or str
+    default: Arg
+    lo: float = 0.0
+    hi: float = 0.0
+    check: Callable[[Any], bool] | None = None
     rule: str = ""
+    required: bool = False
 
-    def parse(self, stage: str, text: str) -> float:
+    def parse(self, stage: str, text: str) -> Arg:
         """Parse and range-check `text`; raise PipelineSpecError naming the stage."""
+        if self.kind is str:
+            if not text or (self.check and not self.check(text)):
+                want = self.rule or "non-empty"
+                raise PipelineSpecError(f"stage {stage!r}: {self.name} must be {want}, got {text!r}")
+            return text
         try:
             value = self.kind(text)
         except ValueError as e:
@@ -52,6 +66,8 @@ class StageInfo:
 
 
 _SCORE = Param("min_score", float, 0.5, 0.01, 1.0)
+_ONNX_PATH = Param("path", str, None, check=lambda s: s.lower().endswith(".onnx"),
+                   rule="a path to a .onnx file (no ':' or ',')", required=True)
 
 STAGES: dict[str, StageInfo] = {
     "person": StageInfo("detector", (_SCORE,),
@@ -60,6 +76,9 @@ STAGES: dict[str, StageInfo] = {
                             "people, OpenCV HOG + linear SVM (classical; misses small people)"),
     "face": StageInfo("detector", (Param("min_neighbors", int, 5, 1, 50),),
                       "frontal faces, OpenCV Haar cascade"),
+    "onnx": StageInfo("detector", (_ONNX_PATH, Param("min_score", float, None, 0.0, 1.0),
+                                   Param("iou", float, None, 0.0, 1.0)),
+                      "your own YOLOv5/v8/v11 ONNX export: onnx:<path>[:<min_score>[:<iou>]] (docs/DETECTION.md)"),
 }
 
 
@@ -68,17 +87,19 @@ class StageSpec:
     """One stage of a pipeline with its parsed arguments (defaults filled in)."""
 
     name: str
-    args: tuple[float, ...]
+    args: tuple[Arg, ...]
 
     def __str__(self) -> str:
         info = STAGES[self.name]
-        shown = [_fmt(v) for v, p in zip(self.args, info.params)]
-        while shown and self.args[len(shown) - 1] == info.params[len(shown) - 1].default:
-            shown.pop()
-        return ":".join([self.name, *shown])
+        n = len(self.args)
+        while n and self.args[n - 1] == info.params[n - 1].default:
+            n -= 1
+        return ":".join([self.name, *(_fmt(v) for v in self.args[:n])])
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: Arg) -> str:
+    if isinstance(v, str):
+        return v
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
@@ -88,13 +109,26 @@ def parse_stage(text: str) -> StageSpec:
     name = name.strip().lower()
     info = STAGES.get(name)
     if info is None:
-        known = ", ".join(sorted(STAGES))
-        raise PipelineSpecError(f"unknown stage {name!r}; known stages: {known}")
+        raise PipelineSpecError(f"unknown stage {name!r}; known stages: {_known()}")
     if len(raw) > len(info.params):
         raise PipelineSpecError(f"stage {name!r} takes at most {len(info.params)} argument(s), got {len(raw)}")
+    missing = [p.name for p in info.params[len(raw):] if p.required]
+    if missing:
+        raise PipelineSpecError(f"stage {name!r} needs {', '.join(missing)}: {_usage(name)}")
     args = [p.parse(name, r.strip()) for p, r in zip(info.params, raw)]
     args += [p.default for p in info.params[len(raw):]]
     return StageSpec(name, tuple(args))
+
+
+def _usage(name: str) -> str:
+    return ":".join([name, *(f"<{p.name}>" for p in STAGES[name].params if p.required)])
+
+
+def _known() -> str:
+    """Stages usable by name alone first, then those that need arguments, with their template."""
+    plain = sorted(n for n, i in STAGES.items() if not any(p.required for p in i.params))
+    templated = sorted(_usage(n) for n in STAGES if n not in plain)
+    return ", ".join(plain + templated)
 
 
 def parse_pipeline(spec: str) -> tuple[StageSpec, ...]:

@@ -75,8 +75,16 @@ def _face(spec: StageSpec) -> Detector:
     return detect
 
 
+def _onnx(spec: StageSpec) -> Detector:
+    from worker.detectors.onnx_yolo import load
+
+    path, min_score, iou = spec.args
+    return load(path, min_score=min_score, iou=iou)  # locks its own net; runs cv2.dnn or onnxruntime
+
+
 DETECTORS: dict[str, Callable[[StageSpec], Detector]] = {
     "person": _person,
     "person-hog": _person_hog,
     "face": _face,
+    "onnx": _onnx,
 }
