@@ -1,0 +1,188 @@
+"""Events fired by rules: the Event type, its wire form, a bounded log with cursors, snapshots.
+
+Pure and thread-safe: no clock reads, no sockets. `annotate` is the one function that touches
+pixels (OpenCV), to draw an event's boxes on the frame that fired it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from common.tasks import SEQ_WIRE_MASK, Detection
+
+EVENTS_KEPT = 1000  # ring behind get_events
+SNAPSHOTS_KEPT = 200  # the newest events keep their JPEG snapshot; older ones lose it
+SNAPSHOT_BUDGET_BYTES = 64 * 2**20  # and all kept snapshots together stay under this
+MAX_PAGE = 1000
+JPEG_QUALITY = 85
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """A rule matched on one camera port for enough consecutive results.
+
+    Times are seconds since the Unix epoch: first_at/last_at are capture times (camera clock) of the
+    streak's earliest and latest frames, fired_at is the master's clock when the event fired.
+    `best` is the highest-scoring matching detection of the streak, found in result `task_id`;
+    `trigger_task_id` is the result that completed the streak (the frame whose payload is at hand).
+    """
+
+    id: str
+    rule: str
+    port: int
+    first_seq: int
+    last_seq: int
+    first_at: float
+    last_at: float
+    fired_at: float
+    frames: int  # matching results in the streak
+    best: Detection
+    task_id: str
+    trigger_task_id: str = ""
+    snapshot: bytes | None = None  # annotated JPEG, or None
+
+
+def to_wire(event: Event, *, snapshot: bool | None = None) -> dict[str, Any]:
+    """The event as an XML-RPC- and JSON-safe dict (no None, ints < 2**31, times as floats).
+
+    Snapshot bytes never ride inside: "snapshot" says whether one can be fetched (by default,
+    whether the event carries one).
+    """
+    return {
+        "id": event.id, "rule": event.rule, "port": _int32(event.port),
+        "first_seq": event.first_seq & SEQ_WIRE_MASK, "last_seq": event.last_seq & SEQ_WIRE_MASK,
+        "first_at": float(event.first_at), "last_at": float(event.last_at), "fired_at": float(event.fired_at),
+        "frames": _int32(event.frames),
+        "detection": {"label": event.best.label, "score": round(float(event.best.score), 4),
+                      "box": [_int32(v) for v in event.best.box]},
+        "task_id": event.task_id, "trigger_task_id": event.trigger_task_id,
+        "snapshot": event.snapshot is not None if snapshot is None else bool(snapshot),
+    }
+
+
+def _int32(v: int) -> int:
+    return max(-INT32_MAX - 1, min(INT32_MAX, int(v)))
+
+
+class EventLog:
+    """The newest events, each with a cursor that only grows; snapshots for the newest few only."""
+
+    def __init__(self, *, size: int = EVENTS_KEPT, snapshots: int = SNAPSHOTS_KEPT,
+                 snapshot_budget_bytes: int = SNAPSHOT_BUDGET_BYTES) -> None:
+        if size < 1 or snapshots < 0 or snapshot_budget_bytes < 0:
+            raise ValueError("size must be >= 1; snapshots and snapshot_budget_bytes >= 0")
+        self._size, self._max_snapshots, self._budget = size, snapshots, snapshot_budget_bytes
+        self._lock = threading.Lock()
+        self._items: deque[tuple[int, Event]] = deque()
+        self._last = 0
+        self._snapshots: OrderedDict[str, bytes] = OrderedDict()
+        self._snapshot_bytes = 0
+
+    def add(self, event: Event) -> int:
+        """Keep `event` (its snapshot separately, while it is among the newest); return its cursor."""
+        with self._lock:
+            self._last += 1
+            self._items.append((self._last, replace(event, snapshot=None)))
+            if len(self._items) > self._size:
+                _, old = self._items.popleft()
+                self._forget_snapshot(old.id)
+            if event.snapshot is not None and len(event.snapshot) <= self._budget and self._max_snapshots:
+                self._snapshots[event.id] = event.snapshot
+                self._snapshot_bytes += len(event.snapshot)
+                while len(self._snapshots) > self._max_snapshots or self._snapshot_bytes > self._budget:
+                    self._forget_snapshot(next(iter(self._snapshots)))
+            return self._last
+
+    def _forget_snapshot(self, event_id: str) -> None:
+        data = self._snapshots.pop(event_id, None)
+        if data is not None:
+            self._snapshot_bytes -= len(data)
+
+    def since(self, cursor: int, limit: int = 100) -> dict[str, Any]:
+        """Events after `cursor`, oldest first: {"events", "next", "missed"}, like get_results.
+
+        A cursor from the future (the master restarted) reads from the oldest event kept.
+        """
+        limit = max(1, min(int(limit), MAX_PAGE))
+        with self._lock:
+            cursor = 0 if cursor > self._last else max(int(cursor), 0)
+            first = self._items[0][0] if self._items else self._last + 1
+            start = max(cursor + 1, first)
+            page = list(itertools.islice(self._items, start - first, start - first + limit))
+            events = [{**to_wire(e, snapshot=e.id in self._snapshots), "cursor": c} for c, e in page]
+            nxt = page[-1][0] if page else self._last
+            return {"events": events, "next": nxt, "missed": start - cursor - 1}
+
+    def snapshot(self, event_id: str) -> bytes | None:
+        """The annotated JPEG of a recent event, or None (unknown, no snapshot, or pushed out)."""
+        with self._lock:
+            return self._snapshots.get(event_id)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+# ----- snapshots -------------------------------------------------------------------------------
+
+_GREEN, _RED, _BLACK, _WHITE = (0, 200, 0), (0, 0, 255), (0, 0, 0), (255, 255, 255)
+
+
+def annotate(jpeg: bytes, detections: Iterable[Mapping[str, Any] | Detection],
+             highlight: Iterable[Mapping[str, Any] | Detection] | Mapping[str, Any] | Detection | None = None,
+             ) -> bytes | None:
+    """Draw boxes and labels on a JPEG and re-encode it (quality 85); None if it does not decode.
+
+    Detections in `highlight` (one or several, compared by label and box) are drawn thick in red,
+    the others thin in green. The image keeps its size.
+    """
+    # Imported here: the master never touches pixels otherwise, so its start-up stays free of OpenCV.
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) if jpeg else None
+    if image is None:
+        return None
+    marked = {_key(d) for d in _as_list(highlight)}
+    for det in (_as_detection(d) for d in detections):
+        _draw(cv2, image, det, _key(det) in marked)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return buf.tobytes() if ok else None
+
+
+def _draw(cv2: Any, image: Any, det: Detection, strong: bool) -> None:
+    color, thickness = (_RED, 3) if strong else (_GREEN, 1)
+    x, y, w, h = det.box
+    cv2.rectangle(image, (x, y), (x + w, y + h), color, thickness)
+    text = f"{det.label} {det.score:.2f}"
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    top = max(y - th - base - 2, 0)
+    cv2.rectangle(image, (x, top), (x + tw + 4, top + th + base + 2), color, cv2.FILLED)
+    cv2.putText(image, text, (x + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                _WHITE if strong else _BLACK, 1, cv2.LINE_AA)
+
+
+def _as_list(highlight: Any) -> list[Any]:
+    if highlight is None:
+        return []
+    if isinstance(highlight, (Mapping, Detection)):
+        return [highlight]
+    return list(highlight)
+
+
+def _as_detection(d: Mapping[str, Any] | Detection) -> Detection:
+    if isinstance(d, Detection):
+        return d
+    return Detection(str(d.get("label", "")), float(d.get("score", 0.0)),
+                     tuple(int(v) for v in d.get("box", (0, 0, 0, 0))))
+
+
+def _key(d: Mapping[str, Any] | Detection) -> tuple[str, tuple[int, ...]]:
+    det = _as_detection(d)
+    return det.label, tuple(det.box)
