@@ -7,8 +7,10 @@ import logging
 import sys
 import threading
 
+from common.errors import ConfigError
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from master.httpserver import DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
+from master.rules import load_rules
 from master.service import MasterService, ServiceConfig
 from master.store import StoreConfig
 
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a worker silent this long is dead and its tasks requeued")
     p.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
                    help="largest request body accepted")
+    p.add_argument("--rules", default="", help="alert rules file (TOML), e.g. examples/rules.toml")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -52,7 +55,8 @@ def build_config(args: argparse.Namespace) -> ServiceConfig:
                         results_per_port=args.results_per_port)
     if args.worker_timeout_s <= 0:
         raise ValueError("worker_timeout_s must be > 0")
-    return ServiceConfig(store=store, worker_timeout_s=args.worker_timeout_s)
+    rules = tuple(load_rules(args.rules)) if args.rules else ()
+    return ServiceConfig(store=store, worker_timeout_s=args.worker_timeout_s, rules=rules)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         config = build_config(args)
-    except ValueError as e:
+    except (ValueError, ConfigError, OSError) as e:
         print(f"python -m master: error: {e}", file=sys.stderr)
         return 2
     stop = stop_on_signals()
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1
     service.start()
+    if config.rules:
+        log.info("%d alert rule(s) loaded from %s", len(config.rules), args.rules)
     host, port = server.server_address[:2]
     log.info("master listening on http://%s:%d (XML-RPC at /RPC2)", host if ":" not in host else f"[{host}]", port)
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http")

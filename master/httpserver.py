@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 256
 IDLE_TIMEOUT_S = 60.0
+
+EVENT_SNAPSHOT = re.compile(r"/events/([A-Za-z0-9_.-]{1,64})/snapshot\.jpg")
+LATEST_FRAME = re.compile(r"/ports/(\d{1,5})/latest\.jpg")
 
 Route = Callable[[MasterService, bytes], tuple[int, str, bytes]]
 POST_ROUTES: dict[str, Route] = {
@@ -86,6 +90,12 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
             self._json(200, svc.stats())
         elif url.path == "/api/v1/results":
             self._send(*self._call(lambda s, _: taskapi.results_get(s, parse_qs(url.query)), b""))
+        elif url.path in ("/events", "/api/v1/events"):
+            self._send(*self._call(lambda s, _: taskapi.events_get(s, parse_qs(url.query)), b""))
+        elif m := EVENT_SNAPSHOT.fullmatch(url.path):
+            self._jpeg(svc.events.snapshot(m[1]), f"no snapshot for event {m[1]}")
+        elif m := LATEST_FRAME.fullmatch(url.path):
+            self._jpeg(svc.latest_frame(int(m[1])), f"no processed frame yet on port {m[1]}")
         else:
             self._send(404, "text/plain", f"no such page: {url.path}\n".encode())
 
@@ -128,6 +138,12 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
 
     def _drain(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
+
+    def _jpeg(self, data: bytes | None, missing: str) -> None:
+        if data is None:
+            self._send(404, "text/plain", f"{missing}\n".encode())
+        else:
+            self._send(200, "image/jpeg", data)
 
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, "application/json", json.dumps(obj).encode())

@@ -135,6 +135,10 @@ class MasterRpc:
         return self._svc.results(_int(port, "port", 0, 65535), _int(since, "since", 0, 2**31 - 1),
                                  _int(limit, "limit", 1, 1000))
 
+    def get_events(self, since: int = 0, limit: int = 100) -> dict:
+        """Events fired by the alert rules after cursor `since`: {events, next, missed}."""
+        return self._svc.get_events(_int(since, "since", 0, 2**31 - 1), _int(limit, "limit", 1, 1000))
+
     def get_stats(self) -> dict:
         """Counters per port, task states, workers and receivers."""
         return self._svc.stats()

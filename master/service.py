@@ -5,6 +5,7 @@ Both the XML-RPC facade and the binary task API call these methods; neither hold
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -14,8 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import FramehiveError, QueueFull, TaskError, UnknownWorker
+from common.jpeginfo import jpeg_size
 from common.tasks import Lease, Outcome, TaskSpec
+from master.events import EventLog, annotate
+from master.rules import Rule, RuleEngine
 from master.store import StoreConfig, TaskStore
+from master.webhooks import WebhookSender
 from master.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,7 @@ class ServiceConfig:
     store: StoreConfig = StoreConfig()
     heartbeat_s: float = 1.0  # how often workers are asked to heartbeat
     worker_timeout_s: float = 5.0  # a worker silent this long is dead; its leases are requeued
+    rules: tuple[Rule, ...] = ()  # alert rules: results -> events
 
 
 class MasterService:
@@ -46,6 +52,9 @@ class MasterService:
         self.workers = WorkerRegistry(self.config.worker_timeout_s)
         self.sources: dict[str, dict[str, Any]] = {}  # receivers' own counters, by name
         self.errors: Counter[str] = Counter()  # rejected requests by kind
+        self.rules = RuleEngine(list(self.config.rules)) if self.config.rules else None
+        self.events = EventLog()
+        self.webhooks = WebhookSender() if any(r.webhook for r in self.config.rules) else None
         self.started_at = clock()
         self._work = threading.Condition()
         self._generation = 0
@@ -58,16 +67,22 @@ class MasterService:
         """Start the monitor thread that requeues expired leases and dead workers' tasks."""
         self._monitor = threading.Thread(target=self._monitor_loop, name="lease-monitor", daemon=True)
         self._monitor.start()
+        if self.webhooks:
+            self.webhooks.start()
 
     def stop(self) -> None:
         """Ask the monitor to stop and wake every long poll."""
         self._stop.set()
         self._signal()
+        if self.webhooks:
+            self.webhooks.stop()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the monitor thread."""
+        """Wait for the monitor thread and the webhook senders."""
         if self._monitor:
             self._monitor.join(timeout)
+        if self.webhooks:
+            self.webhooks.join(timeout)
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(MONITOR_INTERVAL_S):
@@ -156,11 +171,15 @@ class MasterService:
         accepted: list[str] = []
         rejected: list[dict[str, str]] = []
         for o in outcomes:
+            payload = self.store.leased_payload(o.task_id, o.token) if self.rules else None
             try:
-                self.store.complete(o.task_id, o.token, o, worker_id, self.clock())
+                result = self.store.complete(o.task_id, o.token, o, worker_id, self.clock())
                 accepted.append(o.task_id)
             except TaskError as e:
                 rejected.append({"task_id": o.task_id, "reason": str(e)})
+                continue
+            if self.rules:
+                self._apply_rules(result, payload)
         self.workers.tally(worker_id, len(accepted), 0)
         return {"accepted": accepted, "rejected": rejected}
 
@@ -184,11 +203,37 @@ class MasterService:
             self._signal()
         return n
 
+    def _apply_rules(self, result: dict[str, Any], payload: bytes | None) -> None:
+        """Turn a result into events: snapshot, event log, log line, webhook."""
+        assert self.rules is not None
+        size = jpeg_size(payload) if payload else None
+        for event in self.rules.observe(result, self.clock(), size):
+            rule = self.rules.rule(event.rule)
+            if payload and rule is not None:
+                highlight = rule.matching(result["detections"], size)
+                event = dataclasses.replace(event, snapshot=annotate(payload, result["detections"], highlight))
+            self.events.add(event)
+            if rule is None or rule.log:
+                d = event.best
+                log.info("event %s: rule %r on port %d, %s %.2f at %s (frames %d-%d)", event.id, event.rule,
+                         event.port, d.label, d.score, list(d.box), event.first_seq, event.last_seq)
+            if rule is not None and rule.webhook and self.webhooks:
+                self.webhooks.send(rule.webhook, event)
+
     # ----- users -------------------------------------------------------------------------------
 
     def results(self, port: int, since: int, limit: int) -> dict[str, Any]:
         """A page of results for one camera port."""
         return self.store.results(port, since, max(1, min(limit, MAX_RESULTS_PAGE)))
+
+    def get_events(self, since: int, limit: int) -> dict[str, Any]:
+        """A page of events: {events, next, missed}."""
+        return self.events.since(since, max(1, min(limit, MAX_RESULTS_PAGE)))
+
+    def latest_frame(self, port: int) -> bytes | None:
+        """The newest processed frame of a camera with its detections drawn (JPEG), if any."""
+        latest = self.store.latest(port)
+        return annotate(latest[1], latest[0]["detections"]) if latest else None
 
     def stats(self) -> dict[str, Any]:
         """A wire-safe snapshot of the whole master."""
@@ -196,4 +241,6 @@ class MasterService:
         snap = self.store.snapshot()
         return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
                 "sources": {k: {"age_s": round(now - v["at"], 3), **v["counters"]} for k, v in self.sources.items()},
-                "rejected_requests": dict(self.errors)}
+                "rejected_requests": dict(self.errors),
+                "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
+                           "webhooks": self.webhooks.stats() if self.webhooks else {}}}

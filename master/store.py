@@ -110,6 +110,7 @@ class TaskStore:
         self._lanes: dict[Hashable, deque[str]] = {}
         self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
         self._rings: dict[int, _Ring] = {}
+        self._latest: dict[int, tuple[dict[str, Any], bytes]] = {}  # newest processed frame per port
         self.counters: Counter[str] = Counter()
         self.port_counters: dict[int, Counter[str]] = {}
 
@@ -198,7 +199,21 @@ class TaskStore:
             status = "error" if outcome.error else "ok"
             result = self._store_result(rec, outcome, worker, status, now)
             self._count(rec.spec.port, "completed")
+            if status == "ok" and rec.spec.kind is TaskKind.FRAME:
+                self._latest[rec.spec.port] = (result, rec.task.payload)
             return result
+
+    def leased_payload(self, task_id: str, token: str) -> bytes | None:
+        """The payload of a task leased with `token` (None when the lease is not current)."""
+        with self._lock:
+            rec = self._tasks.get(task_id)
+            ok = rec is not None and rec.state is TaskState.IN_PROGRESS and rec.token == token
+            return rec.task.payload if ok else None
+
+    def latest(self, port: int) -> tuple[dict[str, Any], bytes] | None:
+        """The newest processed frame of a port: its result and its JPEG."""
+        with self._lock:
+            return self._latest.get(port)
 
     def fail(self, task_id: str, token: str, error: str, now: float) -> TaskState:
         """A worker could not finish a task: requeue it, or fail it when attempts are used up."""

@@ -107,6 +107,18 @@ def _lease_args(req: Any) -> tuple[int, float]:
     return max_n, float(wait_s)
 
 
+def events_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+    """GET /events?since=0&limit=100 (the same page as get_events)."""
+    try:
+        since = int(query.get("since", ["0"])[0])
+        limit = int(query.get("limit", ["100"])[0])
+    except ValueError as e:
+        raise BadRequest("use ?since=CURSOR&limit=N") from e
+    if since < 0 or not 1 <= limit <= 1000:
+        raise BadRequest("since must be >= 0 and limit 1..1000")
+    return _json(svc.get_events(since, limit))
+
+
 def results_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
     """GET /api/v1/results?port=5000&since=0&limit=100 (the same page as get_results)."""
     try:
