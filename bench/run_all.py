@@ -27,6 +27,8 @@ BENCHES: list[tuple[str, float, tuple[str, str]]] = [
     ("master_throughput", 240.0, ("frames_per_s", "frames_per_s")),
     ("receiver_ingest", 180.0, ("zero_loss_fps", "frames_per_s")),
     ("cluster_e2e", 300.0, ("results_per_s", "ideal_results_per_s")),
+    ("detector_accuracy", 180.0, ("f1", "f1")),
+    ("motion_gating", 300.0, ("cpu_s", "cpu_s")),
 ]
 
 

@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "overrides one port (repeatable). Default: person")
     p.add_argument("--detect", action="append", default=[],
                    help="when frames go to the detector: every (default), motion (only frames with motion, "
-                        "plus 2 s after it and one every 10 s), motion:AREA (moving fraction, default 0.003), "
+                        "plus 2 s after it and one a second), motion:AREA (moving fraction, default 0.003), "
                         "or rate:N (at most N per second); PORT=POLICY for one port. Skipped frames still "
                         "appear in results as status 'skipped'")
     p.add_argument("--zmq-port", type=int, default=0,

@@ -26,7 +26,7 @@ class GatePolicy:
     pixel_threshold: int = 20  # grey levels a pixel must differ from the background to count as moving
     min_area: float = 0.003  # fraction of the frame that must move to call it motion
     hold_s: float = 2.0  # keep detecting this long after the last motion (people stop walking)
-    keyframe_s: float = 10.0  # detect at least this often even in a still scene (0: never)
+    keyframe_s: float = 1.0  # detect at least this often in a still scene: someone standing still is still seen
     learn_rate: float = 0.05  # how fast the background absorbs a change
 
     def __post_init__(self) -> None:
