@@ -20,6 +20,8 @@ from worker.pipeline import StageCache, process_payload
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
+REPORT_RETRY_S = 30.0  # how long a batch's results are retried while the master is unreachable
+REPORT_RETRY_STOPPING_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class Worker:
     def _report(self, outcomes: list[Outcome], failed: list, released: list, *, lease_more: bool) -> None:
         """Deliver a batch's outcomes (and lease the next batch in the same request), retrying while
         the leases could still be valid."""
-        deadline = time.monotonic() + 30.0
+        started = time.monotonic()
         lease_max = self.config.batch if lease_more else 0
         while True:
             try:
@@ -188,7 +190,9 @@ class Worker:
                 self._next = []
                 return
             except (MasterUnavailable, QueueFull) as e:
-                if time.monotonic() > deadline or (self._stop.is_set() and not outcomes):
+                # keep trying while the leases may still be valid; a stopping worker gives up sooner
+                limit = REPORT_RETRY_STOPPING_S if self._stop.is_set() else REPORT_RETRY_S
+                if time.monotonic() - started > limit or (self._stop.is_set() and not outcomes):
                     log.warning("worker %s: dropping %d outcome(s): %s", self.worker_id, len(outcomes), e)
                     return
                 pause = self._backoff.next()
