@@ -178,6 +178,7 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.dispatcher = RpcDispatcher(MasterRpc(service), service.errors)
+        self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
@@ -189,7 +190,7 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.service.errors["too_many_connections"] += 1
-            log.warning("refused %s: %s connections open", client_address, DEFAULT_MAX_CONNECTIONS)
+            log.warning("refused %s: %d connections open already", client_address, self.max_connections)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
