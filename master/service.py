@@ -16,7 +16,7 @@ from typing import Any
 
 from common.errors import FramehiveError, QueueFull, TaskError, UnknownWorker
 from common.jpeginfo import jpeg_size
-from common.tasks import Lease, Outcome, TaskSpec
+from common.tasks import Detection, Lease, Outcome, TaskSpec
 from master.events import EventLog, annotate
 from master.rules import Rule, RuleEngine
 from master.store import StoreConfig, TaskStore
@@ -210,8 +210,13 @@ class MasterService:
         for event in self.rules.observe(result, self.clock(), size):
             rule = self.rules.rule(event.rule)
             if payload and rule is not None:
+                # the snapshot is the frame that completed the streak: report that frame's best match, so
+                # the event's box is where the person is in the picture users get
                 highlight = rule.matching(result["detections"], size)
-                event = dataclasses.replace(event, snapshot=annotate(payload, result["detections"], highlight))
+                here = max(highlight, key=lambda d: d["score"])
+                event = dataclasses.replace(
+                    event, snapshot=annotate(payload, result["detections"], highlight), task_id=result["task_id"],
+                    best=Detection(here["label"], float(here["score"]), tuple(here["box"])))
             self.events.add(event)
             if rule is None or rule.log:
                 d = event.best

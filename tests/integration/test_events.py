@@ -93,8 +93,9 @@ def test_a_person_fires_one_event_with_a_snapshot_and_an_empty_hall_fires_none(t
     # the snapshot shows the person: the event's box lies on the frame and matches a result's detection
     x, y, w, h = hook["event"]["detection"]["box"]
     assert 0 <= x and 0 <= y and x + w <= img.shape[1] and y + h <= img.shape[0] and w * h > 0
-    boxes = [d["box"] for r in rs for d in r["detections"]]
-    assert [x, y, w, h] in boxes
+    [shown] = [r for r in rs if r["task_id"] == hook["event"]["task_id"]]  # the frame in the snapshot
+    assert [x, y, w, h] in [d["box"] for d in shown["detections"]]
+    assert want[shown["seq"]] > 0
 
 
 def test_a_bad_rules_file_is_refused_at_start_with_line_and_reason(tmp_path):
