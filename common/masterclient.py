@@ -150,9 +150,12 @@ class MasterClient:
         """Register; returns {worker_id, lease_s, heartbeat_s}."""
         return self.call("register_worker", name)
 
-    def heartbeat(self, worker_id: str, stats: Mapping[str, Any]) -> dict[str, Any]:
-        """Report liveness; returns {known, renewed}."""
-        return self.call("heartbeat", worker_id, dict(stats))
+    def heartbeat(self, worker_id: str, stats: Mapping[str, Any],
+                  held: Iterable[str] | None = None) -> dict[str, Any]:
+        """Report liveness (and the task ids in hand); returns {known, renewed, reclaimed}."""
+        if held is None:
+            return self.call("heartbeat", worker_id, dict(stats))
+        return self.call("heartbeat", worker_id, dict(stats), list(held))
 
     def get_results(self, port: int, since: int = 0, limit: int = 100) -> dict[str, Any]:
         """One page of a camera's results: {results, next, missed}."""

@@ -88,11 +88,14 @@ class MasterRpc:
         """Register a worker by name; returns {worker_id, lease_s, heartbeat_s}."""
         return self._svc.register_worker(_text(name, "name"))
 
-    def heartbeat(self, worker_id: str, stats: dict) -> dict:
-        """Report liveness and stats; renews the worker's leases. {known: false} means register again."""
+    def heartbeat(self, worker_id: str, stats: dict, held: list | None = None) -> dict:
+        """Report liveness and stats, optionally with the task ids in hand: renews those leases (all of
+        the worker's when `held` is left out) and requeues the others. {known: false}: register again."""
         if not isinstance(stats, dict):
             raise BadRequest("stats must be a struct")
-        return self._svc.heartbeat(_text(worker_id, "worker_id"), stats)
+        if held is not None:
+            held = [_text(x, "held task id") for x in _items(held, "held")]
+        return self._svc.heartbeat(_text(worker_id, "worker_id"), stats, held)
 
     def request_task(self, worker_id: str) -> dict:
         """Lease one task (payload as Binary); an empty struct when there is none."""

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ MONITOR_INTERVAL_S = 0.25
 MAX_WAIT_S = 5.0  # longest a request may long-poll for work
 MAX_BATCH = 256  # most tasks one request may lease
 MAX_RESULTS_PAGE = 1000
+LOST_LEASE_GRACE_S = 3.0  # a lease younger than this may still be on its way to the worker
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,20 @@ class MasterService:
         return {"worker_id": worker_id, "lease_s": self.config.store.lease_s,
                 "heartbeat_s": self.config.heartbeat_s}
 
-    def heartbeat(self, worker_id: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """A worker is alive: renew its leases. `known` False means register again."""
+    def heartbeat(self, worker_id: str, stats: Mapping[str, Any] | None = None,
+                  held: Collection[str] | None = None) -> dict[str, Any]:
+        """A worker is alive: renew its leases (those it lists in `held`, when it lists them; the
+        others are requeued). `known` False means register again."""
         now = self.clock()
         if not self.workers.seen(worker_id, now, stats):
             return {"known": False, "renewed": 0}
-        return {"known": True, "renewed": self.store.renew(worker_id, now)}
+        lost = 0
+        if held is not None:
+            held = set(held)
+            lost = self.store.reclaim(worker_id, held, now, grace_s=LOST_LEASE_GRACE_S)
+            if lost:
+                self._signal()
+        return {"known": True, "renewed": self.store.renew(worker_id, now, held), "reclaimed": lost}
 
     def request_tasks(self, worker_id: str, max_n: int, wait_s: float = 0.0) -> list[Lease]:
         """Lease up to `max_n` tasks, waiting up to `wait_s` for one to arrive."""

@@ -15,7 +15,7 @@ import itertools
 import secrets
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ class _Record:
     worker: str = ""
     deadline: float = 0.0
     first_leased: float = 0.0
+    leased_at: float = 0.0
 
     @property
     def spec(self) -> TaskSpec:
@@ -188,6 +189,7 @@ class TaskStore:
         rec.attempts += 1
         rec.deadline = now + self.config.lease_s
         rec.first_leased = rec.first_leased or now
+        rec.leased_at = now
         self.counters["leased"] += 1
         return Lease(rec.task, rec.token, self.config.lease_s, rec.attempts)
 
@@ -230,13 +232,28 @@ class TaskStore:
             self._requeue(rec)
             self.counters["released"] += 1
 
-    def renew(self, worker: str, now: float) -> int:
-        """Extend every lease `worker` holds (it is alive), up to max_hold_s per task."""
+    def renew(self, worker: str, now: float, held: Collection[str] | None = None) -> int:
+        """Extend the leases `worker` holds (all, or those in `held`), up to max_hold_s per task."""
         n = 0
         with self._lock:
             for rec in self._tasks.values():
-                if rec.state is TaskState.IN_PROGRESS and rec.worker == worker:
+                if (rec.state is TaskState.IN_PROGRESS and rec.worker == worker
+                        and (held is None or rec.task.id in held)):
                     rec.deadline = min(now + self.config.lease_s, rec.first_leased + self.config.max_hold_s)
+                    n += 1
+        return n
+
+    def reclaim(self, worker: str, held: Collection[str], now: float, grace_s: float) -> int:
+        """Requeue leases of `worker` that it says it does not hold (the reply carrying them was lost),
+        once they are older than `grace_s` (a reply may still be on its way). No attempt is counted."""
+        n = 0
+        with self._lock:
+            for rec in list(self._tasks.values()):
+                if (rec.state is TaskState.IN_PROGRESS and rec.worker == worker and rec.task.id not in held
+                        and now - rec.leased_at > grace_s):
+                    rec.attempts -= 1
+                    self._requeue(rec)
+                    self.counters["leases_lost"] += 1
                     n += 1
         return n
 

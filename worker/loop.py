@@ -78,6 +78,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._master_down = False
         self._next: list[Lease] = []  # leases that came back with the last report
+        self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -126,6 +127,7 @@ class Worker:
                 self._register()
             leases, self._next = self._next or self.client.lease(self.worker_id, self.config.batch,
                                                                  self.config.wait_s), []
+            self._held = frozenset(x.task.id for x in leases)
         except BadRequest as e:  # our id is unknown: the master restarted
             log.info("worker %s: %s; registering again", self.worker_id, e)
             self._reregister.set()
@@ -183,6 +185,7 @@ class Worker:
             try:
                 reply, self._next = self.client.complete(self.worker_id, outcomes, failed, released,
                                                          lease_max=lease_max, wait_s=self.config.wait_s)
+                self._held = frozenset(x.task.id for x in self._next)
                 break
             except BadRequest as e:  # the master restarted and forgot us: these leases died with it
                 log.info("worker %s: results not stored (%s); registering again", self.worker_id, e)
@@ -216,6 +219,7 @@ class Worker:
             log.info("worker %s: master reachable again", self.worker_id)
             self._master_down = False
         self._next: list[Lease] = []  # leases that came back with the last report
+        self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
         self._backoff.reset()
 
     # ----- heartbeat ---------------------------------------------------------------------------
@@ -234,7 +238,7 @@ class Worker:
                 if not self.worker_id:
                     continue
                 try:
-                    if not client.heartbeat(self.worker_id, self.stats()).get("known", True):
+                    if not client.heartbeat(self.worker_id, self.stats(), self._held).get("known", True):
                         self._reregister.set()
                 except (MasterUnavailable, OSError):
                     pass  # the pull loop reports the outage

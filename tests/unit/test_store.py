@@ -192,3 +192,16 @@ def test_concurrent_workers_never_get_the_same_task_or_double_complete():
         t.join(10)
     assert len(seen) == len(set(seen)) == 2000
     assert s.snapshot()["pending"] == 0
+
+
+def test_leases_a_worker_never_received_are_reclaimed_after_a_grace_period():
+    s = make(lease_s=60)
+    a = s.add(spec(seq=1), b"x", T0)
+    b = s.add(spec(seq=2), b"x", T0)
+    s.request("w", 2, T0)  # imagine the reply carrying task b was lost on the way
+    assert s.reclaim("w", {a}, T0 + 1, grace_s=3) == 0  # b may still be in flight
+    assert s.renew("w", T0 + 1, held={a}) == 1
+    assert s.reclaim("w", {a}, T0 + 4, grace_s=3) == 1
+    assert s.state_of(b) is TaskState.PENDING and s.state_of(a) is TaskState.IN_PROGRESS
+    [again] = s.request("w2", 5, T0 + 4)
+    assert again.task.id == b and again.attempt == 1  # losing a reply is not the task's fault
