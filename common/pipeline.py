@@ -66,6 +66,7 @@ class StageInfo:
 
 
 _SCORE = Param("min_score", float, 0.5, 0.01, 1.0)
+_KERNEL = Param("k", int, 3, 1, 31, check=lambda k: k % 2 == 1, rule="odd")
 _ONNX_PATH = Param("path", str, None, check=lambda s: s.lower().endswith(".onnx"),
                    rule="a path to a .onnx file (no ':' or ',')", required=True)
 
@@ -79,6 +80,13 @@ STAGES: dict[str, StageInfo] = {
     "onnx": StageInfo("detector", (_ONNX_PATH, Param("min_score", float, None, 0.0, 1.0),
                                    Param("iou", float, None, 0.0, 1.0)),
                       "your own YOLOv5/v8/v11 ONNX export: onnx:<path>[:<min_score>[:<iou>]] (docs/DETECTION.md)"),
+    # filters: image -> image (file jobs tile them without seams; see worker/filters.py)
+    "canny": StageInfo("filter", (Param("low", int, 100, 0, 1000), Param("high", int, 200, 0, 1000)),
+                       "edges, OpenCV Canny (canny[:low:high])"),
+    "blur": StageInfo("filter", (_KERNEL,), "box blur (blur:k, k odd 1..31)"),
+    "gaussian": StageInfo("filter", (_KERNEL,), "Gaussian blur (gaussian:k, k odd 1..31)"),
+    "sobel": StageInfo("filter", (), "gradient magnitude (3x3 Sobel)"),
+    "threshold": StageInfo("filter", (), "adaptive mean threshold (block 11)"),
 }
 
 

@@ -6,15 +6,18 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from common.errors import DecodeError
-from common.pipeline import StageSpec, parse_pipeline
+from common.pipeline import STAGES, StageSpec, parse_pipeline
 from common.tasks import Detection
-from worker.detectors import DETECTORS, Detector
+from worker import filters
+from worker.detectors import DETECTORS
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +26,24 @@ MAX_CACHED_STAGES = 16
 
 @dataclass(frozen=True)
 class PipelineOutput:
-    """What running a pipeline produced."""
+    """What running a pipeline produced; `image` is the filtered image when the pipeline has filters."""
 
     detections: tuple[Detection, ...]
     timings_ms: dict[str, float]
+    image: np.ndarray | None = None
+
+
+Stage = Callable[[np.ndarray], Any]  # a detector returns detections, a filter an image
+
+# Filter stages: image in, image out (worker/filters.py holds the pure functions and their halos).
+FILTER_STAGES: dict[str, Callable[[StageSpec], Stage]] = {
+    "canny": lambda s: lambda img: filters.canny(img, int(s.args[0]), int(s.args[1])),
+    "blur": lambda s: lambda img: filters.blur(img, int(s.args[0])),
+    "gaussian": lambda s: lambda img: filters.gaussian(img, int(s.args[0])),
+    "sobel": lambda s: filters.sobel,
+    "threshold": lambda s: filters.threshold,
+}
+BUILDERS: dict[str, Callable[[StageSpec], Stage]] = {**DETECTORS, **FILTER_STAGES}
 
 
 def decode_image(payload: bytes) -> np.ndarray:
@@ -42,14 +59,14 @@ class StageCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stages: OrderedDict[StageSpec, Detector] = OrderedDict()
+        self._stages: OrderedDict[StageSpec, Stage] = OrderedDict()
 
-    def get(self, spec: StageSpec) -> Detector:
+    def get(self, spec: StageSpec) -> Stage:
         with self._lock:
             stage = self._stages.get(spec)
             if stage is None:
                 t0 = time.perf_counter()
-                stage = DETECTORS[spec.name](spec)
+                stage = BUILDERS[spec.name](spec)
                 log.info("loaded stage %s in %.0f ms", spec, (time.perf_counter() - t0) * 1000)
                 self._stages[spec] = stage
                 if len(self._stages) > MAX_CACHED_STAGES:
@@ -59,15 +76,20 @@ class StageCache:
 
 
 def run_pipeline(spec: str, image: np.ndarray, stages: StageCache) -> PipelineOutput:
-    """Run every stage of `spec` on `image`; timings per stage in milliseconds."""
+    """Run every stage of `spec` on `image` in order: filters change the image the next stages see,
+    detectors add detections. Timings per stage in milliseconds."""
     detections: list[Detection] = []
     timings: dict[str, float] = {}
+    filtered = False
     for stage_spec in parse_pipeline(spec):
         stage = stages.get(stage_spec)
         t0 = time.perf_counter()
-        detections.extend(stage(image))
+        if STAGES[stage_spec.name].kind == "filter":
+            image, filtered = stage(image), True
+        else:
+            detections.extend(stage(image))
         timings[str(stage_spec)] = (time.perf_counter() - t0) * 1000.0
-    return PipelineOutput(tuple(detections), timings)
+    return PipelineOutput(tuple(detections), timings, image if filtered else None)
 
 
 def process_payload(spec: str, payload: bytes, stages: StageCache) -> PipelineOutput:
@@ -76,4 +98,4 @@ def process_payload(spec: str, payload: bytes, stages: StageCache) -> PipelineOu
     image = decode_image(payload)
     decode_ms = (time.perf_counter() - t0) * 1000.0
     out = run_pipeline(spec, image, stages)
-    return PipelineOutput(out.detections, {"decode": decode_ms, **out.timings_ms})
+    return PipelineOutput(out.detections, {"decode": decode_ms, **out.timings_ms}, out.image)

@@ -6,7 +6,7 @@ import pytest
 
 from cluster.local import packaged_clip
 from common.tiling import assemble, cut, plan_tiles
-from worker.filters import apply_chain, chain_exact, chain_halo, motion, parse_chain, validate
+from worker.filters import apply_chain, chain_exact, chain_halo, gaussian, motion, parse_chain, sobel, validate
 
 GRIDS = [(3, 3), (2, 4)]
 
@@ -127,3 +127,17 @@ def test_validate_refuses_an_empty_chain_and_non_tuples():
     for specs in ([], ["blur"], [()]):
         with pytest.raises(ValueError):
             validate(specs)
+
+
+def test_filter_stages_run_in_the_worker_pipeline_in_order():
+    from common.pipeline import parse_stage
+    from worker.pipeline import StageCache, run_pipeline
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (120, 160, 3), np.uint8)
+    cache = StageCache()
+    out = run_pipeline("gaussian:5,sobel,face", image, cache)
+    assert np.array_equal(out.image, sobel(gaussian(image, 5)))
+    assert list(out.timings_ms) == ["gaussian:5", "sobel", "face"] and out.detections == ()
+    assert run_pipeline("face", image, cache).image is None  # detectors alone return no image
+    assert cache.get(parse_stage("blur:3")) is cache.get(parse_stage("blur"))  # built once

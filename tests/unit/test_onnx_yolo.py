@@ -308,7 +308,7 @@ def test_spec_grammar():
     assert parse_pipeline("onnx:/m/a.onnx:0.4")[0].args == ("/m/a.onnx", 0.4, None)
     for spec, words in [("onnx", "needs path: onnx:<path>"), ("onnx:/m/a.pt", "path to a .onnx file"),
                         ("onnx:/m/a.onnx:1.5", "min_score must be in"), ("onnx:a.onnx:0.3:0.4:1", "at most 3"),
-                        ("cat", "known stages: face, person, person-hog, onnx:<path>")]:
+                        ("cat", "known stages: .*person-hog.*onnx:<path>")]:
         with pytest.raises(PipelineSpecError, match=words):
             parse_pipeline(spec)
 

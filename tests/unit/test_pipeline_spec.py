@@ -5,10 +5,14 @@ import pytest
 from common.errors import PipelineSpecError
 from common.pipeline import STAGES, normalize_pipeline, parse_pipeline
 from worker.detectors import DETECTORS
+from worker.filters import FILTERS
+from worker.pipeline import FILTER_STAGES
 
 
 def test_every_declared_stage_has_an_implementation_and_no_more():
-    assert set(STAGES) == set(DETECTORS)
+    assert set(STAGES) == set(DETECTORS) | set(FILTER_STAGES)
+    assert {n for n, s in STAGES.items() if s.kind == "filter"} == set(FILTER_STAGES)
+    assert set(FILTER_STAGES) <= set(FILTERS)  # each filter stage has its pure function and halo
 
 
 @pytest.mark.parametrize("spec,canonical", [
@@ -25,7 +29,8 @@ def test_canonical_form(spec, canonical):
 
 @pytest.mark.parametrize("spec,words", [
     ("", "empty"),
-    ("cat", "unknown stage 'cat'; known stages: face, person, person-hog"),
+    ("cat", "unknown stage 'cat'; known stages: blur, canny, face, gaussian, person, person-hog, sobel, "
+            "threshold, onnx:<path>"),
     ("person:abc", "min_score must be float"),
     ("person:2", "min_score must be in"),
     ("face:1:2", "at most 1 argument"),
