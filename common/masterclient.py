@@ -134,15 +134,33 @@ class MasterClient:
                  *, lease_max: int = 0, wait_s: float = 0.0) -> tuple[dict[str, Any], list[Lease]]:
         """Report results, failures (task_id, token, error) and hand-backs (task_id, token) at once,
         and lease up to `lease_max` new tasks in the same request; returns (reply, leases)."""
+        outcomes = list(outcomes)
         meta = {"worker": worker_id, "outcomes": [outcome_to_wire(o) for o in outcomes],
                 "failed": [{"task_id": t, "token": k, "error": e} for t, k, e in failed],
                 "released": [{"task_id": t, "token": k} for t, k in released],
                 "lease": {"max": lease_max, "wait_s": wait_s}}
-        status, _, data = self._request("/api/v1/complete", batch.pack(meta), batch.CONTENT_TYPE,
+        blobs = [o.image for o in outcomes] if any(o.image for o in outcomes) else []
+        status, _, data = self._request("/api/v1/complete", batch.pack(meta, blobs), batch.CONTENT_TYPE,
                                         timeout_s=self.timeout_s + wait_s)
         self._check(status, data)
         reply, blobs = batch.unpack(data)
         return reply, [lease_from_wire(t, bytes(b)) for t, b in zip(reply.pop("tasks", []), blobs)]
+
+    def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0) -> list[tuple[dict[str, Any], bytes]]:
+        """Finished tiles of a file job with their output images, waiting up to `wait_s` for one."""
+        body = json.dumps({"job_id": job_id, "max": max_n, "wait_s": wait_s}).encode()
+        status, _, data = self._request("/api/v1/jobs/take", body, "application/json",
+                                        timeout_s=self.timeout_s + wait_s)
+        self._check(status, data)
+        meta, blobs = batch.unpack(data)
+        return [(r, bytes(b)) for r, b in zip(meta.get("results", []), blobs)]
+
+    def cancel_job(self, job_id: str) -> int:
+        """Drop a file job's tasks and results on the master."""
+        status, _, data = self._request("/api/v1/jobs/cancel", json.dumps({"job_id": job_id}).encode(),
+                                        "application/json")
+        self._check(status, data)
+        return int(json.loads(data)["cancelled"])
 
     # ----- control verbs -----------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class Outcome:
     error: str = ""
     started_ns: int = 0
     finished_ns: int = 0
+    image: bytes = b""  # the filtered image (PNG) for a tile task; travels as a blob, never in the dict
 
 
 def _int(d: Mapping[str, Any], key: str, lo: int, hi: int) -> int:

@@ -190,6 +190,8 @@ class MasterService:
             if self.rules:
                 self._apply_rules(result, payload)
         self.workers.tally(worker_id, len(accepted), 0)
+        if accepted:
+            self._signal()  # a job server may be waiting for these tiles
         return {"accepted": accepted, "rejected": rejected}
 
     def fail(self, worker_id: str, task_id: str, token: str, error: str) -> str:
@@ -239,6 +241,27 @@ class MasterService:
     def results(self, port: int, since: int, limit: int) -> dict[str, Any]:
         """A page of results for one camera port."""
         return self.store.results(port, since, max(1, min(limit, MAX_RESULTS_PAGE)))
+
+    def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0) -> list[tuple[dict[str, Any], bytes]]:
+        """Finished tiles of a file job (removed as they are taken), waiting up to `wait_s` for one."""
+        max_n = max(1, min(int(max_n), MAX_BATCH))
+        deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
+        while True:
+            with self._work:
+                generation = self._generation
+            out = self.store.take_job_results(job_id, max_n)
+            left = deadline - time.monotonic()
+            if out or left <= 0 or self._stop.is_set():
+                return out
+            with self._work:
+                if generation == self._generation:
+                    self._work.wait(left)
+
+    def cancel_job(self, job_id: str) -> int:
+        """Drop everything of a file job (its client went away); returns tasks dropped."""
+        n = self.store.cancel_job(job_id)
+        log.info("job %s cancelled: %d task(s) dropped", job_id, n)
+        return n
 
     def get_events(self, since: int, limit: int) -> dict[str, Any]:
         """A page of events: {events, next, missed}."""

@@ -112,6 +112,7 @@ class TaskStore:
         self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
         self._rings: dict[int, _Ring] = {}
         self._latest: dict[int, tuple[dict[str, Any], bytes]] = {}  # newest processed frame per port
+        self._job_results: dict[str, deque[tuple[dict[str, Any], bytes]]] = {}  # finished tiles per job
         self.counters: Counter[str] = Counter()
         self.port_counters: dict[int, Counter[str]] = {}
 
@@ -317,9 +318,10 @@ class TaskStore:
 
     def _store_result(self, rec: _Record, o: Outcome, worker: str, status: str, now: float) -> dict[str, Any]:
         spec = rec.spec
-        ring = self._rings.setdefault(spec.port, _Ring(self.config.results_per_port))
+        tile = spec.kind is TaskKind.TILE
+        ring = None if tile else self._rings.setdefault(spec.port, _Ring(self.config.results_per_port))
         result = {
-            "cursor": ring.last + 1, "task_id": rec.task.id, "port": spec.port,
+            "cursor": ring.last + 1 if ring else 0, "task_id": rec.task.id, "port": spec.port,
             "seq": spec.seq & SEQ_WIRE_MASK, "kind": spec.kind.value, "pipeline": spec.pipeline,
             "status": status, "error": o.error, "worker": worker, "attempts": rec.attempts,
             "detections": [d.to_wire() for d in o.detections],
@@ -334,8 +336,33 @@ class TaskStore:
             result["motion"] = float(spec.meta["motion"])
         if status == "skipped":
             result["skip_reason"] = str(spec.meta.get("skip", ""))
-        ring.append(result)
+        if tile:  # file-job tiles go to their job's queue (with the output image), not a camera's ring
+            result["meta"] = dict(spec.meta)
+            self._job_results.setdefault(spec.job_id, deque()).append((result, o.image))
+        else:
+            ring.append(result)
         return result
+
+    def take_job_results(self, job_id: str, max_n: int) -> list[tuple[dict[str, Any], bytes]]:
+        """Remove and return up to `max_n` finished tiles of a job (ok, error or failed), oldest first."""
+        with self._lock:
+            queue = self._job_results.get(job_id)
+            out = [queue.popleft() for _ in range(min(max_n, len(queue)))] if queue else []
+            if queue is not None and not queue:
+                del self._job_results[job_id]
+            return out
+
+    def cancel_job(self, job_id: str) -> int:
+        """Forget a job: its pending tiles, its finished tiles; leased ones are fenced off. Returns tasks dropped."""
+        with self._lock:
+            self._job_results.pop(job_id, None)
+            doomed = [t for t, r in self._tasks.items() if r.spec.kind is TaskKind.TILE and r.spec.job_id == job_id]
+            for task_id in doomed:
+                self._drop(task_id, "cancelled")
+            self._lanes.pop(("job", job_id), None)
+            if ("job", job_id) in self._turn:
+                self._turn.remove(("job", job_id))
+            return len(doomed)
 
     def results(self, port: int, since: int, limit: int) -> dict[str, Any]:
         """Results of `port` after cursor `since`: {"results", "next", "missed"}."""

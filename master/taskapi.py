@@ -5,6 +5,7 @@ Each function takes the service and a request body and returns (status, content 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -78,9 +79,13 @@ def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     With `"lease": {"max": n, "wait_s": s}` the reply also carries up to n new leases, so a busy
     worker makes one request per batch instead of two.
     """
-    meta, _ = batch.unpack(body)
+    meta, blobs = batch.unpack(body)
     worker = _worker(meta)
     outcomes = [outcome_from_wire(o) for o in _list(meta, "outcomes")]
+    if blobs:  # output images (tile tasks), one blob per outcome, empty where there is none
+        if len(blobs) != len(outcomes):
+            raise BadRequest(f"{len(outcomes)} outcomes but {len(blobs)} image blobs")
+        outcomes = [dataclasses.replace(o, image=bytes(b)) for o, b in zip(outcomes, blobs)]
     out: dict[str, Any] = svc.complete(worker, outcomes)
     out["failed"] = []
     for f in _list(meta, "failed"):
@@ -105,6 +110,36 @@ def _lease_args(req: Any) -> tuple[int, float]:
     if not isinstance(max_n, int) or isinstance(max_n, bool) or not isinstance(wait_s, (int, float)):
         raise BadRequest("'max' must be an integer and 'wait_s' a number")
     return max_n, float(wait_s)
+
+
+def _job_id(req: dict) -> str:
+    job_id = req.get("job_id")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 128:
+        raise BadRequest("'job_id' must be a non-empty string of at most 128 characters")
+    return job_id
+
+
+def _json_body(body: bytes) -> dict:
+    try:
+        req = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"request body is not JSON: {e}") from e
+    if not isinstance(req, dict):
+        raise BadRequest("request body must be a JSON object")
+    return req
+
+
+def job_take(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
+    """POST /api/v1/jobs/take: JSON {job_id, max, wait_s} -> a batch of finished tiles with their images."""
+    req = _json_body(body)
+    max_n, wait_s = _lease_args(req)
+    items = svc.take_job_results(_job_id(req), max(1, max_n), wait_s)
+    return 200, batch.CONTENT_TYPE, batch.pack({"results": [r for r, _ in items]}, [img for _, img in items])
+
+
+def job_cancel(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
+    """POST /api/v1/jobs/cancel: JSON {job_id} -> {cancelled: n}."""
+    return _json({"cancelled": svc.cancel_job(_job_id(_json_body(body)))})
 
 
 def events_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, str, bytes]:

@@ -14,8 +14,8 @@ import psutil
 
 from common.errors import BadRequest, DecodeError, MasterUnavailable, PipelineSpecError, QueueFull
 from common.masterclient import MasterClient
-from common.tasks import Lease, Outcome
-from worker.pipeline import StageCache, process_payload
+from common.tasks import Lease, Outcome, TaskKind
+from worker.pipeline import StageCache, draw_detections, encode_tile, process_payload
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +166,18 @@ class Worker:
     def process(self, lease: Lease) -> tuple[Outcome | None, str]:
         """Run one task. A bad payload or spec is a result with an error; a crash is a retryable failure."""
         task, started = lease.task, time.time_ns()
+        tile = task.spec.kind is TaskKind.TILE
         try:
-            out = process_payload(task.spec.pipeline, task.payload, self.stages)
+            out = process_payload(task.spec.pipeline, task.payload, self.stages, keep_image=tile)
+            image = encode_tile(draw_detections(out.image, out.detections) if out.detections else out.image) \
+                if tile else b""
         except (DecodeError, PipelineSpecError) as e:
             log.info("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
             return Outcome(task.id, lease.token, error=str(e), started_ns=started, finished_ns=time.time_ns()), ""
         except Exception as e:  # a detector crash: let the master retry it, maybe elsewhere
             log.exception("task %s failed in its pipeline", task.id)
             return None, f"{type(e).__name__}: {e}"
-        return Outcome(task.id, lease.token, out.detections, out.timings_ms, "", started, time.time_ns()), ""
+        return Outcome(task.id, lease.token, out.detections, out.timings_ms, "", started, time.time_ns(), image), ""
 
     def _report(self, outcomes: list[Outcome], failed: list, released: list, *, lease_more: bool) -> None:
         """Deliver a batch's outcomes (and lease the next batch in the same request), retrying while

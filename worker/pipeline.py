@@ -46,6 +46,25 @@ FILTER_STAGES: dict[str, Callable[[StageSpec], Stage]] = {
 BUILDERS: dict[str, Callable[[StageSpec], Stage]] = {**DETECTORS, **FILTER_STAGES}
 
 
+def draw_detections(image: np.ndarray, detections: tuple[Detection, ...]) -> np.ndarray:
+    """Boxes and labels drawn on a copy of `image` (file jobs return pictures, not lists)."""
+    out = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    for d in detections:
+        x, y, w, h = d.box
+        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 0, 255), 2)
+        cv2.putText(out, f"{d.label} {d.score:.2f}", (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 255), 1)
+    return out
+
+
+def encode_tile(image: np.ndarray) -> bytes:
+    """Lossless PNG of a processed tile (fast compression: the bytes only cross a LAN)."""
+    ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise DecodeError("could not encode the processed tile as PNG")
+    return data.tobytes()
+
+
 def decode_image(payload: bytes) -> np.ndarray:
     """Decode JPEG/PNG bytes to a BGR image; DecodeError if they are not an image."""
     image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
@@ -75,7 +94,7 @@ class StageCache:
             return stage
 
 
-def run_pipeline(spec: str, image: np.ndarray, stages: StageCache) -> PipelineOutput:
+def run_pipeline(spec: str, image: np.ndarray, stages: StageCache, *, keep_image: bool = False) -> PipelineOutput:
     """Run every stage of `spec` on `image` in order: filters change the image the next stages see,
     detectors add detections. Timings per stage in milliseconds."""
     detections: list[Detection] = []
@@ -89,13 +108,13 @@ def run_pipeline(spec: str, image: np.ndarray, stages: StageCache) -> PipelineOu
         else:
             detections.extend(stage(image))
         timings[str(stage_spec)] = (time.perf_counter() - t0) * 1000.0
-    return PipelineOutput(tuple(detections), timings, image if filtered else None)
+    return PipelineOutput(tuple(detections), timings, image if filtered or keep_image else None)
 
 
-def process_payload(spec: str, payload: bytes, stages: StageCache) -> PipelineOutput:
+def process_payload(spec: str, payload: bytes, stages: StageCache, *, keep_image: bool = False) -> PipelineOutput:
     """Decode a task's payload and run its pipeline; decode time is reported as 'decode'."""
     t0 = time.perf_counter()
     image = decode_image(payload)
     decode_ms = (time.perf_counter() - t0) * 1000.0
-    out = run_pipeline(spec, image, stages)
+    out = run_pipeline(spec, image, stages, keep_image=keep_image)
     return PipelineOutput(out.detections, {"decode": decode_ms, **out.timings_ms}, out.image)
