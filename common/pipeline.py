@@ -58,12 +58,19 @@ class Param:
 
 @dataclass(frozen=True)
 class StageInfo:
-    """What a stage is: a detector (image -> detections) or a filter (image -> image)."""
+    """What a stage is: a detector (image -> detections) or a filter (image -> image).
+
+    `halo(args)` is how many pixels around a tile the stage looks at: a file job cuts each tile with
+    the pipeline's total halo so that processing tiles leaves no seams.
+    """
 
     kind: str
     params: tuple[Param, ...]
     help: str
+    halo: Callable[[tuple], int] = lambda args: DETECTOR_HALO_PX
 
+
+DETECTOR_HALO_PX = 32  # detectors are not local; this margin lets a person cut by a tile edge still be found
 
 _SCORE = Param("min_score", float, 0.5, 0.01, 1.0)
 _KERNEL = Param("k", int, 3, 1, 31, check=lambda k: k % 2 == 1, rule="odd")
@@ -82,11 +89,11 @@ STAGES: dict[str, StageInfo] = {
                       "your own YOLOv5/v8/v11 ONNX export: onnx:<path>[:<min_score>[:<iou>]] (docs/DETECTION.md)"),
     # filters: image -> image (file jobs tile them without seams; see worker/filters.py)
     "canny": StageInfo("filter", (Param("low", int, 100, 0, 1000), Param("high", int, 200, 0, 1000)),
-                       "edges, OpenCV Canny (canny[:low:high])"),
-    "blur": StageInfo("filter", (_KERNEL,), "box blur (blur:k, k odd 1..31)"),
-    "gaussian": StageInfo("filter", (_KERNEL,), "Gaussian blur (gaussian:k, k odd 1..31)"),
-    "sobel": StageInfo("filter", (), "gradient magnitude (3x3 Sobel)"),
-    "threshold": StageInfo("filter", (), "adaptive mean threshold (block 11)"),
+                       "edges, OpenCV Canny (canny[:low:high])", lambda a: 16),
+    "blur": StageInfo("filter", (_KERNEL,), "box blur (blur:k, k odd 1..31)", lambda a: int(a[0]) // 2),
+    "gaussian": StageInfo("filter", (_KERNEL,), "Gaussian blur (gaussian:k, k odd 1..31)", lambda a: int(a[0]) // 2),
+    "sobel": StageInfo("filter", (), "gradient magnitude (3x3 Sobel)", lambda a: 1),
+    "threshold": StageInfo("filter", (), "adaptive mean threshold (block 11)", lambda a: 5),
 }
 
 
@@ -156,6 +163,11 @@ def _parse(spec: str) -> tuple[StageSpec, ...]:
     if len(items) > MAX_STAGES:
         raise PipelineSpecError(f"pipeline has {len(items)} stages (max {MAX_STAGES})")
     return tuple(parse_stage(s) for s in items)
+
+
+def pipeline_halo(stages: tuple[StageSpec, ...]) -> int:
+    """Pixels a tile must be cut wider on each side for `stages` to leave no seams."""
+    return sum(STAGES[s.name].halo(s.args) for s in stages)
 
 
 def normalize_pipeline(spec: str) -> str:

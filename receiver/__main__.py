@@ -8,6 +8,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from common.errors import ConfigError
@@ -84,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "appear in results as status 'skipped'")
     p.add_argument("--zmq-port", type=int, default=0,
                    help="also open an imagezmq hub (REQ/REP) on this TCP port; 0: off")
+    p.add_argument("--jobs-port", type=int, default=0,
+                   help="also serve file jobs (upload a video, get a processed H.264 MP4) on this TCP port; 0: off")
+    p.add_argument("--jobs-host", default="localhost",
+                   help="file-job address: localhost (127.0.0.1 and ::1), or :: for every IPv6 and IPv4 address")
+    p.add_argument("--jobs-root", default="",
+                   help="folder whose files clients may name with --protocol file (default: none allowed)")
     p.add_argument("--backlog", type=int, default=4, help="frames buffered per camera while the master is busy")
     p.add_argument("--rcvbuf-kb", type=int, default=DEFAULT_RCVBUF_BYTES // 1024, help="UDP receive buffer asked for")
     p.add_argument("--name", default="", help="receiver name in the master's stats (default receiver@host)")
@@ -98,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     if not 0 <= args.zmq_port < 65536 or args.backlog < 1 or args.rcvbuf_kb < 64:
         p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
+    if not 0 <= args.jobs_port < 65536:
+        p.error("--jobs-port must be 0..65535")
+    if args.jobs_port and args.jobs_host != "localhost" and not is_loopback(args.jobs_host) and not args.insecure:
+        p.error(f"refusing to serve file jobs on {args.jobs_host} without authentication; use localhost, or pass "
+                "--insecure on a network you trust")
     if not is_loopback(args.host) and not args.insecure:
         p.error(f"refusing to listen on {args.host}: datagrams are not authenticated yet, so anyone on the "
                 "network could inject frames; listen on 127.0.0.1, or pass --insecure on a network you trust")
@@ -127,9 +139,22 @@ def main(argv: list[str] | None = None) -> int:
             out["zmq"] = {k: int(v) for k, v in dict(hub.counters).items()}
         return out
 
+    jobs = None
+    if args.jobs_port:
+        from receiver.jobs import JobConfig, JobServerThread
+
+        jobs = JobServerThread(args.jobs_host, args.jobs_port, JobConfig(
+            master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None))
+        jobs.start()
+        jobs.ready.wait(10)
+        if jobs.error is not None:
+            print(f"python -m receiver: error: cannot serve file jobs: {jobs.error}", file=sys.stderr)
+            ingest.close()
+            return 1
+        log.info("serving file jobs on %s port %d", args.jobs_host, jobs.server.port)
     name = args.name or f"receiver@{socket.gethostname()}"
     forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies)
-    producers = [ingest] + ([hub] if hub else [])
+    producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else [])
     for part in [forwarder, *producers]:
         part.start()
     log.info("receiving UDP on %s ports %s%s; queueing on %s", args.host, args.ports,

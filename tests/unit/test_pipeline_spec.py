@@ -43,6 +43,14 @@ def test_bad_specs_get_messages_a_user_understands(spec, words):
         parse_pipeline(spec)
 
 
+def test_halos_agree_with_the_worker_filters():
+    from common.pipeline import pipeline_halo
+    from worker.filters import chain_halo, parse_chain
+
+    for spec in ("canny", "blur:5", "gaussian:7", "sobel", "threshold", "gaussian:5,sobel,blur:3"):
+        assert pipeline_halo(parse_pipeline(spec)) == chain_halo(parse_chain(spec)), spec
+
+
 def test_args_are_typed_with_defaults_filled():
     [p, f] = parse_pipeline("person:0.6,face")
     assert p.args == (0.6,) and f.args == (5,)

@@ -1,0 +1,503 @@
+"""The file-job server: a video is uploaded over TCP (IPv4 and IPv6 on one socket), its frames are
+tiled across the workers as they are decoded, and an H.264 MP4 with JSON metrics goes back.
+
+Bounded memory: the upload is spooled to disk and decoded while it arrives (a reader that waits for
+bytes not yet received), at most `window_tiles` tiles are in flight, and frames are written to the
+encoder as soon as all their tiles are back. Protocol: docs/PROTOCOL.md section 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import secrets
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import psutil
+
+from common import jobproto
+from common.errors import DecodeError, FramehiveError, MasterUnavailable, QueueFull
+from common.jobproto import Handshake, ProtocolError
+from common.masterclient import MasterClient
+from common.pipeline import pipeline_halo
+from common.runtime import Component
+from common.tasks import TaskKind, TaskSpec
+from common.tiling import Tile, assemble, cut, plan_tiles
+from receiver.video import H264Writer, iter_frames, probe
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 60.0  # an upload that sends nothing for this long is abandoned
+OUT_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Limits and places of the job server."""
+
+    master_url: str = "http://127.0.0.1:8000"
+    root: Path | None = None  # `file` protocol: paths must lie under this folder (None: refused)
+    spool_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    max_upload_bytes: int = 4 * 1024**3
+    window_tiles: int = 64  # tiles in flight per job: backpressure on decoding
+    tile_timeout_s: float = 60.0  # a tile not back by then is replaced by the original
+    progress_every_s: float = 0.5
+
+
+class Cancelled(FramehiveError):
+    """The job was cancelled (its client went away or the upload was refused)."""
+
+
+class Spool(io.RawIOBase):
+    """A file being uploaded, readable while it grows: reads wait for bytes not yet received."""
+
+    def __init__(self, path: Path, total: int, cancelled: threading.Event) -> None:
+        super().__init__()
+        self.path, self.total, self._cancelled = path, total, cancelled
+        self._received = 0
+        self._cond = threading.Condition()
+        self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._pos = 0
+
+    def grew(self, received: int) -> None:
+        """The writer side reports how many bytes are on disk."""
+        with self._cond:
+            self._received = received
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.total}[whence]
+        self._pos = max(0, min(self.total, base + offset))
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        want = min(len(buf), self.total - self._pos)
+        if want <= 0:
+            return 0
+        with self._cond:
+            while self._received <= self._pos:
+                if self._cancelled.is_set():
+                    raise Cancelled("job cancelled")
+                self._cond.wait(0.5)
+        self._f.seek(self._pos)
+        n = self._f.readinto(memoryview(buf)[:min(want, self._received - self._pos)])
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+@dataclass
+class Job:
+    """One upload and its processing."""
+
+    id: str
+    handshake: Handshake
+    source: Path
+    total: int
+    out_path: Path
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    counters: Counter = field(default_factory=Counter)
+    error: tuple[str, str] | None = None  # (code, message)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    spool: Spool | None = None
+
+
+@dataclass
+class _Frame:
+    image: np.ndarray
+    tiles: list[Tile]
+    sent_at: float
+    outputs: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class TileRunner:
+    """Decodes a job's video, sends its tiles to the master, assembles and encodes the result."""
+
+    def __init__(self, job: Job, config: JobConfig) -> None:
+        self.job, self.config = job, config
+        hs = job.handshake
+        self.cols, self.rows = hs.tiles
+        self.halo = pipeline_halo(hs.stages)
+        self.client = MasterClient(config.master_url)
+        self.pending: dict[int, _Frame] = {}
+        self.next_out = 0
+        self.in_flight = 0
+        self.latencies: list[float] = []
+        self.writer: H264Writer | None = None
+
+    def run(self) -> None:
+        """Process the whole video; sets job.metrics or job.error, then job.done."""
+        job, t0 = self.job, time.monotonic()
+        cpu0 = psutil.Process().cpu_times()
+        try:
+            reader = self._open()
+            info = probe(reader)
+            reader.seek(0)
+            self.writer = H264Writer(job.out_path, width=info.width, height=info.height, fps=info.fps)
+            for index, frame in iter_frames(reader):
+                self._check()
+                job.counters["frames_in"] += 1
+                self._send(index, frame)
+                while self.in_flight >= self.config.window_tiles:
+                    self._collect()
+            while self.pending:
+                self._collect()
+            self.writer.close()
+            job.metrics = self._metrics(info, time.monotonic() - t0, cpu0)
+        except Cancelled:
+            job.error = job.error or ("internal", "cancelled")
+        except DecodeError as e:
+            job.error = ("not_video", str(e)) if not job.cancelled.is_set() else ("internal", "cancelled")
+        except Exception as e:  # the job fails; the server goes on
+            log.exception("job %s failed", job.id)
+            job.error = ("internal", f"{type(e).__name__}: {e}")
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            if job.error:
+                self._cancel_on_master()
+            self.client.close()
+            job.done.set()
+
+    def _open(self) -> io.RawIOBase:
+        if self.job.spool is not None:
+            return self.job.spool
+        return open(self.job.source, "rb")  # noqa: SIM115 - the decoder owns it until the job ends
+
+    def _check(self) -> None:
+        if self.job.cancelled.is_set():
+            raise Cancelled("job cancelled")
+
+    def _send(self, index: int, frame: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        tiles = plan_tiles(w, h, self.cols, self.rows, self.halo)
+        now_ns = time.time_ns()
+        items = []
+        for t in tiles:
+            ok, data = cv2.imencode(".png", cut(frame, t), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            spec = TaskSpec(port=0, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters, captured_ns=now_ns,
+                            received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id,
+                            meta={"frame": index, "tile": t.index})
+            items.append((spec, data.tobytes()))
+        self.pending[index] = _Frame(frame, tiles, time.monotonic())
+        self._submit(items)
+        self.in_flight += len(tiles)
+        self.job.counters["tiles_sent"] += len(tiles)
+
+    def _submit(self, items: list) -> None:
+        pause = 0.05
+        while True:
+            self._check()
+            try:
+                self.client.add_tasks(items)
+                return
+            except (QueueFull, MasterUnavailable) as e:  # the master is busy or away: wait, bounded
+                log.info("job %s: %s; retrying", self.job.id, e)
+                self.job.cancelled.wait(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _collect(self) -> None:
+        self._check()
+        try:
+            got = self.client.take_job_results(self.job.id, 256, wait_s=0.5)
+        except MasterUnavailable as e:
+            log.info("job %s: %s; retrying", self.job.id, e)
+            self.job.cancelled.wait(0.5)
+            got = []
+        for result, image in got:
+            self._absorb(result, image)
+        self._time_out_stragglers()
+        self._flush()
+
+    def _absorb(self, result: dict, image: bytes) -> None:
+        meta = result.get("meta", {})
+        frame = self.pending.get(int(meta.get("frame", -1)))
+        index = int(meta.get("tile", -1))
+        if frame is None or index in frame.outputs or not 0 <= index < len(frame.tiles):
+            return  # a late tile of a frame already written with its original
+        self.in_flight -= 1
+        self.latencies.append((time.monotonic() - frame.sent_at) * 1000.0)
+        self.job.counters["retries"] += max(0, int(result.get("attempts", 1)) - 1)
+        out = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED) if image else None
+        tile = frame.tiles[index]
+        if result.get("status") != "ok" or out is None or out.shape[:2] != (tile.cut.h, tile.cut.w):
+            self.job.counters["fallback_tiles"] += 1
+            log.info("job %s: tile %d of frame %s replaced by the original (%s)", self.job.id, index,
+                     meta.get("frame"), result.get("error") or "no image")
+            out = cut(frame.image, tile)
+        frame.outputs[index] = out
+        self.job.counters["tiles_done"] += 1
+
+    def _time_out_stragglers(self) -> None:
+        now = time.monotonic()
+        for frame in self.pending.values():
+            if now - frame.sent_at > self.config.tile_timeout_s:
+                for t in frame.tiles:
+                    if t.index not in frame.outputs:
+                        frame.outputs[t.index] = cut(frame.image, t)
+                        self.in_flight -= 1
+                        self.job.counters["fallback_tiles"] += 1
+                        self.job.counters["timed_out_tiles"] += 1
+
+    def _flush(self) -> None:
+        while (frame := self.pending.get(self.next_out)) is not None and len(frame.outputs) == len(frame.tiles):
+            h, w = frame.image.shape[:2]
+            image = assemble([(t, frame.outputs[t.index]) for t in frame.tiles], w, h)
+            if image.ndim == 2:
+                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+            self.writer.write(image)
+            del self.pending[self.next_out]
+            self.next_out += 1
+            self.job.counters["frames_out"] += 1
+
+    def _cancel_on_master(self) -> None:
+        try:
+            self.client.cancel_job(self.job.id)
+        except FramehiveError as e:
+            log.info("job %s: could not cancel on the master: %s", self.job.id, e)
+
+    def _metrics(self, info: Any, seconds: float, cpu0: Any) -> dict[str, Any]:
+        c, lat = self.job.counters, sorted(self.latencies)
+        cpu1, proc = psutil.Process().cpu_times(), psutil.Process()
+        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
+        return {
+            "frames": c["frames_out"], "frames_in": c["frames_in"], "input_fps": float(info.fps),
+            "fps_in": round(c["frames_in"] / seconds, 2) if seconds else 0.0,
+            "fps_out": round(c["frames_out"] / seconds, 2) if seconds else 0.0,
+            "tiles": c["tiles_sent"], "tiles_per_s": round(c["tiles_done"] / seconds, 1) if seconds else 0.0,
+            "tile_latency_p50_ms": round(statistics.median(lat), 2) if lat else 0.0,
+            "tile_latency_p95_ms": round(p95, 2), "retries": c["retries"], "fallback_tiles": c["fallback_tiles"],
+            "grid": f"{self.cols}x{self.rows}", "halo_px": self.halo, "filters": self.job.handshake.filters,
+            "seconds": round(seconds, 3),
+            "server": {"cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 3),
+                       "rss_mb": round(proc.memory_info().rss / 2**20, 1), "pid": os.getpid()},
+        }
+
+
+class JobServer:
+    """The asyncio side: one dual-stack listening socket, one coroutine per client."""
+
+    def __init__(self, host: str, port: int, config: JobConfig) -> None:
+        self.host, self.port, self.config = host, port, config
+        self.counters: Counter[str] = Counter()
+        self.jobs: dict[str, Job] = {}
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        """Listen. "localhost" means 127.0.0.1 and ::1; "::" one dual-stack socket for every address."""
+        if self.host == "localhost":
+            self._server = await asyncio.start_server(self.handle, host=["127.0.0.1", "::1"], port=self.port,
+                                                      reuse_address=True)
+            self.port = self._server.sockets[0].getsockname()[1]
+            return
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 clients too
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self._server = await asyncio.start_server(self.handle, sock=sock)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for job in list(self.jobs.values()):
+            job.cancelled.set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        job: Job | None = None
+        try:
+            job = await self._accept(reader, writer)
+            if job is not None:
+                await self._run(job, reader, writer)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
+            self.counters["disconnected"] += 1
+            log.info("job client %s went away: %s", peer, type(e).__name__)
+        finally:
+            if job is not None:
+                self._finish(job)
+            writer.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Job | None:
+        try:
+            msg = await asyncio.wait_for(jobproto.read_message(reader), HANDSHAKE_TIMEOUT_S)
+            hs = jobproto.parse_handshake(msg)
+            source, total = self._source(hs)
+        except ProtocolError as e:
+            self.counters[f"refused_{e.code}"] += 1
+            await self._send(writer, jobproto.error_message(e.code, str(e)))
+            return None
+        job_id = f"job-{secrets.token_hex(4)}"
+        out = Path(self.config.spool_dir) / f"framehive-{job_id}-out.mp4"
+        job = Job(job_id, hs, source, total, out)
+        if hs.protocol == "stream":
+            source.touch()
+            job.spool = Spool(source, total, job.cancelled)
+        self.jobs[job_id] = job
+        self.counters["accepted"] += 1
+        log.info("job %s accepted: %s, %d bytes, %dx%d tiles, %s", job_id, hs.name, total, *hs.tiles, hs.filters)
+        await self._send(writer, {"type": "accepted", "job_id": job_id})
+        return job
+
+    def _source(self, hs: Handshake) -> tuple[Path, int]:
+        if hs.protocol == "stream":
+            if hs.size > self.config.max_upload_bytes:
+                raise ProtocolError(f"upload of {hs.size} bytes is over the limit of {self.config.max_upload_bytes}",
+                                    "too_large")
+            return Path(self.config.spool_dir) / f"framehive-{secrets.token_hex(6)}-in", hs.size
+        root = self.config.root
+        path = Path(hs.path).resolve()
+        if root is None or not path.is_relative_to(Path(root).resolve()) or not path.is_file():
+            raise ProtocolError(f"path {hs.path!r} is not a readable file under the server's --jobs-root",
+                                "path_refused")
+        return path, path.stat().st_size
+
+    async def _run(self, job: Job, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        runner = TileRunner(job, self.config)
+        thread = threading.Thread(target=runner.run, name=f"job-{job.id}")
+        thread.start()
+        if job.handshake.protocol == "stream":
+            if not await self._upload(job, reader, writer):
+                return
+        while not job.done.is_set():
+            await self._send(writer, self._progress(job))
+            await asyncio.get_running_loop().run_in_executor(None, job.done.wait, self.config.progress_every_s)
+        if job.error:
+            code, message = job.error
+            await self._send(writer, jobproto.error_message(code, message))
+            return
+        await self._deliver(job, writer)
+
+    async def _upload(self, job: Job, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        digest, received, last = hashlib.sha256(), 0, 0.0
+        with open(job.source, "r+b") as out:
+            while True:
+                msg = await asyncio.wait_for(jobproto.read_message(reader), IDLE_TIMEOUT_S)
+                if msg["type"] == "eof":
+                    break
+                size = jobproto.data_size(msg)
+                chunk = await asyncio.wait_for(jobproto.read_data(reader, size), IDLE_TIMEOUT_S)
+                if received + len(chunk) > job.total:
+                    return await self._refuse(job, writer, "too_large", "more bytes than the handshake announced")
+                out.write(chunk)
+                out.flush()
+                digest.update(chunk)
+                received += len(chunk)
+                job.spool.grew(received)
+                if time.monotonic() - last > self.config.progress_every_s:
+                    last = time.monotonic()
+                    await self._send(writer, self._progress(job, received))
+        if received != job.total or digest.hexdigest() != job.handshake.sha256:
+            return await self._refuse(job, writer, "checksum",
+                                      f"upload of {received} bytes does not match the announced size/SHA-256")
+        return True
+
+    async def _refuse(self, job: Job, writer: asyncio.StreamWriter, code: str, message: str) -> bool:
+        job.error = (code, message)
+        job.cancelled.set()
+        self.counters[f"refused_{code}"] += 1
+        await self._send(writer, jobproto.error_message(code, message))
+        return False
+
+    async def _deliver(self, job: Job, writer: asyncio.StreamWriter) -> None:
+        size = job.out_path.stat().st_size
+        digest = hashlib.sha256()
+        with open(job.out_path, "rb") as f:
+            for block in iter(lambda: f.read(OUT_CHUNK_BYTES), b""):
+                digest.update(block)
+        name = f"{Path(job.handshake.name).stem}-processed.mp4"
+        await self._send(writer, {"type": "result", "ok": True, "job_id": job.id, "metrics": job.metrics,
+                                  "output": {"name": name, "size": size, "sha256": digest.hexdigest()}})
+        with open(job.out_path, "rb") as f:
+            for block in iter(lambda: f.read(OUT_CHUNK_BYTES), b""):
+                writer.write(jobproto.data_header(len(block)))
+                writer.write(block)
+                await writer.drain()
+        self.counters["delivered"] += 1
+        log.info("job %s done: %s", job.id, job.metrics)
+
+    def _progress(self, job: Job, received: int | None = None) -> dict[str, Any]:
+        c = job.counters
+        return {"type": "progress", "bytes_in": job.total if received is None else received, "bytes_total": job.total,
+                "frames_in": c["frames_in"], "frames_out": c["frames_out"], "tiles_done": c["tiles_done"]}
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, msg: dict) -> None:
+        writer.write(jobproto.encode(msg))
+        await writer.drain()
+
+    def _finish(self, job: Job) -> None:
+        """Cancel what is unfinished and free the job's files (called whatever happened)."""
+        job.cancelled.set()
+        if job.spool is not None:
+            job.spool.wake()
+        job.done.wait(30)
+        if job.spool is not None:
+            job.spool.close()
+        for path in (job.out_path, job.source if job.handshake.protocol == "stream" else None):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        self.jobs.pop(job.id, None)
+
+
+class JobServerThread(Component):
+    """Runs a JobServer's event loop in its own thread, for the thread-based receiver process."""
+
+    thread_name = "jobs"
+
+    def __init__(self, host: str, port: int, config: JobConfig) -> None:
+        super().__init__()
+        self.server = JobServer(host, port, config)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as e:  # reported to whoever waits on `ready`
+            self.error = e
+            self.ready.set()
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        await self.server.start()
+        self.ready.set()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.2)
+        await self.server.stop()

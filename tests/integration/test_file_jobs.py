@@ -1,0 +1,99 @@
+"""File jobs end to end: upload over IPv6 and IPv4, tiles through real workers, H.264 back, no seams."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from cluster.local import ROOT, LocalCluster, free_port, packaged_clip
+from common import jobproto
+from common.masterclient import MasterClient
+from tests.conftest import wait_until
+from worker.pipeline import StageCache, run_pipeline
+
+FRAMES = 30
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> str:
+    """The first frames of a real package-shipped clip, re-encoded (so the upload is small)."""
+    path = tmp_path_factory.mktemp("clip") / "in.mp4"
+    cap = cv2.VideoCapture(str(packaged_clip("bikes.mp4")))
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 272))
+    for _ in range(FRAMES):
+        ok, frame = cap.read()
+        assert ok
+        out.write(frame)
+    out.release()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster(log_dir=tmp_path_factory.mktemp("logs")) as c:
+        c.start_master()
+        c.jobs_port = free_port()
+        c.start_receiver([free_port(socket.SOCK_DGRAM)], "--jobs-port", str(c.jobs_port))
+        c.start_workers(2, "--threads", "1")
+        yield c
+
+
+def frames_of(path: str) -> list[np.ndarray]:
+    with av.open(path) as f:
+        return [fr.to_ndarray(format="bgr24") for fr in f.decode(video=0)]
+
+
+def upload(cluster, clip, host: str, family: str, filters: str, tmp_path) -> tuple[dict, str]:
+    out = tmp_path / f"out-{family}.mp4"
+    done = subprocess.run([sys.executable, "-m", "sender.client", "--host", host, "--port", str(cluster.jobs_port),
+                           f"--{family}", "--video", clip, "--tiles", "3x3", "--filters", filters,
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr + cluster.procs[1].log_text()[-3000:]
+    return json.loads(done.stdout), str(out)
+
+
+@pytest.mark.parametrize("host,family,filters", [("::1", "ipv6", "gaussian:5,sobel"),
+                                                 ("127.0.0.1", "ipv4", "canny,blur:3")])
+def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, filters):
+    result, out = upload(cluster, clip, host, family, filters, tmp_path)
+    with av.open(out) as f:
+        stream = f.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+    got, src = frames_of(out), frames_of(clip)
+    assert len(got) == len(src) == FRAMES
+    m = result["metrics"]
+    assert m["frames"] == FRAMES and m["fallback_tiles"] == 0 and m["tiles"] == 9 * FRAMES
+    for key in ("fps_in", "fps_out", "tiles_per_s", "tile_latency_p50_ms", "tile_latency_p95_ms", "retries", "server"):
+        assert key in m
+    stages = StageCache()
+    for i in (0, FRAMES // 2, FRAMES - 1):  # no seams: the tiled result is the whole-frame result (+ H.264 loss)
+        want = run_pipeline(filters, src[i], stages).image
+        diff = np.abs(got[i].astype(np.int16) - want.astype(np.int16))
+        assert diff.mean() < 6.0, (i, diff.mean())
+
+
+def test_an_upload_cut_off_halfway_leaves_the_server_healthy(cluster, clip, tmp_path):
+    data = open(clip, "rb").read()
+    hs = {"type": "handshake", "version": 1, "protocol": "stream", "tiles": "2x2", "filters": "blur:3",
+          "codec": "h264", "name": "cut.mp4", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    with socket.create_connection(("127.0.0.1", cluster.jobs_port), timeout=10) as s:
+        jobproto.send_message(s, hs)
+        assert jobproto.recv_message(s)["type"] == "accepted"
+        jobproto.send_data(s, data[: len(data) // 2])
+    with MasterClient(cluster.master_url) as c:  # the job's tiles are cancelled on the master
+        wait_until(lambda: c.get_stats()["pending"] == 0 and c.get_stats()["in_progress"] == 0, 30)
+    with socket.create_connection(("127.0.0.1", cluster.jobs_port), timeout=10) as s:
+        jobproto.send_message(s, {"type": "handshake", "version": 1, "protocol": "stream", "tiles": "99x1",
+                                  "filters": "blur:3", "size": 1, "sha256": "0" * 64})
+        reply = jobproto.recv_message(s)
+        assert reply["type"] == "error" and reply["code"] == "bad_tiles"
+    result, _ = upload(cluster, clip, "127.0.0.1", "ipv4", "sobel", tmp_path)  # still serving
+    assert result["metrics"]["frames"] == FRAMES
