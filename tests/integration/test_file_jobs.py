@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import av
 import cv2
@@ -37,11 +38,12 @@ def clip(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, clip):
     with LocalCluster(log_dir=tmp_path_factory.mktemp("logs")) as c:
         c.start_master()
         c.jobs_port = free_port()
-        c.start_receiver([free_port(socket.SOCK_DGRAM)], "--jobs-port", str(c.jobs_port))
+        c.start_receiver([free_port(socket.SOCK_DGRAM)], "--jobs-port", str(c.jobs_port),
+                         "--jobs-root", str(Path(clip).parent))
         c.start_workers(2, "--threads", "1")
         yield c
 
@@ -97,3 +99,17 @@ def test_an_upload_cut_off_halfway_leaves_the_server_healthy(cluster, clip, tmp_
         assert reply["type"] == "error" and reply["code"] == "bad_tiles"
     result, _ = upload(cluster, clip, "127.0.0.1", "ipv4", "sobel", tmp_path)  # still serving
     assert result["metrics"]["frames"] == FRAMES
+
+
+def test_file_protocol_reads_a_path_under_the_jobs_root_only(cluster, clip, tmp_path):
+    def run(video: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port",
+                               str(cluster.jobs_port), "--protocol", "file", "--video", video, "--tiles", "2x2",
+                               "--filters", "blur:3", "--out", str(tmp_path / "o.mp4")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    done = run(clip)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"]["frames"] == FRAMES
+    refused = run(str(packaged_clip("bikes.mp4")))  # readable, but not under --jobs-root
+    assert refused.returncode == 1 and "path_refused" in refused.stderr
