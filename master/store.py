@@ -12,6 +12,7 @@ depends on time takes `now` (seconds since the Unix epoch, as a float).
 from __future__ import annotations
 
 import itertools
+import random
 import secrets
 import threading
 from collections import Counter, deque
@@ -37,6 +38,8 @@ class StoreConfig:
     max_tasks: int = 20_000  # pending + in progress, all kinds
     max_ports: int = 1024
     results_per_port: int = 1000  # ring size behind get_results
+    retry_backoff_s: float = 0.5  # a failed tile waits ~this, doubling per attempt (with jitter), before a retry
+    retry_backoff_max_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("lease_s", "max_hold_s", "max_frame_age_s"):
@@ -57,6 +60,7 @@ class _Record:
     deadline: float = 0.0
     first_leased: float = 0.0
     leased_at: float = 0.0
+    not_before: float = 0.0  # a retried tile is not handed out before this (backoff)
 
     @property
     def spec(self) -> TaskSpec:
@@ -101,9 +105,10 @@ class TaskStore:
 
     def __init__(self, config: StoreConfig | None = None, *,
                  token_factory: Callable[[], str] = lambda: secrets.token_hex(8),
-                 id_prefix: str | None = None) -> None:
+                 id_prefix: str | None = None, rng: random.Random | None = None) -> None:
         self.config = config or StoreConfig()
         self._token = token_factory
+        self._rng = rng or random.Random()
         self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(3)
         self._next_id = 0
         self._lock = threading.Lock()
@@ -162,21 +167,28 @@ class TaskStore:
         """Lease up to `max_n` pending tasks to `worker`, one lane at a time in turn."""
         leases: list[Lease] = []
         with self._lock:
-            while len(leases) < max_n and self._turn:
+            idle = 0  # lanes in a row that had nothing to hand out now (all backing off)
+            while len(leases) < max_n and self._turn and idle < len(self._turn):
                 lane_key = self._turn.popleft()
                 rec = self._next_in_lane(lane_key, now)
                 if self._lanes.get(lane_key):
                     self._turn.append(lane_key)
-                if rec is not None:
+                if rec is None:
+                    idle += 1
+                else:
+                    idle = 0
                     leases.append(self._lease(rec, worker, now))
         return leases
 
     def _next_in_lane(self, lane_key: Hashable, now: float) -> _Record | None:
         lane = self._lanes.get(lane_key)
-        while lane:
+        for _ in range(len(lane) if lane else 0):
             rec = self._tasks[lane.popleft()]
             if rec.spec.kind is TaskKind.FRAME and now - self._received_s(rec) > self.config.max_frame_age_s:
                 self._drop(rec.task.id, "dropped_stale")
+                continue
+            if rec.not_before > now:  # backing off: let the rest of the lane go first
+                lane.append(rec.task.id)
                 continue
             return rec
         return None
@@ -283,6 +295,9 @@ class TaskStore:
 
     def _retry_or_fail(self, rec: _Record, error: str, now: float) -> TaskState:
         if rec.attempts < self.config.max_attempts:
+            if rec.spec.kind is TaskKind.TILE:  # live frames retry at once: they go stale; tiles can wait
+                cap = min(self.config.retry_backoff_max_s, self.config.retry_backoff_s * 2 ** (rec.attempts - 1))
+                rec.not_before = now + self._rng.uniform(cap / 2, cap)
             self._requeue(rec)
             self.counters["retried"] += 1
             return TaskState.PENDING

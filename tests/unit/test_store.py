@@ -205,3 +205,23 @@ def test_leases_a_worker_never_received_are_reclaimed_after_a_grace_period():
     assert s.state_of(b) is TaskState.PENDING and s.state_of(a) is TaskState.IN_PROGRESS
     [again] = s.request("w2", 5, T0 + 4)
     assert again.task.id == b and again.attempt == 1  # losing a reply is not the task's fault
+
+
+def test_failed_tiles_back_off_exponentially_before_a_retry_while_frames_retry_at_once():
+    import random
+
+    s = TaskStore(StoreConfig(max_attempts=4, retry_backoff_s=1.0), rng=random.Random(1), id_prefix="t")
+    tile = s.add(spec(kind=TaskKind.TILE, job="j"), b"x", T0)
+    other = s.add(spec(seq=1, kind=TaskKind.TILE, job="j"), b"x", T0)
+    frame = s.add(spec(port=7), b"x", T0)
+    leases = {x.task.id: x for x in s.request("w", 3, T0)}
+    s.fail(tile, leases[tile].token, "boom", T0)
+    s.fail(frame, leases[frame].token, "boom", T0)
+    s.release(other, leases[other].token)
+    assert {x.task.id for x in s.request("w", 3, T0 + 0.01)} == {frame, other}  # the tile waits
+    assert s.request("w", 3, T0 + 0.49) == []
+    [again] = s.request("w", 3, T0 + 1.0)  # backoff 0.5..1 s after the first failure
+    assert again.task.id == tile
+    s.fail(tile, again.token, "boom", T0 + 1.0)
+    assert s.request("w", 1, T0 + 1.99) == []  # 1..2 s after the second
+    assert [x.task.id for x in s.request("w", 1, T0 + 3.0)] == [tile]
