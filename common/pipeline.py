@@ -94,6 +94,9 @@ STAGES: dict[str, StageInfo] = {
     "gaussian": StageInfo("filter", (_KERNEL,), "Gaussian blur (gaussian:k, k odd 1..31)", lambda a: int(a[0]) // 2),
     "sobel": StageInfo("filter", (), "gradient magnitude (3x3 Sobel)", lambda a: 1),
     "threshold": StageInfo("filter", (), "adaptive mean threshold (block 11)", lambda a: 5),
+    "motion": StageInfo("filter", (), "difference with the previous frame (file jobs send it with each tile; "
+                                      "a live frame has none, so use the receiver's --detect motion there)",
+                        lambda a: 0),
 }
 
 
@@ -163,6 +166,11 @@ def _parse(spec: str) -> tuple[StageSpec, ...]:
     if len(items) > MAX_STAGES:
         raise PipelineSpecError(f"pipeline has {len(items)} stages (max {MAX_STAGES})")
     return tuple(parse_stage(s) for s in items)
+
+
+def needs_previous(stages: tuple[StageSpec, ...]) -> bool:
+    """Whether a task of this pipeline must carry the previous frame too (the `motion` filter)."""
+    return any(s.name == "motion" for s in stages)
 
 
 def pipeline_halo(stages: tuple[StageSpec, ...]) -> int:

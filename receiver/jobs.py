@@ -32,7 +32,7 @@ from common import jobproto
 from common.errors import DecodeError, FramehiveError, MasterUnavailable, QueueFull
 from common.jobproto import Handshake, ProtocolError
 from common.masterclient import MasterClient
-from common.pipeline import pipeline_halo
+from common.pipeline import needs_previous, pipeline_halo
 from common.runtime import Component
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import Tile, assemble, cut, plan_tiles
@@ -155,6 +155,8 @@ class TileRunner:
         self.in_flight = 0
         self.latencies: list[float] = []
         self.writer: H264Writer | None = None
+        self.stacked = needs_previous(hs.stages)  # `motion`: each tile carries the previous frame's tile
+        self.previous: np.ndarray | None = None
 
     def run(self) -> None:
         """Process the whole video; sets job.metrics or job.error, then job.done."""
@@ -204,12 +206,15 @@ class TileRunner:
         tiles = plan_tiles(w, h, self.cols, self.rows, self.halo)
         now_ns = time.time_ns()
         items = []
+        previous = self.previous if self.previous is not None else frame  # frame 0: no motion at all
         for t in tiles:
-            ok, data = cv2.imencode(".png", cut(frame, t), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            pixels = np.vstack([cut(previous, t), cut(frame, t)]) if self.stacked else cut(frame, t)
+            ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            meta = {"frame": index, "tile": t.index, **({"stacked": True} if self.stacked else {})}
             spec = TaskSpec(port=0, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters, captured_ns=now_ns,
-                            received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id,
-                            meta={"frame": index, "tile": t.index})
+                            received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id, meta=meta)
             items.append((spec, data.tobytes()))
+        self.previous = frame
         self.pending[index] = _Frame(frame, tiles, time.monotonic())
         self._submit(items)
         self.in_flight += len(tiles)

@@ -168,7 +168,8 @@ class Worker:
         task, started = lease.task, time.time_ns()
         tile = task.spec.kind is TaskKind.TILE
         try:
-            out = process_payload(task.spec.pipeline, task.payload, self.stages, keep_image=tile)
+            out = process_payload(task.spec.pipeline, task.payload, self.stages, keep_image=tile,
+                                  stacked=bool(task.spec.meta.get("stacked")))
             image = encode_tile(draw_detections(out.image, out.detections) if out.detections else out.image) \
                 if tile else b""
         except (DecodeError, PipelineSpecError) as e:

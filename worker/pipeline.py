@@ -42,6 +42,7 @@ FILTER_STAGES: dict[str, Callable[[StageSpec], Stage]] = {
     "gaussian": lambda s: lambda img: filters.gaussian(img, int(s.args[0])),
     "sobel": lambda s: filters.sobel,
     "threshold": lambda s: filters.threshold,
+    "motion": lambda s: filters.motion,  # (image, previous) -> image: run_pipeline passes the previous frame
 }
 BUILDERS: dict[str, Callable[[StageSpec], Stage]] = {**DETECTORS, **FILTER_STAGES}
 
@@ -94,27 +95,41 @@ class StageCache:
             return stage
 
 
-def run_pipeline(spec: str, image: np.ndarray, stages: StageCache, *, keep_image: bool = False) -> PipelineOutput:
+def run_pipeline(spec: str, image: np.ndarray, stages: StageCache, *, keep_image: bool = False,
+                 previous: np.ndarray | None = None) -> PipelineOutput:
     """Run every stage of `spec` on `image` in order: filters change the image the next stages see,
-    detectors add detections. Timings per stage in milliseconds."""
+    detectors add detections. `previous` (the frame before, for `motion`) goes through the same
+    filters first, so `blur:5,motion` compares blurred with blurred. Timings per stage in ms."""
     detections: list[Detection] = []
     timings: dict[str, float] = {}
     filtered = False
     for stage_spec in parse_pipeline(spec):
         stage = stages.get(stage_spec)
         t0 = time.perf_counter()
-        if STAGES[stage_spec.name].kind == "filter":
+        if stage_spec.name == "motion":
+            image, previous, filtered = stage(image, previous), None, True
+        elif STAGES[stage_spec.name].kind == "filter":
             image, filtered = stage(image), True
+            previous = stage(previous) if previous is not None else None
         else:
             detections.extend(stage(image))
         timings[str(stage_spec)] = (time.perf_counter() - t0) * 1000.0
     return PipelineOutput(tuple(detections), timings, image if filtered or keep_image else None)
 
 
-def process_payload(spec: str, payload: bytes, stages: StageCache, *, keep_image: bool = False) -> PipelineOutput:
-    """Decode a task's payload and run its pipeline; decode time is reported as 'decode'."""
+def process_payload(spec: str, payload: bytes, stages: StageCache, *, keep_image: bool = False,
+                    stacked: bool = False) -> PipelineOutput:
+    """Decode a task's payload and run its pipeline; decode time is reported as 'decode'.
+
+    `stacked`: the payload holds the previous frame above the current one (same size), for `motion`.
+    """
     t0 = time.perf_counter()
     image = decode_image(payload)
+    previous = None
+    if stacked:
+        if image.shape[0] % 2:
+            raise DecodeError(f"a stacked payload needs an even height, got {image.shape[0]}")
+        previous, image = image[: image.shape[0] // 2], image[image.shape[0] // 2:]
     decode_ms = (time.perf_counter() - t0) * 1000.0
-    out = run_pipeline(spec, image, stages, keep_image=keep_image)
+    out = run_pipeline(spec, image, stages, keep_image=keep_image, previous=previous)
     return PipelineOutput(out.detections, {"decode": decode_ms, **out.timings_ms}, out.image)

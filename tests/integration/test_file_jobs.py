@@ -63,7 +63,8 @@ def upload(cluster, clip, host: str, family: str, filters: str, tmp_path) -> tup
 
 
 @pytest.mark.parametrize("host,family,filters", [("::1", "ipv6", "gaussian:5,sobel"),
-                                                 ("127.0.0.1", "ipv4", "canny,blur:3")])
+                                                 ("127.0.0.1", "ipv4", "canny,blur:3"),
+                                                 ("127.0.0.1", "ipv4", "blur:3,motion")])
 def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, filters):
     result, out = upload(cluster, clip, host, family, filters, tmp_path)
     with av.open(out) as f:
@@ -77,7 +78,7 @@ def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, f
         assert key in m
     stages = StageCache()
     for i in (0, FRAMES // 2, FRAMES - 1):  # no seams: the tiled result is the whole-frame result (+ H.264 loss)
-        want = run_pipeline(filters, src[i], stages).image
+        want = run_pipeline(filters, src[i], stages, previous=src[max(0, i - 1)]).image
         diff = np.abs(got[i].astype(np.int16) - want.astype(np.int16))
         assert diff.mean() < 6.0, (i, diff.mean())
 

@@ -61,3 +61,19 @@ def test_a_broken_tile_comes_back_as_an_error_and_a_cancelled_job_leaves_nothing
         assert r["status"] == "error" and "not a decodable" in r["error"] and img == b""
         assert c.take_job_results("job-3", 10) == []
         assert master.service.stats()["pending"] == 0
+
+
+def test_motion_tiles_carry_the_previous_frame_and_match_the_whole_frame(master, person_frames):
+    prev, frame = person_frames[4], person_frames[5]
+    spec = "blur:5,motion"
+    tiles = plan_tiles(frame.shape[1], frame.shape[0], 2, 2, 2)
+    now = time.time_ns()
+    with MasterClient(master.url) as c, Worker(WorkerConfig(master_url=master.url, wait_s=0.2), stages=StageCache()):
+        c.add_tasks([(TaskSpec(port=0, seq=0, pipeline=spec, captured_ns=now, received_ns=now, kind=TaskKind.TILE,
+                               job_id="job-m", meta={"tile": t.index, "stacked": True}),
+                      png(np.vstack([cut(prev, t), cut(frame, t)]))) for t in tiles])
+        done = take_all(c, "job-m", len(tiles))
+    outputs = {r["meta"]["tile"]: cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_UNCHANGED) for r, img in done}
+    tiled = assemble([(t, outputs[t.index]) for t in tiles], frame.shape[1], frame.shape[0])
+    whole = run_pipeline(spec, frame, StageCache(), previous=prev).image
+    assert np.array_equal(tiled, whole) and whole.any()  # people moved between the two frames
