@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also serve file jobs (upload a video, get a processed H.264 MP4) on this TCP port; 0: off")
     p.add_argument("--jobs-host", default="localhost",
                    help="file-job address: localhost (127.0.0.1 and ::1), or :: for every IPv6 and IPv4 address")
+    p.add_argument("--jobs-http-port", type=int, default=0,
+                   help="HTTP preview of file jobs (progress, /metrics, /frame/<n>, /gif) on this port; 0: off")
     p.add_argument("--jobs-root", default="",
                    help="folder whose files clients may name with --protocol file (default: none allowed)")
     p.add_argument("--backlog", type=int, default=4, help="frames buffered per camera while the master is busy")
@@ -105,8 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     if not 0 <= args.zmq_port < 65536 or args.backlog < 1 or args.rcvbuf_kb < 64:
         p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
-    if not 0 <= args.jobs_port < 65536:
-        p.error("--jobs-port must be 0..65535")
+    if not 0 <= args.jobs_port < 65536 or not 0 <= args.jobs_http_port < 65536:
+        p.error("--jobs-port and --jobs-http-port must be 0..65535")
+    if args.jobs_http_port and not args.jobs_port:
+        p.error("--jobs-http-port needs --jobs-port")
     if args.jobs_port and args.jobs_host != "localhost" and not is_loopback(args.jobs_host) and not args.insecure:
         p.error(f"refusing to serve file jobs on {args.jobs_host} without authentication; use localhost, or pass "
                 "--insecure on a network you trust")
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             out["zmq"] = {k: int(v) for k, v in dict(hub.counters).items()}
         return out
 
-    jobs = None
+    jobs = preview = None
     if args.jobs_port:
         from receiver.jobs import JobConfig, JobServerThread
 
@@ -152,9 +156,16 @@ def main(argv: list[str] | None = None) -> int:
             ingest.close()
             return 1
         log.info("serving file jobs on %s port %d", args.jobs_host, jobs.server.port)
+        if args.jobs_http_port:
+            from receiver.jobpreview import PreviewServer
+
+            host = "127.0.0.1" if args.jobs_host == "localhost" else args.jobs_host
+            preview = PreviewServer((host, args.jobs_http_port), jobs.server)
+            preview.start()
+            log.info("file-job preview at http://%s:%d/", host, args.jobs_http_port)
     name = args.name or f"receiver@{socket.gethostname()}"
     forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies)
-    producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else [])
+    producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else []) + ([preview] if preview else [])
     for part in [forwarder, *producers]:
         part.start()
     log.info("receiving UDP on %s ports %s%s; queueing on %s", args.host, args.ports,

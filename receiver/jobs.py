@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,16 @@ from common.pipeline import needs_previous, pipeline_halo
 from common.runtime import Component
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import Tile, assemble, cut, plan_tiles
-from receiver.video import H264Writer, iter_frames, probe
+from receiver.video import H264Writer, iter_frames, probe, thumbnail_jpeg, write_gif
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0  # an upload that sends nothing for this long is abandoned
 OUT_CHUNK_BYTES = 1024 * 1024
+MAX_THUMBNAILS = 60  # per job, for the preview page and GIF
+THUMBNAIL_EVERY = 5  # frames between thumbnails
+RECENT_JOBS = 16  # finished jobs kept for the preview page
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,9 @@ class Job:
     error: tuple[str, str] | None = None  # (code, message)
     metrics: dict[str, Any] = field(default_factory=dict)
     spool: Spool | None = None
+    thumbnails: deque = field(default_factory=lambda: deque(maxlen=MAX_THUMBNAILS))  # (frame index, JPEG)
+    gif: bytes = b""
+    started_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -177,6 +183,8 @@ class TileRunner:
                 self._collect()
             self.writer.close()
             job.metrics = self._metrics(info, time.monotonic() - t0, cpu0)
+            if job.handshake.preview:
+                job.gif = self._gif(float(info.fps))
         except Cancelled:
             job.error = job.error or ("internal", "cancelled")
         except DecodeError as e:
@@ -282,9 +290,21 @@ class TileRunner:
             if image.ndim == 2:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             self.writer.write(image)
+            if self.next_out % THUMBNAIL_EVERY == 0 or not self.job.thumbnails:
+                self.job.thumbnails.append((self.next_out, thumbnail_jpeg(image)))
             del self.pending[self.next_out]
             self.next_out += 1
             self.job.counters["frames_out"] += 1
+
+    def _gif(self, fps: float) -> bytes:
+        """An animated GIF of the thumbnails (the preview a client asked for)."""
+        frames = [cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR) for _, jpg in self.job.thumbnails]
+        path = self.job.out_path.with_suffix(".gif")
+        try:
+            write_gif(frames, path, max(1.0, fps / THUMBNAIL_EVERY))
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
 
     def _cancel_on_master(self) -> None:
         try:
@@ -317,6 +337,7 @@ class JobServer:
         self.host, self.port, self.config = host, port, config
         self.counters: Counter[str] = Counter()
         self.jobs: dict[str, Job] = {}
+        self.recent: deque[Job] = deque(maxlen=RECENT_JOBS)  # finished jobs, for the preview page
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -444,8 +465,12 @@ class JobServer:
             for block in iter(lambda: f.read(OUT_CHUNK_BYTES), b""):
                 digest.update(block)
         name = f"{Path(job.handshake.name).stem}-processed.mp4"
-        await self._send(writer, {"type": "result", "ok": True, "job_id": job.id, "metrics": job.metrics,
-                                  "output": {"name": name, "size": size, "sha256": digest.hexdigest()}})
+        result = {"type": "result", "ok": True, "job_id": job.id, "metrics": job.metrics,
+                  "output": {"name": name, "size": size, "sha256": digest.hexdigest()}}
+        if job.handshake.preview:
+            result["preview"] = {"gif": f"/jobs/{job.id}/gif", "frames": f"/jobs/{job.id}/frame/<n>",
+                                 "thumbnails": len(job.thumbnails)}
+        await self._send(writer, result)
         with open(job.out_path, "rb") as f:
             for block in iter(lambda: f.read(OUT_CHUNK_BYTES), b""):
                 writer.write(jobproto.data_header(len(block)))
@@ -476,6 +501,24 @@ class JobServer:
             if path is not None:
                 path.unlink(missing_ok=True)
         self.jobs.pop(job.id, None)
+        job.spool = None
+        self.recent.append(job)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and every active and recent job, for the preview page and /metrics."""
+        def view(job: Job, state: str) -> dict[str, Any]:
+            return {"job_id": job.id, "state": state, "name": job.handshake.name, "filters": job.handshake.filters,
+                    "tiles": "x".join(map(str, job.handshake.tiles)), "bytes": job.total,
+                    "started_at": job.started_at, **dict(job.counters),
+                    "error": job.error[1] if job.error else "", "metrics": job.metrics,
+                    "thumbnails": [i for i, _ in job.thumbnails], "gif": bool(job.gif)}
+        jobs = [view(j, "running") for j in list(self.jobs.values())]
+        jobs += [view(j, "failed" if j.error else "done") for j in list(self.recent)]
+        return {"counters": dict(self.counters), "jobs": jobs}
+
+    def find(self, job_id: str) -> Job | None:
+        """An active or recent job."""
+        return self.jobs.get(job_id) or next((j for j in list(self.recent) if j.id == job_id), None)
 
 
 class JobServerThread(Component):

@@ -42,8 +42,9 @@ def cluster(tmp_path_factory, clip):
     with LocalCluster(log_dir=tmp_path_factory.mktemp("logs")) as c:
         c.start_master()
         c.jobs_port = free_port()
+        c.preview_port = free_port()
         c.start_receiver([free_port(socket.SOCK_DGRAM)], "--jobs-port", str(c.jobs_port),
-                         "--jobs-root", str(Path(clip).parent))
+                         "--jobs-root", str(Path(clip).parent), "--jobs-http-port", str(c.preview_port))
         c.start_workers(2, "--threads", "1")
         yield c
 
@@ -114,3 +115,31 @@ def test_file_protocol_reads_a_path_under_the_jobs_root_only(cluster, clip, tmp_
     assert json.loads(done.stdout)["metrics"]["frames"] == FRAMES
     refused = run(str(packaged_clip("bikes.mp4")))  # readable, but not under --jobs-root
     assert refused.returncode == 1 and "path_refused" in refused.stderr
+
+
+def test_preview_gif_thumbnails_and_progress_page(cluster, clip, tmp_path):
+    import http.client
+
+    done = subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port",
+                           str(cluster.jobs_port), "--video", clip, "--tiles", "2x2", "--filters", "sobel",
+                           "--preview", "--out", str(tmp_path / "p.mp4")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["job_id"]
+
+    def get(path: str) -> tuple[int, str, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", cluster.preview_port, timeout=10)
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type", ""), r.read()
+
+    status, ctype, gif = get(f"/jobs/{job_id}/gif")
+    assert status == 200 and ctype == "image/gif" and gif[:6] in (b"GIF89a", b"GIF87a")
+    status, ctype, jpg = get(f"/jobs/{job_id}/frame/7")
+    assert status == 200 and cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR) is not None
+    status, _, body = get("/jobs")
+    [job] = [j for j in json.loads(body)["jobs"] if j["job_id"] == job_id]
+    assert job["state"] == "done" and job["frames_out"] == FRAMES and job["gif"]
+    status, ctype, page = get("/")
+    assert status == 200 and job_id.encode() in page
+    assert get("/jobs/nope/gif")[0] == 404

@@ -1,0 +1,113 @@
+"""The job server's HTTP preview: progress, metrics, thumbnails and the preview GIF of file jobs."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from receiver.jobs import Job, JobServer
+
+log = logging.getLogger(__name__)
+
+FRAME = re.compile(r"/jobs/([\w-]{1,64})/frame/(\d{1,9})")
+GIF = re.compile(r"/jobs/([\w-]{1,64})/gif")
+LATEST_FRAME = re.compile(r"/frame/(\d{1,9})")
+
+
+def thumbnail_at(job: Job, n: int) -> bytes | None:
+    """The thumbnail of frame `n`, or of the nearest frame before it that has one."""
+    best = None
+    for index, jpeg in list(job.thumbnails):
+        if index <= n:
+            best = jpeg
+    return best
+
+
+class PreviewHandler(BaseHTTPRequestHandler):
+    """GET only; everything it shows is read from the JobServer."""
+
+    server: PreviewServer
+    timeout = 30
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        jobs = self.server.jobs
+        path = self.path.split("?", 1)[0]
+        latest = next(iter(reversed(jobs.recent)), None)
+        if path in ("/metrics", "/jobs"):
+            self._send(200, "application/json", json.dumps(jobs.snapshot()).encode())
+        elif path == "/":
+            self._send(200, "text/html; charset=utf-8", self._page(jobs.snapshot()).encode())
+        elif m := FRAME.fullmatch(path):
+            job = jobs.find(m[1])
+            self._image(thumbnail_at(job, int(m[2])) if job else None, "image/jpeg")
+        elif m := LATEST_FRAME.fullmatch(path):
+            self._image(thumbnail_at(latest, int(m[1])) if latest else None, "image/jpeg")
+        elif m := GIF.fullmatch(path):
+            job = jobs.find(m[1])
+            self._image(job.gif if job else None, "image/gif")
+        elif path == "/gif":
+            self._image(latest.gif if latest else None, "image/gif")
+        else:
+            self._send(404, "text/plain", b"no such page\n")
+
+    def _image(self, data: bytes | None, ctype: str) -> None:
+        if data:
+            self._send(200, ctype, data)
+        else:
+            self._send(404, "text/plain", b"nothing to show (unknown job, no frame yet, or no preview asked for)\n")
+
+    @staticmethod
+    def _page(snap: dict[str, Any]) -> str:
+        rows = []
+        for j in snap["jobs"]:
+            thumbs = "".join(f'<img src="/jobs/{j["job_id"]}/frame/{i}" width="160" alt="frame {i}">'
+                             for i in j["thumbnails"][-6:])
+            rows.append(f"<tr><td>{html.escape(j['job_id'])}</td><td>{html.escape(j['name'])}</td>"
+                        f"<td>{j['state']}</td><td>{j.get('frames_out', 0)} / {j.get('frames_in', 0)}</td>"
+                        f"<td>{html.escape(j['filters'])} {j['tiles']}</td><td>{thumbs}</td></tr>")
+        return ("<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2>"
+                "<meta name=viewport content='width=device-width'><title>framehive jobs</title>"
+                "<h1>framehive file jobs</h1><table border=1 cellpadding=4><tr><th>job</th><th>file</th>"
+                "<th>state</th><th>frames out / in</th><th>pipeline</th><th>latest frames</th></tr>"
+                + "".join(rows) + "</table>")
+
+    def _send(self, status: int, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class PreviewServer(ThreadingHTTPServer):
+    """Serves the preview in a background thread: start(), stop(), join()."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], jobs: JobServer) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.jobs = jobs
+        super().__init__(address, PreviewHandler)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="preview")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+        self.server_close()
