@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=WorkerConfig.batch, help="tasks leased per request (1..256)")
     p.add_argument("--wait-s", type=float, default=WorkerConfig.wait_s, help="long-poll time per request (0..5)")
     p.add_argument("--threads", type=int, default=0, help="OpenCV threads (0: OpenCV's default)")
+    p.add_argument("--processes", type=int, default=0,
+                   help="run each batch's tasks in a local pool of this many processes (CPU-heavy stages); "
+                        "0 or 1: in this process. Use with --batch at least as large")
     p.add_argument("--preload", default="", help="pipeline to load before taking work, e.g. person,face")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
@@ -35,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parse_master_url(args.master)
         if args.preload:
             parse_pipeline(args.preload)
-        WorkerConfig(batch=args.batch, wait_s=args.wait_s)
+        WorkerConfig(batch=args.batch, wait_s=args.wait_s, processes=args.processes)
     except (ValueError, PipelineSpecError) as e:
         p.error(str(e))
     if args.threads < 0:
@@ -53,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.preload:
         for spec in parse_pipeline(args.preload):
             stages.get(spec)
-    worker = Worker(WorkerConfig(master_url=args.master, name=args.name, batch=args.batch, wait_s=args.wait_s),
-                    stages=stages)
+    worker = Worker(WorkerConfig(master_url=args.master, name=args.name, batch=max(args.batch, args.processes),
+                                 wait_s=args.wait_s, processes=args.processes), stages=stages)
     worker.start()
     stop.wait()
     log.info("stopping: finishing the task in hand, handing back the rest")

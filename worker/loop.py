@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import random
 import socket
 import threading
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 import psutil
@@ -15,7 +17,7 @@ import psutil
 from common.errors import BadRequest, DecodeError, MasterUnavailable, PipelineSpecError, QueueFull
 from common.masterclient import MasterClient
 from common.tasks import Lease, Outcome, TaskKind
-from worker.pipeline import StageCache, draw_detections, encode_tile, process_payload
+from worker.pipeline import StageCache, run_task
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,15 @@ class WorkerConfig:
     backoff_min_s: float = 0.1
     backoff_max_s: float = 5.0
     timeout_s: float = 10.0
+    processes: int = 0  # > 1: run a batch's tasks in a local pool of this many processes
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch <= 256:
             raise ValueError(f"batch must be 1..256, got {self.batch}")
         if not 0 <= self.wait_s <= 5:
             raise ValueError(f"wait_s must be 0..5, got {self.wait_s}")
+        if not 0 <= self.processes <= 64:
+            raise ValueError(f"processes must be 0..64, got {self.processes}")
         if not 0 < self.backoff_min_s <= self.backoff_max_s:
             raise ValueError("backoff_min_s must be > 0 and <= backoff_max_s")
 
@@ -79,6 +84,9 @@ class Worker:
         self._master_down = False
         self._next: list[Lease] = []  # leases that came back with the last report
         self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
+        # The seed's local pool: CPU-heavy stages of one batch run in parallel processes, same pipeline.
+        self._pool = ProcessPoolExecutor(config.processes, mp_context=multiprocessing.get_context("spawn")) \
+            if config.processes > 1 else None
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -118,6 +126,8 @@ class Worker:
         if self._next:  # stopped between two batches: hand back what the last report leased
             self._report([], [], [(x.task.id, x.token) for x in self._next], lease_more=False)
         self.client.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         log.info("worker %s stopped after %d task(s)", self.worker_id or self.name, self.done)
 
     def run_once(self) -> int:
@@ -151,11 +161,15 @@ class Worker:
         failed: list[tuple[str, str, str]] = []
         released: list[tuple[str, str]] = []
         self.busy = True
+        pending = {x.task.id: self._pool.submit(run_task, x.task.spec.pipeline, x.task.payload,
+                                                x.task.spec.kind is TaskKind.TILE,
+                                                bool(x.task.spec.meta.get("stacked")))
+                   for x in leases} if self._pool is not None else {}
         for lease in leases:
-            if self._stop.is_set():
+            if self._stop.is_set() and lease.task.id not in pending:
                 released.append((lease.task.id, lease.token))
                 continue
-            outcome, error = self.process(lease)
+            outcome, error = self.process(lease, pending.get(lease.task.id))
             if outcome is not None:
                 outcomes.append(outcome)
             else:
@@ -163,22 +177,21 @@ class Worker:
         self.busy = False
         self._report(outcomes, failed, released, lease_more=not self._stop.is_set())
 
-    def process(self, lease: Lease) -> tuple[Outcome | None, str]:
-        """Run one task. A bad payload or spec is a result with an error; a crash is a retryable failure."""
+    def process(self, lease: Lease, pending: Future | None = None) -> tuple[Outcome | None, str]:
+        """Run one task (or collect it from the local pool). A bad payload or spec is a result with an
+        error; a crash is a retryable failure."""
         task, started = lease.task, time.time_ns()
-        tile = task.spec.kind is TaskKind.TILE
         try:
-            out = process_payload(task.spec.pipeline, task.payload, self.stages, keep_image=tile,
-                                  stacked=bool(task.spec.meta.get("stacked")))
-            image = encode_tile(draw_detections(out.image, out.detections) if out.detections else out.image) \
-                if tile else b""
+            detections, timings, image = pending.result() if pending is not None else run_task(
+                task.spec.pipeline, task.payload, task.spec.kind is TaskKind.TILE,
+                bool(task.spec.meta.get("stacked")), self.stages)
         except (DecodeError, PipelineSpecError) as e:
             log.info("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
             return Outcome(task.id, lease.token, error=str(e), started_ns=started, finished_ns=time.time_ns()), ""
         except Exception as e:  # a detector crash: let the master retry it, maybe elsewhere
             log.exception("task %s failed in its pipeline", task.id)
             return None, f"{type(e).__name__}: {e}"
-        return Outcome(task.id, lease.token, out.detections, out.timings_ms, "", started, time.time_ns(), image), ""
+        return Outcome(task.id, lease.token, detections, timings, "", started, time.time_ns(), image), ""
 
     def _report(self, outcomes: list[Outcome], failed: list, released: list, *, lease_more: bool) -> None:
         """Deliver a batch's outcomes (and lease the next batch in the same request), retrying while
@@ -222,8 +235,6 @@ class Worker:
         if self._master_down:
             log.info("worker %s: master reachable again", self.worker_id)
             self._master_down = False
-        self._next: list[Lease] = []  # leases that came back with the last report
-        self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
         self._backoff.reset()
 
     # ----- heartbeat ---------------------------------------------------------------------------

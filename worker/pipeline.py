@@ -47,6 +47,22 @@ FILTER_STAGES: dict[str, Callable[[StageSpec], Stage]] = {
 BUILDERS: dict[str, Callable[[StageSpec], Stage]] = {**DETECTORS, **FILTER_STAGES}
 
 
+_CHILD_STAGES: StageCache | None = None  # stages of a pool process, built on its first task
+
+
+def run_task(pipeline: str, payload: bytes, tile: bool, stacked: bool,
+             stages: StageCache | None = None) -> tuple[tuple[Detection, ...], dict[str, float], bytes]:
+    """One task's work, in this process or a pool process: (detections, timings, tile image PNG or b"")."""
+    global _CHILD_STAGES
+    if stages is None:
+        _CHILD_STAGES = stages = _CHILD_STAGES or StageCache()
+    out = process_payload(pipeline, payload, stages, keep_image=tile, stacked=stacked)
+    if not tile:
+        return out.detections, out.timings_ms, b""
+    image = draw_detections(out.image, out.detections) if out.detections else out.image
+    return out.detections, out.timings_ms, encode_tile(image)
+
+
 def draw_detections(image: np.ndarray, detections: tuple[Detection, ...]) -> np.ndarray:
     """Boxes and labels drawn on a copy of `image` (file jobs return pictures, not lists)."""
     out = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)

@@ -77,3 +77,19 @@ def test_motion_tiles_carry_the_previous_frame_and_match_the_whole_frame(master,
     tiled = assemble([(t, outputs[t.index]) for t in tiles], frame.shape[1], frame.shape[0])
     whole = run_pipeline(spec, frame, StageCache(), previous=prev).image
     assert np.array_equal(tiled, whole) and whole.any()  # people moved between the two frames
+
+
+def test_a_worker_with_a_local_process_pool_gives_the_same_tiles(master, person_frames):
+    frame = person_frames[2]
+    spec = "gaussian:3,threshold"
+    tiles = plan_tiles(frame.shape[1], frame.shape[0], 2, 2, 6)
+    now = time.time_ns()
+    config = WorkerConfig(master_url=master.url, wait_s=0.2, batch=4, processes=2)
+    with MasterClient(master.url) as c, Worker(config):
+        c.add_tasks([(TaskSpec(port=0, seq=0, pipeline=spec, captured_ns=now, received_ns=now, kind=TaskKind.TILE,
+                               job_id="job-p", meta={"tile": t.index}), png(cut(frame, t))) for t in tiles])
+        done = take_all(c, "job-p", len(tiles), timeout=60)
+    assert {r["worker"] for r, _ in done} and all(r["status"] == "ok" for r, _ in done)
+    outputs = {r["meta"]["tile"]: cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_UNCHANGED) for r, img in done}
+    tiled = assemble([(t, outputs[t.index]) for t in tiles], frame.shape[1], frame.shape[0])
+    assert np.array_equal(tiled, run_pipeline(spec, frame, StageCache()).image)
