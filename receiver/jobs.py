@@ -327,7 +327,19 @@ class TileRunner:
             "seconds": round(seconds, 3),
             "server": {"cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 3),
                        "rss_mb": round(proc.memory_info().rss / 2**20, 1), "pid": os.getpid()},
+            "workers": self._worker_stats(),
         }
+
+    def _worker_stats(self) -> list[dict[str, Any]]:
+        """CPU and RSS of each live worker, from their last heartbeat to the master."""
+        try:
+            workers = self.client.get_stats()["workers"]
+        except (FramehiveError, OSError) as e:
+            log.info("job %s: no worker stats: %s", self.job.id, e)
+            return []
+        keys = ("cpu_percent", "rss_mb", "tasks_done", "pid")
+        return [{"worker": w["worker_id"], **{k: w["stats"][k] for k in keys if k in w["stats"]}}
+                for w in workers if w["alive"]]
 
 
 class JobServer:
