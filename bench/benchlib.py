@@ -238,3 +238,17 @@ def wait_tcp(port: int, timeout_s: float) -> bool:
 def child_env() -> dict[str, str]:
     """Environment for subprocesses: the repository on PYTHONPATH, unbuffered output."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def process_cpu_s(cluster: Any) -> dict[str, float]:
+    """CPU seconds used so far by each process of a LocalCluster, by its name."""
+    import psutil
+
+    out = {}
+    for proc in cluster.procs:
+        try:
+            t = psutil.Process(proc.popen.pid).cpu_times()
+            out[proc.name] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out

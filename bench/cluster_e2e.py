@@ -188,19 +188,6 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
-def _cpu_s(cluster: LocalCluster) -> dict[str, float]:
-    import psutil
-
-    out = {}
-    for proc in cluster.procs:
-        try:
-            t = psutil.Process(proc.popen.pid).cpu_times()
-            out[proc.name] = t.user + t.system
-        except psutil.Error:
-            pass
-    return out
-
-
 def _cpu_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
     """Cores each role used during the window (1.0 = one core busy all the time)."""
     roles: dict[str, float] = {}
@@ -243,7 +230,7 @@ def run_cluster(clip: Path, plan: Plan) -> dict[str, Any]:
             _wait_first_results(reader, cluster)
             time.sleep(plan.warmup_s)
             reader.poll()
-            stats0, cpu0 = client.get_stats(), _cpu_s(cluster)
+            stats0, cpu0 = client.get_stats(), benchlib.process_cpu_s(cluster)
             meter = benchlib.CpuMeter([p.popen.pid for p in cluster.procs] + [os.getpid()])
             meter.start()
             t0 = time.time()
@@ -253,7 +240,7 @@ def run_cluster(clip: Path, plan: Plan) -> dict[str, Any]:
                 reader.poll()
                 _check_alive(cluster)
             t1 = time.time()
-            stats1, cpu1, cores = client.get_stats(), _cpu_s(cluster), meter.stop()
+            stats1, cpu1, cores = client.get_stats(), benchlib.process_cpu_s(cluster), meter.stop()
             time.sleep(0.2)
             reader.poll()
         log.info("stopping the cluster")

@@ -203,19 +203,6 @@ def run_client(port: int, clip: Path, spec: str, tiles: str, out: Path, rss_pid:
     return out_info
 
 
-def _cpu_s(cluster: LocalCluster) -> dict[str, float]:
-    import psutil
-
-    out = {}
-    for proc in cluster.procs:
-        try:
-            t = psutil.Process(proc.popen.pid).cpu_times()
-            out[proc.name] = t.user + t.system
-        except psutil.Error:
-            pass
-    return out
-
-
 def _roles(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     roles: dict[str, float] = {}
     for name, t in after.items():
@@ -244,9 +231,9 @@ def cluster_runs(jobs: list[tuple[str, Path, str, str]], rss_clips: list[tuple[i
                 run_client(jobs_port, work / "warmup.mp4", spec, tiles, work / "warmup-out.mp4")
                 warmed.add(spec)
             busy = benchlib.wait_quiet(QUIET_WAIT_S)
-            cpu0 = _cpu_s(cluster)
+            cpu0 = benchlib.process_cpu_s(cluster)
             fig = run_client(jobs_port, clip, spec, tiles, work / f"out-{key}.mp4")
-            fig["cpu_s_by_role"] = _roles(cpu0, _cpu_s(cluster))
+            fig["cpu_s_by_role"] = _roles(cpu0, benchlib.process_cpu_s(cluster))
             fig["busy_cores_before"] = busy
             log.info("cluster %s: %.1f frames/s (%d frames in %.1fs, tile p50 %.0f ms), CPU s %s", key,
                      fig["frames_per_s"], fig["frames"], fig["seconds"], fig["tile_latency_p50_ms"],

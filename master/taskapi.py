@@ -61,12 +61,7 @@ def add(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
 
 def lease(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     """POST /api/v1/lease: JSON {worker, max, wait_s} -> a batch of leases with payload blobs."""
-    try:
-        req = json.loads(body or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"lease request is not JSON: {e}") from e
-    if not isinstance(req, dict):
-        raise BadRequest("lease request must be a JSON object")
+    req = _json_body(body)
     max_n, wait_s = _lease_args(req)
     leases = svc.request_tasks(_worker(req), max(1, max_n), wait_s)
     meta = {"tasks": [lease_to_wire(x) for x in leases]}
