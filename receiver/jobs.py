@@ -148,7 +148,12 @@ class _Frame:
 
 
 class TileRunner:
-    """Decodes a job's video, sends its tiles to the master, assembles and encodes the result."""
+    """Decodes a job's video, sends its tiles to the master, assembles and encodes the result.
+
+    Two threads overlap the work: this one decodes frames, cuts and sends tiles; a collector takes
+    finished tiles back, assembles frames and feeds the H.264 encoder. `window_tiles` bounds what is
+    in flight between them; `pending` (frames sent, not yet written) is shared under `_lock`.
+    """
 
     def __init__(self, job: Job, config: JobConfig) -> None:
         self.job, self.config = job, config
@@ -157,6 +162,9 @@ class TileRunner:
         self.halo = pipeline_halo(hs.stages)
         self.client = MasterClient(config.master_url)
         self.pending: dict[int, _Frame] = {}
+        self._lock = threading.Condition()
+        self._decoded = False  # the sender has sent the last frame
+        self._failure: BaseException | None = None  # what stopped the collector, if anything
         self.next_out = 0
         self.in_flight = 0
         self.latencies: list[float] = []
@@ -173,14 +181,20 @@ class TileRunner:
             info = probe(reader)
             reader.seek(0)
             self.writer = H264Writer(job.out_path, width=info.width, height=info.height, fps=info.fps)
-            for index, frame in iter_frames(reader):
-                self._check()
-                job.counters["frames_in"] += 1
-                self._send(index, frame)
-                while self.in_flight >= self.config.window_tiles:
-                    self._collect()
-            while self.pending:
-                self._collect()
+            collector = threading.Thread(target=self._collect_loop, name=f"{job.id}-collect")
+            collector.start()
+            try:
+                for index, frame in iter_frames(reader):
+                    self._check()
+                    job.counters["frames_in"] += 1
+                    self._send(index, frame)
+            finally:
+                with self._lock:
+                    self._decoded = True
+                    self._lock.notify_all()
+                collector.join()
+            if self._failure is not None:
+                raise self._failure
             self.writer.close()
             job.metrics = self._metrics(info, time.monotonic() - t0, cpu0)
             if job.handshake.preview:
@@ -206,7 +220,7 @@ class TileRunner:
         return open(self.job.source, "rb")  # noqa: SIM115 - the decoder owns it until the job ends
 
     def _check(self) -> None:
-        if self.job.cancelled.is_set():
+        if self.job.cancelled.is_set() or self._failure is not None:
             raise Cancelled("job cancelled")
 
     def _send(self, index: int, frame: np.ndarray) -> None:
@@ -223,9 +237,13 @@ class TileRunner:
                             received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id, meta=meta)
             items.append((spec, data.tobytes()))
         self.previous = frame
-        self.pending[index] = _Frame(frame, tiles, time.monotonic())
+        with self._lock:  # backpressure: wait for room in the window
+            while self.in_flight and self.in_flight + len(tiles) > self.config.window_tiles:
+                self._check()
+                self._lock.wait(0.5)
+            self.pending[index] = _Frame(frame, tiles, time.monotonic())
+            self.in_flight += len(tiles)
         self._submit(items)
-        self.in_flight += len(tiles)
         self.job.counters["tiles_sent"] += len(tiles)
 
     def _submit(self, items: list) -> None:
@@ -240,20 +258,41 @@ class TileRunner:
                 self.job.cancelled.wait(pause)
                 pause = min(pause * 2, 2.0)
 
-    def _collect(self) -> None:
-        self._check()
+    def _collect_loop(self) -> None:
+        """The collector thread: take finished tiles until every sent frame is written."""
+        client = MasterClient(self.config.master_url)
         try:
-            got = self.client.take_job_results(self.job.id, 256, wait_s=0.5)
+            while not self.job.cancelled.is_set():
+                with self._lock:
+                    if self._decoded and not self.pending:
+                        return
+                self._collect(client)
+        except BaseException as e:  # handed to the sender thread, which ends the job with it
+            self._failure = e
+        finally:
+            client.close()
+            with self._lock:
+                self._lock.notify_all()
+
+    def _collect(self, client: MasterClient) -> None:
+        try:
+            got = client.take_job_results(self.job.id, 256, wait_s=0.5)
         except MasterUnavailable as e:
             log.info("job %s: %s; retrying", self.job.id, e)
             self.job.cancelled.wait(0.5)
             got = []
-        for result, image in got:
-            self._absorb(result, image)
-        self._time_out_stragglers()
-        self._flush()
+        decoded = [(r, cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_UNCHANGED) if img else None)
+                   for r, img in got]  # decode outside the lock
+        with self._lock:
+            for result, image in decoded:
+                self._absorb(result, image)
+            self._time_out_stragglers()
+            ready = self._ready_frames()
+            self._lock.notify_all()
+        for frame in ready:
+            self._write(frame)
 
-    def _absorb(self, result: dict, image: bytes) -> None:
+    def _absorb(self, result: dict, out: np.ndarray | None) -> None:
         meta = result.get("meta", {})
         frame = self.pending.get(int(meta.get("frame", -1)))
         index = int(meta.get("tile", -1))
@@ -262,7 +301,6 @@ class TileRunner:
         self.in_flight -= 1
         self.latencies.append((time.monotonic() - frame.sent_at) * 1000.0)
         self.job.counters["retries"] += max(0, int(result.get("attempts", 1)) - 1)
-        out = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED) if image else None
         tile = frame.tiles[index]
         if result.get("status") != "ok" or out is None or out.shape[:2] != (tile.cut.h, tile.cut.w):
             self.job.counters["fallback_tiles"] += 1
@@ -283,18 +321,24 @@ class TileRunner:
                         self.job.counters["fallback_tiles"] += 1
                         self.job.counters["timed_out_tiles"] += 1
 
-    def _flush(self) -> None:
+    def _ready_frames(self) -> list[tuple[int, _Frame]]:
+        """Take the frames, in order, whose tiles are all back (called under the lock)."""
+        ready = []
         while (frame := self.pending.get(self.next_out)) is not None and len(frame.outputs) == len(frame.tiles):
-            h, w = frame.image.shape[:2]
-            image = assemble([(t, frame.outputs[t.index]) for t in frame.tiles], w, h)
-            if image.ndim == 2:
-                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-            self.writer.write(image)
-            if self.next_out % THUMBNAIL_EVERY == 0 or not self.job.thumbnails:
-                self.job.thumbnails.append((self.next_out, thumbnail_jpeg(image)))
-            del self.pending[self.next_out]
+            ready.append((self.next_out, self.pending.pop(self.next_out)))
             self.next_out += 1
-            self.job.counters["frames_out"] += 1
+        return ready
+
+    def _write(self, item: tuple[int, _Frame]) -> None:
+        index, frame = item
+        h, w = frame.image.shape[:2]
+        image = assemble([(t, frame.outputs[t.index]) for t in frame.tiles], w, h)
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        self.writer.write(image)
+        if index % THUMBNAIL_EVERY == 0 or not self.job.thumbnails:
+            self.job.thumbnails.append((index, thumbnail_jpeg(image)))
+        self.job.counters["frames_out"] += 1
 
     def _gif(self, fps: float) -> bytes:
         """An animated GIF of the thumbnails (the preview a client asked for)."""
