@@ -89,7 +89,8 @@ STAGES: dict[str, StageInfo] = {
                       "your own YOLOv5/v8/v11 ONNX export: onnx:<path>[:<min_score>[:<iou>]] (docs/DETECTION.md)"),
     # filters: image -> image (file jobs tile them without seams; see worker/filters.py)
     "canny": StageInfo("filter", (Param("low", int, 100, 0, 1000), Param("high", int, 200, 0, 1000)),
-                       "edges, OpenCV Canny (canny[:low:high])", lambda a: 16),
+                       "edges, OpenCV Canny (canny[:low:high])",
+                       lambda a: 16),  # 3x3 Sobel + non-max suppression need 2 px; the rest is margin for hysteresis
     "blur": StageInfo("filter", (_KERNEL,), "box blur (blur:k, k odd 1..31)", lambda a: int(a[0]) // 2),
     "gaussian": StageInfo("filter", (_KERNEL,), "Gaussian blur (gaussian:k, k odd 1..31)", lambda a: int(a[0]) // 2),
     "sobel": StageInfo("filter", (), "gradient magnitude (3x3 Sobel)", lambda a: 1),

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 
 from common.masterclient import MasterClient
+from common.pipeline import parse_pipeline, pipeline_halo
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import assemble, cut, plan_tiles
-from worker.filters import chain_halo, parse_chain
 from worker.loop import Worker, WorkerConfig
 from worker.pipeline import StageCache, run_pipeline
 
@@ -29,7 +29,7 @@ def take_all(client: MasterClient, job: str, n: int, timeout: float = 30) -> lis
 def test_tiled_frame_through_the_cluster_equals_the_whole_frame(master, person_frames):
     frame = person_frames[3]
     spec = "gaussian:5,sobel"
-    tiles = plan_tiles(frame.shape[1], frame.shape[0], 3, 3, chain_halo(parse_chain(spec)))
+    tiles = plan_tiles(frame.shape[1], frame.shape[0], 3, 3, pipeline_halo(parse_pipeline(spec)))
     now = time.time_ns()
     with MasterClient(master.url) as c, Worker(WorkerConfig(master_url=master.url, wait_s=0.2), stages=StageCache()):
         ids = c.add_tasks([(TaskSpec(port=0, seq=0, pipeline=spec, captured_ns=now, received_ns=now,

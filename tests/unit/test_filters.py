@@ -1,14 +1,30 @@
-"""Filters: shapes and arguments, and tiled output equal to whole-frame output on a real clip."""
+"""Filters: shapes and arguments, and tiled output equal to whole-frame output on a real clip.
+
+The filters run as pipeline stages (worker/pipeline.py), with names, arguments and halos from the
+shared stage table (common/pipeline.py), exactly as workers run them for file jobs.
+"""
 
 import cv2
 import numpy as np
 import pytest
 
 from cluster.local import packaged_clip
+from common.errors import PipelineSpecError
+from common.pipeline import parse_pipeline, pipeline_halo
 from common.tiling import assemble, cut, plan_tiles
-from worker.filters import apply_chain, chain_exact, chain_halo, gaussian, motion, parse_chain, sobel, validate
+from worker.filters import gaussian, motion, sobel
+from worker.pipeline import StageCache, run_pipeline
 
 GRIDS = [(3, 3), (2, 4)]
+STAGES = StageCache()
+
+
+def run(frame, spec, previous=None):
+    return run_pipeline(spec, frame, STAGES, previous=previous).image
+
+
+def halo(spec: str) -> int:
+    return pipeline_halo(parse_pipeline(spec))
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +44,12 @@ def frames() -> list[np.ndarray]:
     return out
 
 
-def tiled(frame, specs, grid, halo, previous=None):
-    """Run the chain tile by tile (previous frame cut with the same tile) and reassemble."""
+def tiled(frame, spec, grid, halo_px, previous=None):
+    """Run the pipeline tile by tile (previous frame cut with the same tile) and reassemble."""
     h, w = frame.shape[:2]
-    tiles = plan_tiles(w, h, *grid, halo)
+    tiles = plan_tiles(w, h, *grid, halo_px)
     prev = (lambda t: None) if previous is None else (lambda t: cut(previous, t))
-    return assemble(((t, apply_chain(cut(frame, t), specs, prev(t))) for t in tiles), w, h)
+    return assemble(((t, run(cut(frame, t), spec, prev(t))) for t in tiles), w, h)
 
 
 EXACT_CHAINS = [
@@ -42,21 +58,19 @@ EXACT_CHAINS = [
 ]
 
 
-@pytest.mark.parametrize("text", EXACT_CHAINS)
-def test_local_filters_tile_without_seams(frames, text):
-    specs = parse_chain(text)
-    assert chain_exact(specs)
+@pytest.mark.parametrize("spec", EXACT_CHAINS)
+def test_local_filters_tile_without_seams(frames, spec):
     for previous, frame in zip(frames[0::2], frames[1::2]):
-        whole = apply_chain(frame, specs, previous)
+        whole = run(frame, spec, previous)
         assert whole.shape == frame.shape and whole.dtype == np.uint8
         for grid in GRIDS:
-            assert np.array_equal(tiled(frame, specs, grid, chain_halo(specs), previous), whole), grid
+            assert np.array_equal(tiled(frame, spec, grid, halo(spec), previous), whole), grid
 
 
-@pytest.mark.parametrize("text", ["blur:3", "gaussian:5,sobel", "blur:3,threshold"])
-def test_a_halo_one_pixel_short_shows_seams(frames, text):
-    specs = parse_chain(text)  # proves the equality above is sensitive to the halo
-    assert not np.array_equal(tiled(frames[1], specs, (3, 3), chain_halo(specs) - 1), apply_chain(frames[1], specs))
+@pytest.mark.parametrize("spec", ["blur:3", "gaussian:5,sobel", "blur:3,threshold"])
+def test_a_halo_one_pixel_short_shows_seams(frames, spec):
+    # proves the equality above is sensitive to the halo
+    assert not np.array_equal(tiled(frames[1], spec, (3, 3), halo(spec) - 1), run(frames[1], spec))
 
 
 def differing_fraction(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,13 +81,10 @@ def differing_fraction(a: np.ndarray, b: np.ndarray) -> float:
 # 10th frame of bikes.mp4, grids 3x3 and 2x4, halo 16: at most 0.078% of pixels differ for canny and
 # 0.21% for canny,blur:3 (halo 17); with halo 2 it is 0.12% / 0.37%, with halo 32 0.016% / 0.057%.
 # The bounds below keep a ~2.5x margin over those worst cases.
-@pytest.mark.parametrize("text, bound", [("canny", 0.002), ("canny,blur:3", 0.005)])
-def test_canny_tiled_agrees_closely_but_not_exactly(frames, text, bound):
-    specs = parse_chain(text)
-    assert not chain_exact(specs) and chain_halo(specs) >= 16
-    fractions = [
-        differing_fraction(tiled(f, specs, g, chain_halo(specs)), apply_chain(f, specs)) for f in frames for g in GRIDS
-    ]
+@pytest.mark.parametrize("spec, bound", [("canny", 0.002), ("canny,blur:3", 0.005)])
+def test_canny_tiled_agrees_closely_but_not_exactly(frames, spec, bound):
+    assert halo(spec) >= 16
+    fractions = [differing_fraction(tiled(f, spec, g, halo(spec)), run(f, spec)) for f in frames for g in GRIDS]
     assert max(fractions) <= bound, fractions
 
 
@@ -81,14 +92,13 @@ def test_layout_follows_the_input_and_intensity_filters_replicate_gray():
     rng = np.random.default_rng(0)
     bgr = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    for text in ["canny", "sobel", "threshold", "blur:3", "gaussian:3"]:
-        specs = parse_chain(text)
-        colour_out, gray_out = apply_chain(bgr, specs), apply_chain(gray, specs)
+    for spec in ["canny", "sobel", "threshold", "blur:3", "gaussian:3"]:
+        colour_out, gray_out = run(bgr, spec), run(gray, spec)
         assert colour_out.shape == bgr.shape and gray_out.shape == gray.shape
-        if text in ("canny", "sobel", "threshold"):
+        if spec in ("canny", "sobel", "threshold"):
             assert all(np.array_equal(colour_out[..., c], gray_out) for c in range(3))
-    assert set(np.unique(apply_chain(bgr, [("canny",)]))) <= {0, 255}
-    assert set(np.unique(apply_chain(bgr, [("threshold",)]))) <= {0, 255}
+    assert set(np.unique(run(bgr, "canny"))) <= {0, 255}
+    assert set(np.unique(run(bgr, "threshold"))) <= {0, 255}
 
 
 def test_motion_is_black_without_a_previous_frame_and_the_difference_with_one():
@@ -97,41 +107,30 @@ def test_motion_is_black_without_a_previous_frame_and_the_difference_with_one():
     b[2:4, 2:4] = 250
     assert not motion(a, None).any()
     assert np.array_equal(motion(b, a), np.abs(b.astype(int) - a.astype(int)).astype(np.uint8))
-    assert not apply_chain(b, [("motion",)]).any()
+    assert not run(b, "motion").any()
     with pytest.raises(ValueError, match="differs"):
         motion(a, a[..., 0])
 
 
 def test_halos_add_up_along_the_chain():
-    assert chain_halo(parse_chain("blur:3")) == 1
-    assert chain_halo(parse_chain("gaussian:31")) == 15
-    assert chain_halo(parse_chain("sobel,threshold,motion")) == 1 + 5 + 0
-    assert chain_halo(parse_chain("canny,blur:3")) == 16 + 1
-    assert parse_chain(" Canny:50:150 , blur:5") == [("canny", 50, 150), ("blur", 5)]
+    assert halo("blur:3") == 1
+    assert halo("gaussian:31") == 15
+    assert halo("sobel,threshold,motion") == 1 + 5 + 0
+    assert halo("canny,blur:3") == 16 + 1
+    assert [str(s) for s in parse_pipeline(" Canny:50:150 , blur:5")] == ["canny:50:150", "blur:5"]
 
 
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("edges", "unknown filter"), ("blur", "one argument"), ("blur:4", "odd"), ("gaussian:33", "odd"),
-        ("blur:x", "integers"), ("sobel:3", "no arguments"), ("canny:200:100", "low <= high"),
-        ("motion,motion", "at most one motion"), ("", "unknown filter"),
-    ],
-)
-def test_bad_chains_are_refused_with_a_reason(text, message):
-    with pytest.raises(ValueError, match=message):
-        parse_chain(text)
-
-
-def test_validate_refuses_an_empty_chain_and_non_tuples():
-    for specs in ([], ["blur"], [()]):
-        with pytest.raises(ValueError):
-            validate(specs)
+@pytest.mark.parametrize("spec, message", [
+    ("edges", "unknown stage"), ("blur:4", "odd"), ("gaussian:33", "1..31"), ("blur:x", "must be int"),
+    ("sobel:3", "at most 0"), ("canny:1:2:3", "at most 2"),
+])
+def test_bad_chains_are_refused_with_a_reason(spec, message):
+    with pytest.raises(PipelineSpecError, match=message):
+        parse_pipeline(spec)
 
 
 def test_filter_stages_run_in_the_worker_pipeline_in_order():
     from common.pipeline import parse_stage
-    from worker.pipeline import StageCache, run_pipeline
 
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, (120, 160, 3), np.uint8)
