@@ -430,7 +430,7 @@ class JobServer:
             log.info("job client %s went away: %s", peer, type(e).__name__)
         finally:
             if job is not None:
-                self._finish(job)
+                await self._finish(job)
             writer.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Job | None:
@@ -545,12 +545,13 @@ class JobServer:
         writer.write(jobproto.encode(msg))
         await writer.drain()
 
-    def _finish(self, job: Job) -> None:
+    async def _finish(self, job: Job) -> None:
         """Cancel what is unfinished and free the job's files (called whatever happened)."""
         job.cancelled.set()
         if job.spool is not None:
             job.spool.wake()
-        job.done.wait(30)
+        # the runner thread notices within a second; wait for it without blocking other clients
+        await asyncio.get_running_loop().run_in_executor(None, job.done.wait, 30)
         if job.spool is not None:
             job.spool.close()
         for path in (job.out_path, job.source if job.handshake.protocol == "stream" else None):
