@@ -164,13 +164,18 @@ class MasterService:
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
         if not self.workers.seen(worker_id, self.clock()):
             raise UnknownWorker(f"unknown worker_id {worker_id!r}: call register_worker first")
+        return self._long_poll(lambda: self.store.request(worker_id, max_n, self.clock()), deadline)
+
+    def _long_poll(self, fetch: Callable[[], list], deadline: float) -> list:
+        """Call `fetch` until it returns something or `deadline` (monotonic) passes; sleeps until work
+        is signalled in between, never missing a signal that came while `fetch` ran."""
         while True:
             with self._work:
                 generation = self._generation
-            leases = self.store.request(worker_id, max_n, self.clock())
+            got = fetch()
             left = deadline - time.monotonic()
-            if leases or left <= 0 or self._stop.is_set():
-                return leases
+            if got or left <= 0 or self._stop.is_set():
+                return got
             with self._work:
                 if generation == self._generation:
                     self._work.wait(left)
@@ -246,16 +251,7 @@ class MasterService:
         """Finished tiles of a file job (removed as they are taken), waiting up to `wait_s` for one."""
         max_n = max(1, min(int(max_n), MAX_BATCH))
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
-        while True:
-            with self._work:
-                generation = self._generation
-            out = self.store.take_job_results(job_id, max_n)
-            left = deadline - time.monotonic()
-            if out or left <= 0 or self._stop.is_set():
-                return out
-            with self._work:
-                if generation == self._generation:
-                    self._work.wait(left)
+        return self._long_poll(lambda: self.store.take_job_results(job_id, max_n), deadline)
 
     def cancel_job(self, job_id: str) -> int:
         """Drop everything of a file job (its client went away); returns tasks dropped."""
