@@ -17,7 +17,6 @@ do badly here; this measures "a person in view", not pedestrians.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import random
 import sys
@@ -32,18 +31,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import benchlib  # noqa: E402
+from cluster.testdata import ASTRONAUT_FACE, ASTRONAUT_PERSON, ASTRONAUT_SIZE, Box, iou, sample_image  # noqa: E402
 from common.pipeline import parse_stage  # noqa: E402
 from worker.pipeline import StageCache  # noqa: E402
 
 log = logging.getLogger("bench.detector_accuracy")
 
-DATA = Path(importlib.util.find_spec("skimage").origin).parent / "data"  # no skimage import: --no-deps
-Box = tuple[float, float, float, float]
 
-# Inside astronaut.png, (x, y, w, h): the facts tests/unit/test_accuracy.py checks.
-ASTRONAUT_FACE: Box = (177, 67, 93, 93)
-ASTRONAUT_PERSON: Box = (18, 14, 350, 498)
-ASTRONAUT_SIZE = 512
 # Pictures with nobody in them on which no stage fires by itself (brick.png, coins.png, moon.png and
 # chelsea.png give Haar face false positives and are left out: this measures the astronaut).
 BACKGROUNDS = [("grass.png", (960, 540)), ("gravel.png", (960, 540)), ("coffee.png", (960, 540)),
@@ -72,20 +66,11 @@ class Frame:
         return [(x + box[0] * s, y + box[1] * s, box[2] * s, box[3] * s)]
 
 
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 def compose_frames(count: int, seed: int) -> list[Frame]:
     """`count` frames: random background, and (mostly) the astronaut at a random place and height."""
     rng = random.Random(seed)
-    astronaut = _read("astronaut.png")
-    backgrounds = [(f"{name}@{w}x{h}", cv2.resize(_read(name), (w, h), interpolation=cv2.INTER_AREA))
+    astronaut = sample_image("astronaut.png")
+    backgrounds = [(f"{name}@{w}x{h}", cv2.resize(sample_image(name), (w, h), interpolation=cv2.INTER_AREA))
                    for name, (w, h) in BACKGROUNDS]
     frames = []
     for _ in range(count):
@@ -100,13 +85,6 @@ def compose_frames(count: int, seed: int) -> list[Frame]:
         image[y:y + size, x:x + size] = cv2.resize(astronaut, (size, size), interpolation=cv2.INTER_AREA)
         frames.append(Frame(image, label, (x, y, size)))
     return frames
-
-
-def _read(name: str) -> np.ndarray:
-    image = cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)
-    if image is None:
-        raise RuntimeError(f"cannot read {DATA / name}")
-    return image
 
 
 def match(found: list[tuple[float, Box]], truth: list[Box]) -> tuple[int, int, int]:

@@ -27,29 +27,14 @@ never finds this upper-body portrait; it is measured in bench/detector_accuracy.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
+from cluster.testdata import ASTRONAUT_FACE, ASTRONAUT_PERSON, ASTRONAUT_SIZE, Box, iou, sample_image
 from common.pipeline import parse_stage
 from worker.detectors import Detector
 from worker.pipeline import StageCache
-
-DATA = Path(importlib.util.find_spec("skimage").origin).parent / "data"  # no skimage import: --no-deps
-
-Box = tuple[float, float, float, float]
-
-# Boxes inside astronaut.png (x, y, w, h), facts measured once and checked by eye on a saved PNG:
-# the face stage on the original image returns exactly FACE_BOX (chin to hairline, ear to ear); the
-# person box is drawn by eye from the top of the hair to the bottom edge, left arm to right shoulder
-# (the helmet she holds and the flag are not her). The person stage on the original returns
-# (6, 21, 359, 460): IoU 0.89 with it.
-ASTRONAUT_FACE: Box = (177, 67, 93, 93)
-ASTRONAUT_PERSON: Box = (18, 14, 350, 498)
-ASTRONAUT_SIZE = 512
 
 # Backgrounds with nobody in them. brick.png (the Haar cascade sees 3 "faces" in the mortar), moon.png,
 # coins.png and chelsea.png at 1280x720 (the cat) give face false positives, camera.png has a person:
@@ -69,15 +54,6 @@ FACE_ONLY = [("grass", 320, 0.5), ("gravel", 450, 0.0)]
 MIN_IOU = 0.5
 
 
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 def place(box: Box, x: int, y: int, height: int) -> Box:
     """A box inside astronaut.png moved to where the portrait was pasted at (x, y), `height` px high."""
     s = height / ASTRONAUT_SIZE
@@ -93,12 +69,6 @@ def compose(background: np.ndarray, astronaut: np.ndarray, height: int, at: floa
     return frame, x, y
 
 
-def _read(name: str) -> np.ndarray:
-    image = cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)
-    assert image is not None, f"cannot read {DATA / name}"
-    return image
-
-
 @pytest.fixture(scope="module")
 def stages() -> dict[str, Detector]:
     cache = StageCache()
@@ -107,12 +77,12 @@ def stages() -> dict[str, Detector]:
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
-    return _read("astronaut.png")
+    return sample_image("astronaut.png")
 
 
 @pytest.fixture(scope="module")
 def backgrounds() -> dict[str, np.ndarray]:
-    return {key: cv2.resize(_read(name), size, interpolation=cv2.INTER_AREA)
+    return {key: cv2.resize(sample_image(name), size, interpolation=cv2.INTER_AREA)
             for key, (name, size) in BACKGROUNDS.items()}
 
 
