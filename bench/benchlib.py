@@ -180,16 +180,7 @@ class CpuMeter:
         return sum(t) - idle - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0), getattr(t, "steal", 0.0)
 
     def _ours(self) -> float:
-        import psutil
-
-        total = 0.0
-        for pid in self.pids:
-            try:
-                c = psutil.Process(pid).cpu_times()
-                total += c.user + c.system
-            except psutil.Error:
-                pass
-        return total
+        return cpu_seconds(self.pids)
 
     def start(self) -> None:
         busy, steal = self._system()
@@ -240,15 +231,20 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
-def process_cpu_s(cluster: Any) -> dict[str, float]:
-    """CPU seconds used so far by each process of a LocalCluster, by its name."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (ones that ended count 0)."""
     import psutil
 
-    out = {}
-    for proc in cluster.procs:
+    total = 0.0
+    for pid in pids:
         try:
-            t = psutil.Process(proc.popen.pid).cpu_times()
-            out[proc.name] = t.user + t.system
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
         except psutil.Error:
             pass
-    return out
+    return total
+
+
+def process_cpu_s(cluster: Any) -> dict[str, float]:
+    """CPU seconds used so far by each process of a LocalCluster, by its name."""
+    return {proc.name: cpu_seconds([proc.popen.pid]) for proc in cluster.procs}

@@ -230,19 +230,6 @@ def _run_client(role: str, system: str, url: str, index: int, jpeg: bytes, load:
 # ----- one measured run ---------------------------------------------------------------------------
 
 
-def _cpu_s(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
 class Server:
     """The system under test as a subprocess: our master or the seed server."""
 
@@ -332,13 +319,13 @@ def run_once(system: str, jpeg: bytes, load: Load) -> dict[str, Any]:
         _wait_checked(shared, procs, load.warmup_s)
         pids = [p.pid for p in procs]
         c0, t0 = shared.completed.value, time.monotonic()
-        server_cpu0, client_cpu0 = _cpu_s([server.popen.pid]), _cpu_s(pids)
+        server_cpu0, client_cpu0 = benchlib.cpu_seconds([server.popen.pid]), benchlib.cpu_seconds(pids)
         meter = benchlib.CpuMeter([server.popen.pid, *pids, os.getpid()])
         meter.start()
         shared.measuring.set()
         _wait_checked(shared, procs, load.measure_s)
         c1, t1 = shared.completed.value, time.monotonic()
-        server_cpu1, client_cpu1 = _cpu_s([server.popen.pid]), _cpu_s(pids)
+        server_cpu1, client_cpu1 = benchlib.cpu_seconds([server.popen.pid]), benchlib.cpu_seconds(pids)
         cores = meter.stop()
         shared.measuring.clear()
         shared.stop.set()
