@@ -46,6 +46,7 @@ OUT_CHUNK_BYTES = 1024 * 1024
 MAX_THUMBNAILS = 60  # per job, for the preview page and GIF
 THUMBNAIL_EVERY = 5  # frames between thumbnails
 RECENT_JOBS = 16  # finished jobs kept for the preview page
+MAX_LATENCY_SAMPLES = 10_000  # tile latencies kept for p50/p95 (the most recent)
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class TileRunner:
         self._failure: BaseException | None = None  # what stopped the collector, if anything
         self.next_out = 0
         self.in_flight = 0
-        self.latencies: list[float] = []
+        self.latencies: deque[float] = deque(maxlen=MAX_LATENCY_SAMPLES)  # bounded for hour-long videos
         self.writer: H264Writer | None = None
         self.stacked = needs_previous(hs.stages)  # `motion`: each tile carries the previous frame's tile
         self.previous: np.ndarray | None = None
