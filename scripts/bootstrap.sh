@@ -14,6 +14,10 @@ if command -v "$PYTHON" >/dev/null 2>&1; then
   "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt python3-venv python3-pip
 fi
 
+# Redis for the Celery backend and its tests; Debian's Chromium for the dashboard's browser tests.
+command -v redis-server >/dev/null 2>&1 || need_apt redis-server
+command -v chromium >/dev/null 2>&1 || need_apt chromium
+
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     echo "bootstrap: need system packages ${APT_PACKAGES[*]}: run as root or install them first" >&2
@@ -39,4 +43,4 @@ if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   .venv/bin/python -m pip uninstall -q -y opencv-python
   .venv/bin/python -m pip install -q --force-reinstall --no-deps -r requirements.txt
 fi
-.venv/bin/python -c 'import cv2, zmq; print("bootstrap: ready (OpenCV", cv2.__version__ + ", pyzmq", zmq.__version__ + ")")'
+.venv/bin/python -c 'import cv2, zmq, celery, redis, prometheus_client, rich; print("bootstrap: ready (OpenCV", cv2.__version__ + ", pyzmq", zmq.__version__ + ")")'
