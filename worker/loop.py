@@ -12,11 +12,10 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
-import psutil
-
-from common.errors import BadRequest, DecodeError, MasterUnavailable, PipelineSpecError, QueueFull
+from common.errors import BadRequest, MasterUnavailable, QueueFull
 from common.masterclient import MasterClient
 from common.tasks import Lease, Outcome, TaskKind
+from worker.execute import execute, process_stats
 from worker.pipeline import StageCache, run_task
 
 log = logging.getLogger(__name__)
@@ -178,20 +177,8 @@ class Worker:
         self._report(outcomes, failed, released, lease_more=not self._stop.is_set())
 
     def process(self, lease: Lease, pending: Future | None = None) -> tuple[Outcome | None, str]:
-        """Run one task (or collect it from the local pool). A bad payload or spec is a result with an
-        error; a crash is a retryable failure."""
-        task, started = lease.task, time.time_ns()
-        try:
-            detections, timings, image = pending.result() if pending is not None else run_task(
-                task.spec.pipeline, task.payload, task.spec.kind is TaskKind.TILE,
-                bool(task.spec.meta.get("stacked")), self.stages)
-        except (DecodeError, PipelineSpecError) as e:
-            log.info("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
-            return Outcome(task.id, lease.token, error=str(e), started_ns=started, finished_ns=time.time_ns()), ""
-        except Exception as e:  # a detector crash: let the master retry it, maybe elsewhere
-            log.exception("task %s failed in its pipeline", task.id)
-            return None, f"{type(e).__name__}: {e}"
-        return Outcome(task.id, lease.token, detections, timings, "", started, time.time_ns(), image), ""
+        """Run one task (or collect it from the local pool); see worker.execute.execute."""
+        return execute(lease, self.stages, pending)
 
     def _report(self, outcomes: list[Outcome], failed: list, released: list, *, lease_more: bool) -> None:
         """Deliver a batch's outcomes (and lease the next batch in the same request), retrying while
@@ -241,10 +228,7 @@ class Worker:
 
     def stats(self) -> dict[str, float | int | str]:
         """What the heartbeat reports: load, memory, progress."""
-        proc = psutil.Process()
-        return {"cpu_percent": proc.cpu_percent(None), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
-                "host_cpu_percent": psutil.cpu_percent(None), "tasks_done": self.done,
-                "tasks_failed": self.failed, "busy": int(self.busy), "pid": os.getpid()}
+        return process_stats(self.done, self.failed, self.busy)
 
     def _heartbeat_loop(self) -> None:
         client = MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s))

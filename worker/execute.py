@@ -1,0 +1,51 @@
+"""One lease in, one outcome out: the step every backend's worker shares.
+
+The XML-RPC pull loop (worker/loop.py) and the Celery tasks (worker/celery_app.py) both call
+`execute`, so a frame or a tile is processed, and its errors classified, the same way whichever
+engine carried it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import Future
+
+import psutil
+
+from common.errors import DecodeError, PipelineSpecError
+from common.tasks import Lease, Outcome, TaskKind
+from worker.pipeline import StageCache, run_task
+
+log = logging.getLogger(__name__)
+
+
+def execute(lease: Lease, stages: StageCache | None = None,
+            pending: Future | None = None) -> tuple[Outcome | None, str]:
+    """Run one leased task (or collect it from a local pool's `pending` future).
+
+    A payload that is not an image, or a pipeline the worker cannot build, is a result with an
+    error: retrying would fail the same way. Any other exception is a crash, returned as
+    (None, reason) so the caller asks for a retry, maybe elsewhere.
+    """
+    task, started = lease.task, time.time_ns()
+    try:
+        detections, timings, image = pending.result() if pending is not None else run_task(
+            task.spec.pipeline, task.payload, task.spec.kind is TaskKind.TILE,
+            bool(task.spec.meta.get("stacked")), stages)
+    except (DecodeError, PipelineSpecError) as e:
+        log.info("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
+        return Outcome(task.id, lease.token, error=str(e), started_ns=started, finished_ns=time.time_ns()), ""
+    except Exception as e:  # a detector crash: let the master retry it, maybe elsewhere
+        log.exception("task %s failed in its pipeline", task.id)
+        return None, f"{type(e).__name__}: {e}"
+    return Outcome(task.id, lease.token, detections, timings, "", started, time.time_ns(), image), ""
+
+
+def process_stats(done: int, failed: int, busy: bool) -> dict[str, float | int | str]:
+    """What a worker tells the master about itself: load, memory, progress."""
+    proc = psutil.Process()
+    return {"cpu_percent": proc.cpu_percent(None), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+            "host_cpu_percent": psutil.cpu_percent(None), "tasks_done": done,
+            "tasks_failed": failed, "busy": int(busy), "pid": os.getpid()}
