@@ -35,6 +35,7 @@ ERROR_CODES = frozenset({
 })
 PROTOCOLS = ("stream", "file")
 CODECS = ("h264",)
+TILE_FORMATS = ("raw", "png")  # how tiles travel to the workers and back (docs/PROTOCOL.md section 5)
 
 _LEN = struct.Struct("!I")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -164,12 +165,13 @@ class Handshake:
     size: int | None = None
     sha256: str | None = None
     path: str | None = None
+    tile_format: str = "raw"
 
     def to_wire(self) -> dict:
         """The handshake message for this request (tiles as "COLSxROWS")."""
         msg = {"type": "handshake", "version": self.version, "protocol": self.protocol,
                "tiles": f"{self.tiles[0]}x{self.tiles[1]}", "filters": self.filters,
-               "codec": self.codec, "name": self.name, "preview": self.preview}
+               "codec": self.codec, "name": self.name, "preview": self.preview, "tile_format": self.tile_format}
         if self.protocol == "stream":
             msg.update(size=self.size, sha256=self.sha256)
         else:
@@ -216,7 +218,10 @@ def _parse_common(msg: dict) -> dict:
     preview = msg.get("preview", False)
     if not isinstance(preview, bool):
         raise ProtocolError(f"preview must be true or false, got {preview!r:.100}")
-    return {"version": version, "protocol": protocol, "name": name, "preview": preview}
+    tile_format = msg.get("tile_format", "raw")
+    if tile_format not in TILE_FORMATS:
+        raise ProtocolError(f"tile_format must be one of {', '.join(TILE_FORMATS)}, got {tile_format!r:.100}")
+    return {"version": version, "protocol": protocol, "name": name, "preview": preview, "tile_format": tile_format}
 
 
 def _parse_source(protocol: str, msg: dict) -> dict:

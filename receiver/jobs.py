@@ -32,10 +32,10 @@ from common import jobproto
 from common.errors import DecodeError, FramehiveError, MasterUnavailable, QueueFull
 from common.jobproto import Handshake, ProtocolError
 from common.masterclient import MasterClient
-from common.pipeline import needs_previous, pipeline_halo
+from common.pipeline import STAGES, StageSpec, needs_previous, pipeline_halo
 from common.runtime import Component
 from common.tasks import TaskKind, TaskSpec
-from common.tiling import Tile, assemble, cut, plan_tiles
+from common.tiling import Tile, assemble, cut, decode_raw_tile, encode_raw_tile, is_raw_tile, plan_tiles
 from receiver.video import H264Writer, iter_frames, probe, thumbnail_jpeg, write_gif
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,48 @@ class JobConfig:
     window_tiles: int = 64  # tiles in flight per job: backpressure on decoding
     tile_timeout_s: float = 60.0  # a tile not back by then is replaced by the original
     progress_every_s: float = 0.5
+
+
+def job_grid(stages: tuple[StageSpec, ...], requested: tuple[int, int]) -> tuple[tuple[int, int], str]:
+    """The grid a job really uses and why it differs from the requested one ("" if it does not).
+
+    A detector looks at the whole picture: on a 3x3 tile it runs 9 times (SSDLite resizes every
+    input to 300x300, so a tile costs as much as a frame) and misses whoever a seam cuts. Pipelines
+    with a detector stage therefore travel as whole frames, spread over the workers frame by frame.
+    """
+    detectors = [s.name for s in stages if STAGES[s.name].kind != "filter"]
+    if not detectors or requested == (1, 1):
+        return requested, ""
+    return (1, 1), f"whole frames: the pipeline has a detector ({', '.join(detectors)}), which tiles would cut"
+
+
+def grid_fields(hs: Handshake) -> dict[str, str]:
+    """The grid used, the one asked for and why they differ, for metrics, progress and the preview."""
+    (cols, rows), note = job_grid(hs.stages, hs.tiles)
+    return {"grid": f"{cols}x{rows}", "grid_requested": f"{hs.tiles[0]}x{hs.tiles[1]}", "grid_note": note}
+
+
+def encode_tile_bytes(pixels: np.ndarray, tile_format: str) -> bytes:
+    """A tile's pixels for the wire, losslessly: raw tile bytes or fast PNG (docs/PROTOCOL.md section 5)."""
+    if tile_format == "raw":
+        return encode_raw_tile(pixels)
+    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"could not encode a {pixels.shape} tile as PNG")
+    return data.tobytes()
+
+
+def decode_tile_bytes(data: bytes) -> np.ndarray | None:
+    """A processed tile from a worker (raw tile bytes or PNG); None if the bytes are not an image."""
+    if not data:
+        return None
+    if is_raw_tile(data):
+        try:
+            return decode_raw_tile(data)
+        except ValueError as e:
+            log.info("bad raw tile from a worker: %s", e)
+            return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 class Cancelled(FramehiveError):
@@ -159,7 +201,7 @@ class TileRunner:
     def __init__(self, job: Job, config: JobConfig) -> None:
         self.job, self.config = job, config
         hs = job.handshake
-        self.cols, self.rows = hs.tiles
+        (self.cols, self.rows), self.grid_note = job_grid(hs.stages, hs.tiles)
         self.halo = pipeline_halo(hs.stages)
         self.client = MasterClient(config.master_url)
         self.pending: dict[int, _Frame] = {}
@@ -232,11 +274,11 @@ class TileRunner:
         previous = self.previous if self.previous is not None else frame  # frame 0: no motion at all
         for t in tiles:
             pixels = np.vstack([cut(previous, t), cut(frame, t)]) if self.stacked else cut(frame, t)
-            ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            data = encode_tile_bytes(pixels, self.job.handshake.tile_format)
             meta = {"frame": index, "tile": t.index, **({"stacked": True} if self.stacked else {})}
             spec = TaskSpec(port=0, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters, captured_ns=now_ns,
                             received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id, meta=meta)
-            items.append((spec, data.tobytes()))
+            items.append((spec, data))
         self.previous = frame
         with self._lock:  # backpressure: wait for room in the window
             while self.in_flight and self.in_flight + len(tiles) > self.config.window_tiles:
@@ -282,8 +324,7 @@ class TileRunner:
             log.info("job %s: %s; retrying", self.job.id, e)
             self.job.cancelled.wait(0.5)
             got = []
-        decoded = [(r, cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_UNCHANGED) if img else None)
-                   for r, img in got]  # decode outside the lock
+        decoded = [(r, decode_tile_bytes(img)) for r, img in got]  # decode outside the lock
         with self._lock:
             for result, image in decoded:
                 self._absorb(result, image)
@@ -368,7 +409,8 @@ class TileRunner:
             "tiles": c["tiles_sent"], "tiles_per_s": round(c["tiles_done"] / seconds, 1) if seconds else 0.0,
             "tile_latency_p50_ms": round(statistics.median(lat), 2) if lat else 0.0,
             "tile_latency_p95_ms": round(p95, 2), "retries": c["retries"], "fallback_tiles": c["fallback_tiles"],
-            "grid": f"{self.cols}x{self.rows}", "halo_px": self.halo, "filters": self.job.handshake.filters,
+            **grid_fields(self.job.handshake), "tile_format": self.job.handshake.tile_format, "halo_px": self.halo,
+            "filters": self.job.handshake.filters,
             "seconds": round(seconds, 3),
             "server": {"cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 3),
                        "rss_mb": round(proc.memory_info().rss / 2**20, 1), "pid": os.getpid()},
@@ -539,7 +581,8 @@ class JobServer:
     def _progress(self, job: Job, received: int | None = None) -> dict[str, Any]:
         c = job.counters
         return {"type": "progress", "bytes_in": job.total if received is None else received, "bytes_total": job.total,
-                "frames_in": c["frames_in"], "frames_out": c["frames_out"], "tiles_done": c["tiles_done"]}
+                "frames_in": c["frames_in"], "frames_out": c["frames_out"], "tiles_done": c["tiles_done"],
+                **grid_fields(job.handshake)}
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, msg: dict) -> None:
@@ -566,7 +609,7 @@ class JobServer:
         """Counters and every active and recent job, for the preview page and /metrics."""
         def view(job: Job, state: str) -> dict[str, Any]:
             return {"job_id": job.id, "state": state, "name": job.handshake.name, "filters": job.handshake.filters,
-                    "tiles": "x".join(map(str, job.handshake.tiles)), "bytes": job.total,
+                    "tiles": "x".join(map(str, job.handshake.tiles)), **grid_fields(job.handshake), "bytes": job.total,
                     "started_at": job.started_at, **dict(job.counters),
                     "error": job.error[1] if job.error else "", "metrics": job.metrics,
                     "thumbnails": [i for i, _ in job.thumbnails], "gif": bool(job.gif)}

@@ -28,6 +28,7 @@ import av.error
 from common.errors import FramehiveError, PipelineSpecError
 from common.jobproto import (
     DEFAULT_PORT,
+    TILE_FORMATS,
     VERSION,
     ProtocolError,
     data_size,
@@ -75,6 +76,7 @@ class Options:
     metrics: Path | None
     timeout_s: float
     log_level: str = "WARNING"
+    tile_format: str = "raw"
 
 
 class ProgressLine:
@@ -122,8 +124,10 @@ def format_progress(msg: dict, elapsed_s: float) -> str:
     """'processing: 120 frames in, 100 out (25.0 fps), 900 tiles'."""
     frames_out = _count(msg, "frames_out")
     fps = frames_out / elapsed_s if elapsed_s > 0 else 0.0
-    return (f"processing: {_count(msg, 'frames_in')} frames in, {frames_out} out ({fps:.1f} fps), "
+    line = (f"processing: {_count(msg, 'frames_in')} frames in, {frames_out} out ({fps:.1f} fps), "
             f"{_count(msg, 'tiles_done')} tiles")
+    note = msg.get("grid_note")
+    return f"{line}; grid {msg.get('grid')}, {note}" if isinstance(note, str) and note else line
 
 
 def _count(msg: dict, key: str) -> int:
@@ -164,7 +168,7 @@ def build_handshake(opts: Options) -> dict:
     """The handshake message, checked with the same rules the server applies."""
     msg = {"type": "handshake", "version": VERSION, "protocol": opts.protocol, "tiles": opts.tiles,
            "filters": opts.filters, "codec": opts.codec, "name": opts.video.name[:255] or "upload",
-           "preview": opts.preview}
+           "preview": opts.preview, "tile_format": opts.tile_format}
     if opts.protocol == "stream":
         msg["size"], msg["sha256"] = file_digest(opts.video)
     else:
@@ -353,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("stream", "file"), default="stream",
                    help="stream: upload the bytes; file: send only the path (the server must read it)")
     p.add_argument("--preview", action="store_true")
+    p.add_argument("--tile-format", choices=TILE_FORMATS, default="raw",
+                   help="how tiles travel to the workers: raw (least CPU) or png (fewer bytes on a slow LAN)")
     p.add_argument("--metrics", type=Path, help="also save the result JSON here")
     p.add_argument("--timeout-s", type=_positive_arg, default=TIMEOUT_S, help="socket timeout (s)")
     p.add_argument("--log-level", default="WARNING")
@@ -372,7 +378,7 @@ def parse_options(argv: list[str] | None) -> Options:
         parser.error(f"--out {a.out}: directory {a.out.parent} does not exist")
     return Options(host=a.host, port=a.port, family=a.family or socket.AF_UNSPEC, video=a.video, out=a.out,
                    tiles=a.tiles, filters=a.filters, codec=a.codec, protocol=a.protocol, preview=a.preview,
-                   metrics=a.metrics, timeout_s=a.timeout_s, log_level=a.log_level)
+                   metrics=a.metrics, timeout_s=a.timeout_s, log_level=a.log_level, tile_format=a.tile_format)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 from common.errors import DecodeError
 from common.pipeline import STAGES, StageSpec, parse_pipeline
 from common.tasks import Detection
+from common.tiling import decode_raw_tile, encode_raw_tile, is_raw_tile
 from worker import filters
 from worker.detectors import DETECTORS
 
@@ -52,7 +53,10 @@ _CHILD_STAGES: StageCache | None = None  # stages of a pool process, built on it
 
 def run_task(pipeline: str, payload: bytes, tile: bool, stacked: bool,
              stages: StageCache | None = None) -> tuple[tuple[Detection, ...], dict[str, float], bytes]:
-    """One task's work, in this process or a pool process: (detections, timings, tile image PNG or b"")."""
+    """One task's work, in this process or a pool process: (detections, timings, tile image or b"").
+
+    A tile's image goes back in the format it came in: raw tile bytes (common/tiling.py) for raw,
+    PNG for JPEG/PNG; the job server decodes either."""
     global _CHILD_STAGES
     if stages is None:
         _CHILD_STAGES = stages = _CHILD_STAGES or StageCache()
@@ -60,7 +64,7 @@ def run_task(pipeline: str, payload: bytes, tile: bool, stacked: bool,
     if not tile:
         return out.detections, out.timings_ms, b""
     image = draw_detections(out.image, out.detections) if out.detections else out.image
-    return out.detections, out.timings_ms, encode_tile(image)
+    return out.detections, out.timings_ms, encode_tile(image, raw=is_raw_tile(payload))
 
 
 def draw_detections(image: np.ndarray, detections: tuple[Detection, ...]) -> np.ndarray:
@@ -74,8 +78,11 @@ def draw_detections(image: np.ndarray, detections: tuple[Detection, ...]) -> np.
     return out
 
 
-def encode_tile(image: np.ndarray) -> bytes:
-    """Lossless PNG of a processed tile (fast compression: the bytes only cross a LAN)."""
+def encode_tile(image: np.ndarray, *, raw: bool = True) -> bytes:
+    """A processed tile, losslessly: raw tile bytes (a copy, no compression), or PNG at fast
+    compression (fewer bytes for a LAN, far more CPU) when `raw` is false."""
+    if raw:
+        return encode_raw_tile(image)
     ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise DecodeError("could not encode the processed tile as PNG")
@@ -83,11 +90,22 @@ def encode_tile(image: np.ndarray) -> bytes:
 
 
 def decode_image(payload: bytes) -> np.ndarray:
-    """Decode JPEG/PNG bytes to a BGR image; DecodeError if they are not an image."""
+    """Decode JPEG/PNG or raw tile bytes to a BGR image; DecodeError if they are not an image."""
+    if is_raw_tile(payload):
+        return _decode_raw(payload)
     image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
     if image is None:
         raise DecodeError(f"payload of {len(payload)} bytes is not a decodable JPEG/PNG image")
     return image
+
+
+def _decode_raw(payload: bytes) -> np.ndarray:
+    """A raw tile as a writable BGR image (a grey tile is expanded, as JPEG/PNG decoding does)."""
+    try:
+        image = decode_raw_tile(payload)
+    except ValueError as e:
+        raise DecodeError(str(e)) from e
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
 
 
 class StageCache:

@@ -54,20 +54,20 @@ def frames_of(path: str) -> list[np.ndarray]:
         return [fr.to_ndarray(format="bgr24") for fr in f.decode(video=0)]
 
 
-def upload(cluster, clip, host: str, family: str, filters: str, tmp_path) -> tuple[dict, str]:
+def upload(cluster, clip, host: str, family: str, filters: str, tmp_path, *extra: str) -> tuple[dict, str]:
     out = tmp_path / f"out-{family}.mp4"
     done = subprocess.run([sys.executable, "-m", "sender.client", "--host", host, "--port", str(cluster.jobs_port),
                            f"--{family}", "--video", clip, "--tiles", "3x3", "--filters", filters,
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+                           "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr + cluster.procs[1].log_text()[-3000:]
     return json.loads(done.stdout), str(out)
 
 
-@pytest.mark.parametrize("host,family,filters", [("::1", "ipv6", "gaussian:5,sobel"),
-                                                 ("127.0.0.1", "ipv4", "canny,blur:3"),
-                                                 ("127.0.0.1", "ipv4", "blur:3,motion")])
-def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, filters):
-    result, out = upload(cluster, clip, host, family, filters, tmp_path)
+@pytest.mark.parametrize("host,family,filters,tile_format", [("::1", "ipv6", "gaussian:5,sobel", "raw"),
+                                                             ("127.0.0.1", "ipv4", "canny,blur:3", "raw"),
+                                                             ("127.0.0.1", "ipv4", "blur:3,motion", "png")])
+def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, filters, tile_format):
+    result, out = upload(cluster, clip, host, family, filters, tmp_path, "--tile-format", tile_format)
     with av.open(out) as f:
         stream = f.streams.video[0]
         assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
@@ -75,6 +75,7 @@ def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, f
     assert len(got) == len(src) == FRAMES
     m = result["metrics"]
     assert m["frames"] == FRAMES and m["fallback_tiles"] == 0 and m["tiles"] == 9 * FRAMES
+    assert (m["grid"], m["grid_requested"], m["grid_note"], m["tile_format"]) == ("3x3", "3x3", "", tile_format)
     for key in ("fps_in", "fps_out", "tiles_per_s", "tile_latency_p50_ms", "tile_latency_p95_ms", "retries", "server"):
         assert key in m
     stages = StageCache()
@@ -82,6 +83,14 @@ def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, f
         want = run_pipeline(filters, src[i], stages, previous=src[max(0, i - 1)]).image
         diff = np.abs(got[i].astype(np.int16) - want.astype(np.int16))
         assert diff.mean() < 6.0, (i, diff.mean())
+
+
+def test_a_detector_pipeline_travels_as_whole_frames_whatever_the_tiles_asked(cluster, clip, tmp_path):
+    result, out = upload(cluster, clip, "127.0.0.1", "ipv4", "face", tmp_path)
+    m = result["metrics"]
+    assert (m["grid"], m["grid_requested"], m["tiles"], m["frames"]) == ("1x1", "3x3", FRAMES, FRAMES)
+    assert "detector (face)" in m["grid_note"] and m["fallback_tiles"] == 0
+    assert len(frames_of(out)) == FRAMES
 
 
 def test_an_upload_cut_off_halfway_leaves_the_server_healthy(cluster, clip, tmp_path):

@@ -197,9 +197,14 @@ def test_parse_stream_handshake() -> None:
 def test_parse_file_handshake_with_defaults() -> None:
     hs = parse_handshake(stream_handshake(protocol="file", path="/jobs/in.mp4", size=..., sha256=...,
                                           name=..., preview=...))
-    assert (hs.protocol, hs.path, hs.name, hs.preview, hs.size, hs.sha256) == (
-        "file", "/jobs/in.mp4", "upload", False, None, None)
+    assert (hs.protocol, hs.path, hs.name, hs.preview, hs.size, hs.sha256, hs.tile_format) == (
+        "file", "/jobs/in.mp4", "upload", False, None, None, "raw")
     assert parse_handshake(hs.to_wire()) == hs
+
+
+def test_tile_format_png_survives_the_wire() -> None:
+    hs = parse_handshake(stream_handshake(tile_format="png"))
+    assert hs.tile_format == "png" and parse_handshake(hs.to_wire()).tile_format == "png"
 
 
 @pytest.mark.parametrize(("overrides", "code"), [
@@ -233,6 +238,8 @@ def test_parse_file_handshake_with_defaults() -> None:
     ({"filters": ...}, "unknown_filter"),
     ({"codec": "vp9"}, "bad_codec"),
     ({"codec": None}, "bad_codec"),
+    ({"tile_format": "jpeg"}, "bad_handshake"),  # lossy tiles would leave seams
+    ({"tile_format": None}, "bad_handshake"),
 ])
 def test_parse_handshake_refusals(overrides: dict, code: str) -> None:
     with pytest.raises(ProtocolError) as err:

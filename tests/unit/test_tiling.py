@@ -5,7 +5,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.tiling import Rect, assemble, cut, parse_grid, place, plan_tiles
+from common.tiling import (
+    RAW_HEADER_BYTES,
+    Rect,
+    assemble,
+    cut,
+    decode_raw_tile,
+    encode_raw_tile,
+    is_raw_tile,
+    parse_grid,
+    place,
+    plan_tiles,
+)
 
 
 @pytest.mark.parametrize("text, grid", [("3x3", (3, 3)), ("2X4", (2, 4)), (" 16x1 ", (16, 1)), ("1x16", (1, 16))])
@@ -88,3 +99,41 @@ def test_place_refuses_mismatched_shapes_and_plan_refuses_bad_inputs():
         plan_tiles(30, 20, 2, 2, -1)
     with pytest.raises(ValueError, match="no tiles"):
         assemble([], 30, 20)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (432, 768), (3, 4, 3), (1, 1, 3), (6, 9, 1)])
+def test_raw_tile_round_trips_pixels_and_layout(shape):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    data = encode_raw_tile(image)
+    assert is_raw_tile(data) and len(data) == RAW_HEADER_BYTES + image.size
+    back = decode_raw_tile(data)
+    assert np.array_equal(back, image.reshape(shape[:2]) if image.ndim == 3 and shape[2] == 1 else image)
+
+
+def test_raw_tile_of_a_non_contiguous_cut_is_the_cut():
+    frame = np.arange(20 * 30 * 3, dtype=np.uint32).astype(np.uint8).reshape(20, 30, 3)
+    view = frame[3:11, 4:19]
+    assert not view.flags["C_CONTIGUOUS"]
+    assert np.array_equal(decode_raw_tile(encode_raw_tile(view)), view)
+
+
+@pytest.mark.parametrize("image, message", [(np.zeros((2, 2), np.uint16), "must be uint8"),
+                                            (np.zeros((2, 2, 4), np.uint8), "HxWx3"),
+                                            (np.zeros(5, np.uint8), "HxWx3")])
+def test_raw_tile_refuses_what_it_cannot_describe(image, message):
+    with pytest.raises(ValueError, match=message):
+        encode_raw_tile(image)
+
+
+def test_raw_tile_refuses_truncated_or_foreign_bytes():
+    data = encode_raw_tile(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="needs 48 pixel bytes, got 47"):
+        decode_raw_tile(data[:-1])
+    with pytest.raises(ValueError, match="shorter than"):
+        decode_raw_tile(data[:5])
+    with pytest.raises(ValueError, match="not a raw tile"):
+        decode_raw_tile(b"\x89PNG" + data[4:])
+    with pytest.raises(ValueError, match="invalid"):
+        decode_raw_tile(data[:12] + b"\x02" + data[13:])
+    assert not is_raw_tile(b"\xff\xd8\xff\xe0") and not is_raw_tile(b"\x89PNG\r\n") and not is_raw_tile(b"")
