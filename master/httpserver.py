@@ -1,4 +1,5 @@
-"""The master's one HTTP port: XML-RPC at /RPC2, the binary task API at /api/v1/*, status pages.
+"""The master's one HTTP port: XML-RPC at /RPC2, the binary task API at /api/v1/*, the dashboard at /,
+Prometheus metrics at /metrics, status pages.
 
 Threaded, HTTP/1.1 keep-alive, no gzip, a request-size limit checked before any body is read,
 a cap on concurrent connections, and an idle timeout so a silent client cannot hold a thread.
@@ -20,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from xmlrpc.server import SimpleXMLRPCRequestHandler
 
 from common.errors import BadRequest, DecodeError, FramehiveError, QueueFull
-from master import taskapi
+from master import dashboard, metrics, taskapi
 from master.rpc import MasterRpc, RpcDispatcher
 from master.service import MasterService
 
@@ -32,6 +33,7 @@ IDLE_TIMEOUT_S = 60.0
 
 EVENT_SNAPSHOT = re.compile(r"/events/([A-Za-z0-9_.-]{1,64})/snapshot\.jpg")
 LATEST_FRAME = re.compile(r"/ports/(\d{1,5})/latest\.jpg")
+DASHBOARD_FILE = re.compile(r"/dashboard/([a-z]+\.[a-z]+)")
 
 Route = Callable[[MasterService, bytes], tuple[int, str, bytes]]
 POST_ROUTES: dict[str, Route] = {
@@ -88,8 +90,16 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         svc = self.server.service
         if url.path == "/healthz":
             self._send(200, "text/plain", b"ok\n")
-        elif url.path in ("/", "/api/v1/stats"):
+        elif url.path == "/api/v1/stats":
             self._json(200, svc.stats())
+        elif url.path == "/":
+            self._static("index.html")
+        elif m := DASHBOARD_FILE.fullmatch(url.path):
+            self._static(m[1])
+        elif url.path == "/api/v1/dashboard":
+            self._json(200, dashboard.overview(svc, self.server.history))
+        elif url.path == "/metrics":
+            self._send(200, metrics.CONTENT_TYPE, metrics.exposition(self.server.metrics))
         elif url.path == "/api/v1/results":
             self._send(*self._call(lambda s, _: taskapi.results_get(s, parse_qs(url.query)), b""))
         elif url.path in ("/events", "/api/v1/events"):
@@ -147,6 +157,13 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         else:
             self._send(200, "image/jpeg", data)
 
+    def _static(self, name: str) -> None:
+        found = dashboard.static_file(name)
+        if found is None:
+            self._send(404, "text/plain", f"no such page: /dashboard/{name}\n".encode())
+        else:
+            self._send(200, *found)
+
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, "application/json", json.dumps(obj).encode())
 
@@ -180,6 +197,8 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.dispatcher = RpcDispatcher(MasterRpc(service), service.errors)
+        self.history = dashboard.History()
+        self.metrics = metrics.registry_for(service.stats)
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()

@@ -1,0 +1,137 @@
+"""The live dashboard: its JSON (`/api/v1/dashboard`) and its static files (`/`, `/dashboard/*`).
+
+Everything is read from `MasterService` (stats, results rings, the event log) when the page asks;
+the only state kept here is a short throughput history, sampled from the same counters at most
+once a second while someone is watching. The page itself is three hand-written files in this
+directory, served by the master: no CDN, no build step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from master.metrics import worker_state
+from master.service import MasterService
+
+HERE = Path(__file__).resolve().parent
+STATIC = {  # the only files served: name -> content type
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+RECENT_RESULTS = 30  # results per camera read for fps, latency and detections
+FPS_WINDOW_S = 5.0
+RECENT_EVENTS = 12
+HISTORY_S = 300.0  # the chart's span
+SAMPLE_EVERY_S = 1.0
+
+
+def static_file(name: str) -> tuple[str, bytes] | None:
+    """(content type, bytes) of one of the dashboard's files, or None for any other name."""
+    ctype = STATIC.get(name)
+    return (ctype, (HERE / name).read_bytes()) if ctype else None
+
+
+class History:
+    """Cluster totals sampled over the last few minutes; rates come from differences of samples."""
+
+    def __init__(self, span_s: float = HISTORY_S, every_s: float = SAMPLE_EVERY_S) -> None:
+        self.span_s, self.every_s = span_s, every_s
+        self._samples: deque[tuple[float, dict[str, float]]] = deque()
+        self._lock = threading.Lock()
+
+    def observe(self, now: float, totals: Mapping[str, float]) -> None:
+        """Keep a sample unless the last one is under `every_s` old; forget those older than the span."""
+        with self._lock:
+            if self._samples and now - self._samples[-1][0] < self.every_s:
+                return
+            self._samples.append((now, dict(totals)))
+            while self._samples and now - self._samples[0][0] > self.span_s:
+                self._samples.popleft()
+
+    def rates(self) -> list[dict[str, float]]:
+        """Per interval between samples: its end time `t` and each total's rate per second."""
+        with self._lock:
+            samples = list(self._samples)
+        return [rates_between(a, b) for a, b in zip(samples, samples[1:])]
+
+
+def rates_between(a: tuple[float, Mapping[str, float]], b: tuple[float, Mapping[str, float]]) -> dict[str, float]:
+    """Rates per second from sample a to sample b (a counter that went back, a restart, counts as 0)."""
+    dt = b[0] - a[0]
+    out = {"t": round(b[0], 3)}
+    for key, value in b[1].items():
+        out[key] = round(max(0.0, value - a[1].get(key, 0.0)) / dt, 3) if dt > 0 else 0.0
+    return out
+
+
+def totals(stats: Mapping[str, Any]) -> dict[str, float]:
+    """The cluster totals the chart draws: frames in, results out, frames dropped by the master."""
+    ports = stats.get("ports", {}).values()
+    return {"in": float(sum(p.get("added", 0) for p in ports)),
+            "out": float(sum(p.get("completed", 0) for p in ports)),
+            "dropped": float(sum(v for p in ports for k, v in p.items() if k.startswith("dropped_")))}
+
+
+def camera(port: str, counters: Mapping[str, Any], recent: list[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """One camera card from its store counters and its newest results (oldest first)."""
+    done = [r for r in recent if r.get("status") == "ok"]
+    fresh = [r for r in recent if now - float(r.get("completed_at", 0.0)) <= FPS_WINDOW_S]
+    latencies = [float(r["latency_ms"]) for r in done[-10:] if "latency_ms" in r]
+    last = recent[-1] if recent else None
+    detections = [{"label": d["label"], "score": round(float(d["score"]), 2), "seq": r.get("seq", 0)}
+                  for r in reversed(done) for d in r.get("detections", [])][:8]
+    return {
+        "port": int(port),
+        "fps": round(len(fresh) / FPS_WINDOW_S, 2),
+        "latency_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "frames_in": int(counters.get("added", 0)), "frames_out": int(counters.get("completed", 0)),
+        "dropped": int(sum(v for k, v in counters.items() if k.startswith("dropped_"))),
+        "failed": int(counters.get("failed", 0)), "pending": int(counters.get("pending", 0)),
+        "results": int(counters.get("results", 0)),
+        "last_seq": last.get("seq") if last else None,
+        "last_age_s": round(now - float(last.get("completed_at", now)), 1) if last else None,
+        "detections": detections,
+        "has_frame": bool(done),
+    }
+
+
+def worker(w: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of the workers table."""
+    s = w.get("stats") or {}
+    return {"id": w.get("worker_id", ""), "name": w.get("name", ""), "state": worker_state(w),
+            "cpu_percent": s.get("cpu_percent"), "rss_mb": s.get("rss_mb"),
+            "host_cpu_percent": s.get("host_cpu_percent"), "busy": s.get("busy", 0),
+            "tasks_done": int(w.get("tasks_done", 0)), "tasks_failed": int(w.get("tasks_failed", 0)),
+            "last_seen_s": w.get("last_seen_s")}
+
+
+def overview(svc: MasterService, history: History, now: float | None = None) -> dict[str, Any]:
+    """Everything the page shows, from one stats snapshot plus each camera's newest results."""
+    now = time.time() if now is None else now
+    stats = svc.stats()
+    history.observe(now, totals(stats))
+    cameras = []
+    for port, counters in sorted(stats.get("ports", {}).items(), key=lambda kv: int(kv[0])):
+        last = int(counters.get("results", 0))
+        page = svc.results(int(port), max(0, last - RECENT_RESULTS), RECENT_RESULTS)
+        cameras.append(camera(port, counters, page["results"], now))
+    events = svc.get_events(0, 1000)["events"][-RECENT_EVENTS:]
+    c = stats.get("counters", {})
+    return {
+        "now": now, "uptime_s": stats.get("uptime_s", 0.0),
+        "queue": {"pending": stats.get("pending", 0), "in_progress": stats.get("in_progress", 0),
+                  "completed": c.get("completed", 0), "failed": c.get("failed", 0),
+                  "retried": c.get("retried", 0), "lease_expired": c.get("lease_expired", 0)},
+        "cameras": cameras,
+        "workers": [worker(w) for w in stats.get("workers", [])],
+        "events": {"total": stats.get("events", {}).get("total", 0), "recent": list(reversed(events))},
+        "sources": {name: {"age_s": s.get("age_s")} for name, s in stats.get("sources", {}).items()},
+        "throughput": history.rates(),
+    }

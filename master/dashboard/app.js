@@ -1,0 +1,155 @@
+// framehive dashboard: polls /api/v1/dashboard once a second and redraws. No dependencies.
+"use strict";
+
+const POLL_MS = 1000;
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+const fmt = {
+  num: (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en")),
+  fixed: (n, d = 1) => (n === null || n === undefined ? "–" : Number(n).toFixed(d)),
+  ms: (n) => (n === null || n === undefined ? "–" : `${Math.round(n)} ms`),
+  mb: (n) => (n === null || n === undefined ? "–" : `${Math.round(n)} MB`),
+  pct: (n) => (n === null || n === undefined ? "–" : `${Math.round(n)} %`),
+  age: (s) => (s === null || s === undefined ? "" : s < 1 ? "now" : `${Math.round(s)} s ago`),
+  duration(s) {
+    s = Math.floor(s);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+    return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+  },
+  clock: (t) => new Date(t * 1000).toLocaleTimeString("en-GB"),
+};
+
+function renderTotals(d) {
+  const q = d.queue;
+  const items = [
+    ["up", fmt.duration(d.uptime_s)], ["cameras", d.cameras.length],
+    ["workers", d.workers.filter((w) => w.state !== "dead").length],
+    ["queued", fmt.num(q.pending)], ["in progress", fmt.num(q.in_progress)],
+    ["done", fmt.num(q.completed)], ["failed", fmt.num(q.failed)], ["events", fmt.num(d.events.total)],
+  ];
+  $("totals").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
+}
+
+const cards = new Map(); // port -> {node, img, seq}
+
+function cameraCard(port) {
+  const img = el("img", { alt: `latest frame of camera ${port}` });
+  const frame = el("div", { class: "frame" }, "waiting for a frame…");
+  const node = el("article", { class: "camera", "data-port": port }, frame,
+    el("div", { class: "body" }, el("h3", {}, `camera ${port}`, el("span", { class: "age" })),
+      el("dl", { class: "stats" }), el("div", { class: "chips" })));
+  return { node, img, frame, seq: null };
+}
+
+function renderCameras(cameras) {
+  const box = $("cameras");
+  if (!cameras.length) return;
+  box.querySelector(".empty")?.remove();
+  for (const c of cameras) {
+    let card = cards.get(c.port);
+    if (!card) {
+      card = cameraCard(c.port);
+      cards.set(c.port, card);
+      box.append(card.node);
+    }
+    if (c.has_frame && c.last_seq !== card.seq) {
+      card.seq = c.last_seq;
+      card.img.src = `/ports/${c.port}/latest.jpg?seq=${c.last_seq}`;
+      if (!card.img.parentNode) card.frame.replaceChildren(card.img);
+    }
+    card.node.querySelector(".age").textContent = fmt.age(c.last_age_s);
+    const stats = [["fps", fmt.fixed(c.fps)], ["latency", fmt.ms(c.latency_ms)], ["queued", c.pending],
+      ["in", fmt.num(c.frames_in)], ["out", fmt.num(c.frames_out)], ["dropped", fmt.num(c.dropped)]];
+    card.node.querySelector(".stats").replaceChildren(
+      ...stats.flatMap(([k, v]) => [el("div", {}, el("dt", {}, k), el("dd", { "data-stat": k }, v))]));
+    const chips = c.detections.length
+      ? c.detections.map((x) => el("span", { class: "chip" }, `${x.label} ${Math.round(x.score * 100)}%`))
+      : [el("span", { class: "empty" }, "no detections lately")];
+    card.node.querySelector(".chips").replaceChildren(...chips);
+  }
+}
+
+function renderWorkers(workers) {
+  const rows = workers.map((w) => el("tr", { "data-worker": w.id },
+    el("td", { title: w.id }, w.name || w.id), el("td", { class: `state-${w.state}` }, w.state),
+    el("td", {}, fmt.pct(w.cpu_percent)), el("td", {}, fmt.mb(w.rss_mb)),
+    el("td", {}, fmt.num(w.tasks_done)), el("td", {}, fmt.num(w.tasks_failed))));
+  $("workers").tBodies[0].replaceChildren(
+    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6, class: "empty" }, "No workers yet."))]));
+}
+
+let shownEvents = "";
+
+function renderEvents(events) {
+  $("events-total").textContent = `${fmt.num(events.total)} in the log`;
+  const key = events.recent.map((e) => e.id).join(",");
+  if (key === shownEvents) return;
+  shownEvents = key;
+  if (!events.recent.length) return;
+  $("events").replaceChildren(...events.recent.map((e) => {
+    const pic = e.snapshot
+      ? el("img", { src: `/events/${encodeURIComponent(e.id)}/snapshot.jpg`, alt: `snapshot of ${e.id}` })
+      : el("div", { class: "frame" });
+    const d = e.detection;
+    return el("li", { class: "event", "data-event": e.id }, pic,
+      el("div", {}, el("div", { class: "what" }, e.rule),
+        el("div", {}, `camera ${e.port}: ${d.label} ${Math.round(d.score * 100)}%`),
+        el("div", { class: "when" }, `${fmt.clock(e.fired_at)} · frames ${e.first_seq}–${e.last_seq}`)));
+  }));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function renderChart(points) {
+  const chart = $("chart");
+  const W = 600, H = 160, pad = 4, span = 300;
+  const end = points.length ? points[points.length - 1].t : 0;
+  const top = Math.max(1, ...points.flatMap((p) => [p.in, p.out, p.dropped]));
+  const x = (t) => W - ((end - t) / span) * W;
+  const y = (v) => H - pad - (v / top) * (H - 2 * pad);
+  const children = [0.5, 1].map((f) => svg("line", { class: "grid", x1: 0, x2: W, y1: y(top * f), y2: y(top * f) }));
+  children.push(Object.assign(svg("text", { x: 4, y: 12 }), { textContent: `${top.toFixed(1)} fps` }));
+  for (const key of ["in", "dropped", "out"]) {
+    const pts = points.map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
+    children.push(svg("polyline", { points: pts, class: key, stroke: "currentColor", "data-series": key }));
+  }
+  chart.replaceChildren(...children);
+}
+
+async function poll() {
+  try {
+    const r = await fetch("/api/v1/dashboard", { cache: "no-store" });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const d = await r.json();
+    renderTotals(d);
+    renderCameras(d.cameras);
+    renderWorkers(d.workers);
+    renderEvents(d.events);
+    renderChart(d.throughput);
+    $("status").dataset.state = "live";
+    $("status").textContent = `live · ${fmt.clock(d.now)}`;
+  } catch (e) {
+    $("status").dataset.state = "error";
+    $("status").textContent = `master unreachable (${e.message}); retrying`;
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+poll();

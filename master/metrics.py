@@ -1,0 +1,218 @@
+"""Prometheus `/metrics` for the master, read from `MasterService.stats()` at scrape time.
+
+Nothing is counted twice: the collector turns one stats snapshot into metric families on every
+scrape, so the numbers are exactly those `get_stats` returns. `families(stats)` is pure (a dict in,
+families out); `ServiceCollector` only calls it with a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=utf-8
+P = "framehive_"
+
+# The store's totals (stats()["counters"]) that have a metric of their own; any other key lands in
+# framehive_task_events_total{event=...} so a counter added later is never lost.
+STORE_COUNTERS: dict[str, tuple[str, str]] = {
+    "added": ("tasks_added", "Tasks queued (live frames, skip records and file-job tiles)."),
+    "leased": ("tasks_leased", "Leases handed to workers (a retried task is leased again)."),
+    "completed": ("tasks_completed", "Tasks whose result was stored."),
+    "failed": ("tasks_failed", "Tasks failed for good after their last attempt."),
+    "retried": ("task_retries", "Tasks put back in the queue for another attempt."),
+    "lease_expired": ("lease_expiries", "Leases that ran out and were requeued."),
+    "leases_lost": ("leases_lost", "Leases a worker no longer listed in its heartbeat (reply lost)."),
+    "released": ("tasks_released", "Leases handed back unprocessed by a stopping worker."),
+    "stale_completions": ("stale_completions", "Completions refused: wrong token or lease already gone."),
+    "worker_failures": ("worker_failures", "Tasks a worker reported it could not process."),
+    "rejected_full": ("tasks_rejected_full", "Tasks refused because the store was full."),
+}
+# Per-port store counters that are not drops.
+PORT_FLOWS = {"added": "frames_in", "completed": "frames_out", "failed": "frames_failed", "skipped": "frames_skipped"}
+# Receiver per-port counters that are drops, with the reason label they get.
+RECEIVER_DROPS = {"frames_incomplete": "incomplete", "malformed": "malformed", "refused": "refused"}
+RECEIVER_COUNTERS: dict[str, tuple[str, str]] = {
+    "datagrams": ("receiver_datagrams", "Datagrams received."),
+    "bytes": ("receiver_bytes", "Bytes received."),
+    "frames_complete": ("receiver_frames", "Frames reassembled (or received whole over imagezmq)."),
+    "forwarded": ("receiver_frames_forwarded", "Frames the master accepted from the receiver."),
+    "socket_errors": ("receiver_socket_errors", "Socket errors while receiving."),
+}
+
+
+def families(stats: Mapping[str, Any]) -> list[Metric]:
+    """Every metric family for one `MasterService.stats()` snapshot."""
+    out: list[Metric] = []
+    out += _service(stats)
+    out += _ports(stats.get("ports", {}), stats.get("sources", {}))
+    out += _sources(stats.get("sources", {}))
+    out += _workers(stats.get("workers", []))
+    out += _events(stats.get("events", {}))
+    return out
+
+
+def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(P + name, doc, labels=list(labels))
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(P + name, doc, labels=list(labels))
+
+
+def _service(stats: Mapping[str, Any]) -> list[Metric]:
+    uptime = _gauge("uptime_seconds", "Seconds since the master started.")
+    uptime.add_metric([], float(stats.get("uptime_s", 0.0)))
+    tasks = _gauge("tasks", "Tasks held by the master, by state (pending is the queue depth).", ["state"])
+    for state in ("pending", "in_progress"):
+        tasks.add_metric([state], float(stats.get(state, 0)))
+    fams: list[Metric] = [uptime, tasks]
+    counters = dict(stats.get("counters", {}))
+    for key, (name, doc) in STORE_COUNTERS.items():
+        fam = _counter(name, doc)
+        fam.add_metric([], float(counters.pop(key, 0)))
+        fams.append(fam)
+    other = _counter("task_events", "Other task-store totals, by event.", ["event"])
+    for key, value in sorted(counters.items()):
+        if not key.startswith("dropped_") and key not in ("skipped", "cancelled"):
+            other.add_metric([key], float(value))
+    rejected = _counter("rejected_requests", "HTTP/RPC requests refused, by reason.", ["reason"])
+    for reason, n in sorted(stats.get("rejected_requests", {}).items()):
+        rejected.add_metric([reason], float(n))
+    return [*fams, other, rejected]
+
+
+def _ports(ports: Mapping[str, Any], sources: Mapping[str, Any]) -> list[Metric]:
+    flows = {key: _counter(name, f"Per camera port: {key} in the master's store.", ["port"])
+             for key, name in PORT_FLOWS.items()}
+    depth = _gauge("queue_depth", "Live frames waiting for a worker, per camera port.", ["port"])
+    results = _counter("results", "Results stored per camera port (ok, error, failed or skipped).", ["port"])
+    drops = _counter("frames_dropped", "Frames dropped, by where (receiver or master), camera port and reason.",
+                     ["stage", "port", "reason"])
+    for port, c in sorted(ports.items()):
+        for key, fam in flows.items():
+            fam.add_metric([port], float(c.get(key, 0)))
+        depth.add_metric([port], float(c.get("pending", 0)))
+        results.add_metric([port], float(c.get("results", 0)))
+        for key, value in sorted(c.items()):
+            if key.startswith("dropped_") or key == "cancelled":
+                drops.add_metric(["master", port, key.removeprefix("dropped_")], float(value))
+    for port, reason, value in _receiver_drops(sources):
+        drops.add_metric(["receiver", port, reason], float(value))
+    return [*flows.values(), depth, results, drops]
+
+
+def _receiver_drops(sources: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """(port, reason, count) summed over every receiver."""
+    total: dict[tuple[str, str], float] = {}
+    for src in sources.values():
+        for port, c in _source_ports(src).items():
+            for key, value in c.items():
+                reason = RECEIVER_DROPS.get(key) or _prefixed(key, ("dropped_", "skipped_"))
+                if reason:
+                    total[port, reason] = total.get((port, reason), 0.0) + float(value)
+    return [(p, r, v) for (p, r), v in sorted(total.items())]
+
+
+def _prefixed(key: str, prefixes: tuple[str, ...]) -> str:
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            return key.removeprefix(prefix)
+    return ""
+
+
+def _source_ports(src: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    ports = src.get("ports", {})
+    return {str(p): c for p, c in ports.items() if isinstance(c, Mapping)} if isinstance(ports, Mapping) else {}
+
+
+def _sources(sources: Mapping[str, Any]) -> list[Metric]:
+    age = _gauge("source_report_age_seconds", "Seconds since a receiver last reported its counters.", ["source"])
+    fams = {key: _counter(name, doc, ["source", "port"]) for key, (name, doc) in RECEIVER_COUNTERS.items()}
+    for name, src in sorted(sources.items()):
+        age.add_metric([name], float(src.get("age_s", 0.0)))
+        for port, c in sorted(_source_ports(src).items()):
+            for key, fam in fams.items():
+                if key in c:
+                    fam.add_metric([name, port], float(c[key]))
+    return [age, *fams.values()]
+
+
+def _workers(workers: list[Mapping[str, Any]]) -> list[Metric]:
+    states = _gauge("workers", "Registered workers by state: busy (has a task in hand), idle, dead.", ["state"])
+    count = {"busy": 0, "idle": 0, "dead": 0}
+    done = _counter("worker_tasks_done", "Tasks a worker completed, as the master counted them.", ["worker"])
+    failed = _counter("worker_tasks_failed", "Tasks a worker reported failed.", ["worker"])
+    seen = _gauge("worker_last_seen_seconds", "Seconds since the worker's last request.", ["worker"])
+    busy = _gauge("worker_busy_tasks", "Tasks in hand, from the worker's last heartbeat.", ["worker"])
+    cpu = _gauge("worker_cpu_ratio", "CPU used by the worker process (1.0 = one core), last heartbeat.", ["worker"])
+    rss = _gauge("worker_resident_memory_bytes", "Resident memory of the worker process, last heartbeat.",
+                 ["worker"])
+    for w in workers:
+        wid, s = str(w.get("worker_id", "")), w.get("stats") or {}
+        count[worker_state(w)] += 1
+        done.add_metric([wid], float(w.get("tasks_done", 0)))
+        failed.add_metric([wid], float(w.get("tasks_failed", 0)))
+        seen.add_metric([wid], float(w.get("last_seen_s", 0.0)))
+        busy.add_metric([wid], float(s.get("busy", 0)))
+        if "cpu_percent" in s:
+            cpu.add_metric([wid], float(s["cpu_percent"]) / 100.0)
+        if "rss_mb" in s:
+            rss.add_metric([wid], float(s["rss_mb"]) * 2**20)
+    for state, n in count.items():
+        states.add_metric([state], float(n))
+    return [states, done, failed, seen, busy, cpu, rss]
+
+
+def worker_state(w: Mapping[str, Any]) -> str:
+    """busy, idle or dead, from one worker's stats entry."""
+    if not w.get("alive"):
+        return "dead"
+    return "busy" if (w.get("stats") or {}).get("busy", 0) else "idle"
+
+
+def _events(events: Mapping[str, Any]) -> list[Metric]:
+    kept = _gauge("events_retained", "Events held in the master's event log.")
+    kept.add_metric([], float(events.get("total", 0)))
+    fired = _counter("events_fired", "Events fired, by rule.", ["rule"])
+    matches = _counter("rule_matches", "Results that matched a rule, by rule.", ["rule"])
+    quiet = _counter("events_suppressed", "Events held back by a rule's cooldown, by rule.", ["rule"])
+    for rule, c in sorted(events.get("rules", {}).items()):
+        fired.add_metric([rule], float(c.get("events", 0)))
+        matches.add_metric([rule], float(c.get("matches", 0)))
+        quiet.add_metric([rule], float(c.get("suppressed_cooldown", 0)))
+    hooks = _counter("webhooks", "Webhook deliveries by outcome.", ["outcome"])
+    queued = _gauge("webhooks_queued", "Webhook deliveries waiting to be sent.")
+    wh = dict(events.get("webhooks", {}))
+    queued.add_metric([], float(wh.pop("queued", 0)))
+    wh.pop("urls", None)
+    for outcome, n in sorted(wh.items()):
+        hooks.add_metric([outcome], float(n))
+    return [kept, fired, matches, quiet, hooks, queued]
+
+
+class ServiceCollector:
+    """A prometheus-client collector: one `stats()` call per scrape."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self._stats())
+
+
+def registry_for(stats: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:
+    """A registry of its own: the service's metrics and the standard process_* ones of this process."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(stats))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text exposition format (0.0.4) of a registry."""
+    return generate_latest(registry)

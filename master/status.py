@@ -1,0 +1,120 @@
+"""The dashboard in a terminal: `python -m master.status --master http://127.0.0.1:8000 [--watch]`.
+
+Reads the same `GET /api/v1/dashboard` document as the web page and draws it with rich: totals,
+cameras, workers and the newest events. One shot by default; `--watch` redraws every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLE = {"busy": "green", "idle": "dim", "dead": "red"}
+
+
+def fetch(master: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The dashboard document of a master; raises OSError with a readable message when unreachable."""
+    url = master.rstrip("/") + "/api/v1/dashboard"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        raise OSError(f"{url}: HTTP {e.code} (is this a framehive master?)") from e
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        raise OSError(f"cannot reach the master at {master}: {reason}") from e
+
+
+def _n(v: Any, fmt: str = "{:,}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def totals_table(d: Mapping[str, Any]) -> Table:
+    q = d["queue"]
+    t = Table(title="framehive", title_justify="left", show_edge=False, box=None, padding=(0, 2))
+    cols = ["up s", "cameras", "workers", "queued", "in progress", "done", "failed", "retried", "events"]
+    for c in cols:
+        t.add_column(c, justify="right")
+    alive = sum(w["state"] != "dead" for w in d["workers"])
+    t.add_row(_n(round(d["uptime_s"])), str(len(d["cameras"])), str(alive), _n(q["pending"]),
+              _n(q["in_progress"]), _n(q["completed"]), _n(q["failed"]), _n(q["retried"]), _n(d["events"]["total"]))
+    return t
+
+
+def cameras_table(cameras: Sequence[Mapping[str, Any]]) -> Table:
+    t = Table(title="cameras", title_justify="left")
+    for c, j in (("port", "right"), ("fps", "right"), ("latency ms", "right"), ("in", "right"), ("out", "right"),
+                 ("dropped", "right"), ("queued", "right"), ("last", "right"), ("detections", "left")):
+        t.add_column(c, justify=j)
+    for c in cameras:
+        dets = ", ".join(f"{x['label']} {x['score']:.2f}" for x in c["detections"][:3]) or "–"
+        age = "–" if c["last_age_s"] is None else f"{c['last_age_s']:.0f} s ago"
+        t.add_row(str(c["port"]), f"{c['fps']:.1f}", _n(c["latency_ms"], "{:.0f}"), _n(c["frames_in"]),
+                  _n(c["frames_out"]), _n(c["dropped"]), _n(c["pending"]), age, dets)
+    return t
+
+
+def workers_table(workers: Sequence[Mapping[str, Any]]) -> Table:
+    t = Table(title="workers", title_justify="left")
+    for c, j in (("worker", "left"), ("state", "left"), ("cpu %", "right"), ("ram MB", "right"), ("done", "right"),
+                 ("failed", "right"), ("seen", "right")):
+        t.add_column(c, justify=j)
+    for w in workers:
+        t.add_row(w["name"] or w["id"], Text(w["state"], style=STATE_STYLE.get(w["state"], "")),
+                  _n(w["cpu_percent"], "{:.0f}"), _n(w["rss_mb"], "{:.0f}"), _n(w["tasks_done"]),
+                  _n(w["tasks_failed"]), _n(w["last_seen_s"], "{:.1f} s"))
+    return t
+
+
+def events_table(events: Sequence[Mapping[str, Any]], limit: int = 5) -> Table:
+    t = Table(title="events", title_justify="left")
+    for c in ("fired", "rule", "port", "detection", "frames"):
+        t.add_column(c)
+    for e in events[:limit]:
+        d = e["detection"]
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(e["fired_at"])), e["rule"], str(e["port"]),
+                  f"{d['label']} {d['score']:.2f}", f"{e['first_seq']}-{e['last_seq']}")
+    return t
+
+
+def render(d: Mapping[str, Any]) -> Group:
+    """The whole status screen for one dashboard document."""
+    return Group(totals_table(d), cameras_table(d["cameras"]), workers_table(d["workers"]),
+                 events_table(d["events"]["recent"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m master.status", description=__doc__.splitlines()[0])
+    ap.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
+    ap.add_argument("--watch", action="store_true", help="redraw until Ctrl-C")
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with --watch")
+    args = ap.parse_args(argv)
+    console = Console()
+    try:
+        if not args.watch:
+            console.print(render(fetch(args.master)))
+            return 0
+        with Live(render(fetch(args.master)), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(max(0.1, args.interval))
+                live.update(render(fetch(args.master)), refresh=True)
+    except OSError as e:
+        print(f"master.status: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
