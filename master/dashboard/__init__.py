@@ -86,7 +86,7 @@ def camera(port: str, counters: Mapping[str, Any], recent: list[Mapping[str, Any
     latencies = [float(r["latency_ms"]) for r in done[-10:] if "latency_ms" in r]
     last = recent[-1] if recent else None
     detections = [{"label": d["label"], "score": round(float(d["score"]), 2), "seq": r.get("seq", 0)}
-                  for r in reversed(done) for d in r.get("detections", [])][:8]
+                  for r in reversed(done) for d in r.get("detections", [])][:6]
     return {
         "port": int(port),
         "fps": round(len(fresh) / FPS_WINDOW_S, 2),

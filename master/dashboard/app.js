@@ -82,10 +82,10 @@ function renderCameras(cameras) {
 function renderWorkers(workers) {
   const rows = workers.map((w) => el("tr", { "data-worker": w.id },
     el("td", { title: w.id }, w.name || w.id), el("td", { class: `state-${w.state}` }, w.state),
-    el("td", {}, fmt.pct(w.cpu_percent)), el("td", {}, fmt.mb(w.rss_mb)),
+    el("td", {}, fmt.pct(w.cpu_percent)), el("td", {}, fmt.pct(w.host_cpu_percent)), el("td", {}, fmt.mb(w.rss_mb)),
     el("td", {}, fmt.num(w.tasks_done)), el("td", {}, fmt.num(w.tasks_failed))));
   $("workers").tBodies[0].replaceChildren(
-    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6, class: "empty" }, "No workers yet."))]));
+    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No workers yet."))]));
 }
 
 let shownEvents = "";
@@ -118,18 +118,22 @@ function svg(tag, attrs) {
 
 function renderChart(points) {
   const chart = $("chart");
-  const W = 600, H = 160, pad = 4, span = 300;
-  const end = points.length ? points[points.length - 1].t : 0;
+  const W = 600, H = 160, pad = 4;
+  const start = points.length ? points[0].t : 0, end = points.length ? points[points.length - 1].t : 0;
+  const span = Math.min(300, Math.max(30, end - start)); // grows from 30 s to the 5 minutes kept
   const top = Math.max(1, ...points.flatMap((p) => [p.in, p.out, p.dropped]));
   const x = (t) => W - ((end - t) / span) * W;
   const y = (v) => H - pad - (v / top) * (H - 2 * pad);
   const children = [0.5, 1].map((f) => svg("line", { class: "grid", x1: 0, x2: W, y1: y(top * f), y2: y(top * f) }));
-  children.push(Object.assign(svg("text", { x: 4, y: 12 }), { textContent: `${top.toFixed(1)} fps` }));
   for (const key of ["in", "dropped", "out"]) {
     const pts = points.map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
     children.push(svg("polyline", { points: pts, class: key, stroke: "currentColor", "data-series": key }));
   }
   chart.replaceChildren(...children);
+  const last = points[points.length - 1];
+  $("chart-scale").textContent = last
+    ? `top line ${top.toFixed(1)} fps · now ${last.out.toFixed(1)} out of ${last.in.toFixed(1)} in · last ${Math.round(span)} s`
+    : "collecting…";
 }
 
 async function poll() {

@@ -1,0 +1,117 @@
+"""The dashboard in a real headless Chromium (Debian's package) against a real cluster on loopback.
+
+Two cameras stream a clip with people on a loop; the page must load with no console errors, show a
+frame on every camera card, move its numbers, list the workers and show an event with its snapshot.
+Screenshots (desktop and phone widths) are saved under tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.local import LocalCluster, free_udp_ports
+from tests.integration.test_metrics_status import cut_clip
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+WAIT_MS = 20_000
+
+
+def chromium() -> str:
+    """Debian's Chromium; a missing one fails the test (setup installs it), it is never a skip."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run `make setup` (it installs Debian's chromium package)")
+    return str(CHROMIUM)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, person_clip):
+    """A cluster with two cameras streaming people on a loop, two workers and a rule that fires."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    ports = free_udp_ports(2)
+    clip = cut_clip(person_clip, tmp / "people.mp4", 60, 40)
+    rules = tmp / "rules.toml"
+    rules.write_text('[[rule]]\nname = "someone-there"\nlabel = "person"\nmin_score = 0.5\nmin_frames = 2\n'
+                     'cooldown_s = 5\n')
+    with LocalCluster(log_dir=tmp / "logs") as cluster:
+        cluster.start_master("--rules", str(rules))
+        cluster.start_receiver(ports, "--pipeline", "person")
+        cluster.start_workers(2, "--threads", "1", "--preload", "person")
+        for p in ports:
+            cluster.start_publisher(p, clip, "--fps", "6", "--loop")
+        yield cluster, ports
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, **context_kw):
+    """A page on `url` with its console errors and uncaught exceptions collected in page.errors."""
+    page = browser.new_context(**context_kw).new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.goto(url)
+    page.errors = errors
+    return page
+
+
+def stat(page, port: int, name: str) -> str:
+    return page.locator(f'.camera[data-port="{port}"] dd[data-stat="{name}"]').inner_text()
+
+
+def test_dashboard_shows_live_cameras_workers_and_events(live, browser):
+    cluster, ports = live
+    page = open_page(browser, cluster.master_url + "/", viewport={"width": 1280, "height": 900})
+    assert page.title() == "framehive"
+    for p in ports:  # every camera card shows a decoded frame
+        page.wait_for_function(
+            f'() => {{ const i = document.querySelector(\'.camera[data-port="{p}"] img\');'
+            ' return i && i.complete && i.naturalWidth > 0; }', timeout=WAIT_MS)
+    first = stat(page, ports[0], "out")
+    page.wait_for_function(  # the numbers move: results keep coming in
+        f'(v) => {{ const d = document.querySelector(\'.camera[data-port="{ports[0]}"] dd[data-stat="out"]\');'
+        ' return d && d.textContent !== v; }', arg=first, timeout=WAIT_MS)
+    assert int(stat(page, ports[0], "out").replace(",", "")) > int(first.replace(",", ""))
+    assert float(stat(page, ports[0], "fps")) > 0
+    page.wait_for_function(  # an event with its snapshot
+        '() => { const i = document.querySelector("li.event img"); return i && i.complete && i.naturalWidth > 0; }',
+        timeout=WAIT_MS)
+    assert "someone-there" in page.locator("li.event").first.inner_text()
+    workers = page.locator("#workers tbody tr[data-worker]")
+    assert sorted(workers.all_inner_texts())[0].startswith("worker0") and workers.count() == 2
+    assert "MB" in workers.first.inner_text()  # RAM from the worker's heartbeat
+    page.wait_for_function('() => document.querySelectorAll("#chart polyline[data-series=out]")[0]'
+                           '.getAttribute("points").split(" ").length >= 2', timeout=WAIT_MS)
+    assert page.locator("#status").get_attribute("data-state") == "live"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot: {shot}")
+    assert page.errors == [], page.errors
+
+
+def test_dashboard_fits_a_phone_screen(live, browser):
+    cluster, ports = live
+    page = open_page(browser, cluster.master_url + "/", viewport={"width": 390, "height": 844},
+                     device_scale_factor=2, is_mobile=True, has_touch=True)
+    page.wait_for_selector(f'.camera[data-port="{ports[1]}"] img', timeout=WAIT_MS)
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
+    card = page.locator(".camera").first.bounding_box()
+    assert card and card["width"] <= 390
+    shot = ARTIFACTS / "dashboard-phone.png"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot: {shot}")
+    assert page.errors == [], page.errors
