@@ -85,11 +85,11 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def spawn(self, name: str, module: str, *args: str) -> Proc:
+    def spawn(self, name: str, module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         """Start `python -m module args...` with its output in log_dir/name.log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(path, "wb") as out:
             popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -115,6 +115,20 @@ class LocalCluster:
         procs = [self.spawn(f"worker{i}", "worker", "--master", self.master_url, "--name", f"worker{i}", *args)
                  for i in range(n)]
         self.wait_workers(n, timeout_s)
+        return procs
+
+    def start_celery_workers(self, n: int, redis_url: str, *, visibility_s: float = 30.0, concurrency: int = 1,
+                             env: dict[str, str] | None = None, timeout_s: float = 60.0,
+                             first: int = 0) -> list[Proc]:
+        """Start `n` Celery workers (`celery -A worker.celery_app worker -Q frames,tiles`), each one
+        process of `concurrency` pool children, and wait until each is ready for tasks."""
+        env = {"FRAMEHIVE_REDIS": redis_url, "FRAMEHIVE_VISIBILITY_S": str(visibility_s), **(env or {})}
+        procs = [self.spawn(f"worker-celery{i}", "celery", "-A", "worker.celery_app", "worker", "-Q", "frames,tiles",
+                            "-c", str(concurrency), "-n", f"celery{i}@%h", "--without-gossip", "--without-mingle",
+                            "--without-heartbeat", "-l", "INFO", env=env)
+                 for i in range(first, first + n)]
+        for p in procs:
+            self._wait_log(p, "ready.", timeout_s)
         return procs
 
     def start_publisher(self, port: int, source: str, *args: str, name: str = "") -> Proc:

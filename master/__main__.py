@@ -7,8 +7,10 @@ import logging
 import sys
 import threading
 
+from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S, redis_url
 from common.errors import ConfigError
 from common.runtime import is_loopback, setup_logging, stop_on_signals
+from master.celerybackend import CeleryDispatcher
 from master.httpserver import DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
 from master.rules import load_rules
 from master.service import MasterService, ServiceConfig
@@ -37,10 +39,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
                    help="largest request body accepted")
     p.add_argument("--rules", default="", help="alert rules file (TOML), e.g. examples/rules.toml")
+    p.add_argument("--backend", choices=["builtin", "celery"], default="builtin",
+                   help="who runs the tasks: pull workers (`python -m worker`) or Celery workers through Redis")
+    p.add_argument("--redis", default="",
+                   help="Redis URL for --backend celery (default: $FRAMEHIVE_REDIS, else "
+                        f"{DEFAULT_REDIS}); put a password in $FRAMEHIVE_REDIS, not here, where ps shows it")
+    p.add_argument("--celery-in-flight", type=int, default=16,
+                   help="most tasks handed to Celery at once (bounds frame bytes in Redis and live latency)")
+    p.add_argument("--visibility-s", type=float, default=DEFAULT_VISIBILITY_S,
+                   help="Celery: a task whose worker died goes to another after this; use the workers' value")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be 0..65535, got {args.port}")
+    if not 1 <= args.celery_in_flight <= 1024:
+        p.error(f"--celery-in-flight must be 1..1024, got {args.celery_in_flight}")
+    if args.visibility_s <= 0:
+        p.error(f"--visibility-s must be > 0, got {args.visibility_s}")
+    if args.backend == "builtin" and args.redis:
+        p.error("--redis is only used with --backend celery")
     if not is_loopback(args.host) and not args.insecure:
         p.error(f"refusing to bind {args.host}: this master has no authentication yet, so anyone who "
                 "reaches it could queue work and read results; bind 127.0.0.1, or pass --insecure on a "
@@ -64,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         config = build_config(args)
+        redis = (args.redis or redis_url()) if args.backend == "celery" else ""
+        if redis and not redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"--redis must be a redis:// rediss:// or unix:// URL, got {redis!r}")
     except (ValueError, ConfigError, OSError) as e:
         print(f"python -m master: error: {e}", file=sys.stderr)
         return 2
@@ -76,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1
     service.start()
+    if args.backend == "celery":
+        service.backend = CeleryDispatcher(service, redis, in_flight=args.celery_in_flight,
+                                           visibility_s=args.visibility_s)
+        service.backend.start()
     if config.rules:
         log.info("%d alert rule(s) loaded from %s", len(config.rules), args.rules)
     host, port = server.server_address[:2]
@@ -87,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     server.shutdown()
     serving.join(5)
     server.server_close()
+    if service.backend is not None:
+        service.backend.stop()
+        service.backend.join(5)
     service.stop()
     service.join(5)
     log.info("stopped")

@@ -61,6 +61,7 @@ class MasterService:
         self._generation = 0
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        self.backend: Any = None  # a dispatcher to another engine (master.celerybackend), when one is used
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -275,5 +276,6 @@ class MasterService:
         return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
                 "sources": {k: {"age_s": round(now - v["at"], 3), **v["counters"]} for k, v in self.sources.items()},
                 "rejected_requests": dict(self.errors),
+                "backend": self.backend.stats() if self.backend is not None else {"name": "builtin"},
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}

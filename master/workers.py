@@ -62,6 +62,20 @@ class WorkerRegistry:
                               if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
             return True
 
+    def observe(self, worker_id: str, now: float, stats: Mapping[str, Any] | None = None, *,
+                done: int = 0, failed: int = 0) -> None:
+        """Record a worker this master does not lease to directly (a Celery worker seen through its
+        results): added on first sight, then kept alive and tallied like a registered one."""
+        with self._lock:
+            if worker_id not in self._workers:
+                if len(self._workers) >= MAX_WORKERS:
+                    self._forget_dead()
+                    if len(self._workers) >= MAX_WORKERS:
+                        return
+                self._workers[worker_id] = WorkerInfo(worker_id, worker_id[:48], now, now)
+        self.seen(worker_id, now, stats)
+        self.tally(worker_id, done, failed)
+
     def tally(self, worker_id: str, done: int, failed: int) -> None:
         """Add to a worker's task counts."""
         with self._lock:
