@@ -87,6 +87,7 @@ STAGES: dict[str, StageInfo] = {
     "onnx": StageInfo("detector", (_ONNX_PATH, Param("min_score", float, None, 0.0, 1.0),
                                    Param("iou", float, None, 0.0, 1.0)),
                       "your own YOLOv5/v8/v11 ONNX export: onnx:<path>[:<min_score>[:<iou>]] (docs/DETECTION.md)"),
+    "noop": StageInfo("detector", (), "decodes the frame and finds nothing: measures the transport alone"),
     # filters: image -> image (file jobs tile them without seams; see worker/filters.py)
     "canny": StageInfo("filter", (Param("low", int, 100, 0, 1000), Param("high", int, 200, 0, 1000)),
                        "edges, OpenCV Canny (canny[:low:high])",

@@ -87,4 +87,5 @@ DETECTORS: dict[str, Callable[[StageSpec], Detector]] = {
     "person-hog": _person_hog,
     "face": _face,
     "onnx": _onnx,
+    "noop": lambda spec: lambda image: [],
 }
