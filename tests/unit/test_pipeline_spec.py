@@ -27,7 +27,7 @@ def test_canonical_form(spec, canonical):
 
 @pytest.mark.parametrize("spec,words", [
     ("", "empty"),
-    ("cat", "unknown stage 'cat'; known stages: blur, canny, face, gaussian, motion, person, person-hog, "
+    ("cat", "unknown stage 'cat'; known stages: blur, canny, face, gaussian, motion, noop, person, person-hog, "
             "sobel, threshold, onnx:<path>"),
     ("person:abc", "min_score must be float"),
     ("person:2", "min_score must be in"),
