@@ -1,0 +1,59 @@
+"""The dashboard's pure parts: camera cards from results, throughput history, which files are served."""
+
+from __future__ import annotations
+
+from master.dashboard import History, camera, rates_between, static_file, totals
+
+
+def result(seq: int, at: float, *, status: str = "ok", latency: float = 50.0, dets=()) -> dict:
+    return {"seq": seq, "status": status, "completed_at": at, "latency_ms": latency,
+            "detections": [{"label": lbl, "score": s, "box": [0, 0, 1, 1]} for lbl, s in dets]}
+
+
+def test_camera_card_counts_recent_frames_and_takes_the_median_latency():
+    now = 1000.0
+    recent = [result(i, now - 20 + i, latency=10.0 * i) for i in range(10)]  # old: outside the fps window
+    recent += [result(10 + i, now - 4 + i, latency=100.0, dets=[("person", 0.91)]) for i in range(5)]
+    card = camera("5000", {"added": 20, "completed": 15, "dropped_overflow": 2, "dropped_stale": 1, "pending": 3},
+                  recent, now)
+    assert card["port"] == 5000 and card["fps"] == 1.0  # 5 results in the last 5 s
+    assert card["latency_ms"] == 95.0  # median of the newest ten: 50, 60, 70, 80, 90 and five at 100
+    assert card["dropped"] == 3 and card["pending"] == 3 and card["last_seq"] == 14
+    assert card["detections"][0] == {"label": "person", "score": 0.91, "seq": 14}
+    assert card["has_frame"] and card["last_age_s"] == 0.0
+
+
+def test_camera_card_without_ok_results_has_no_frame_and_no_latency():
+    card = camera("5001", {"added": 2}, [result(0, 10.0, status="failed")], 11.0)
+    assert not card["has_frame"] and card["latency_ms"] is None and card["detections"] == []
+    empty = camera("5002", {}, [], 11.0)
+    assert empty["last_seq"] is None and empty["fps"] == 0.0
+
+
+def test_history_keeps_one_sample_a_second_over_its_span_and_gives_rates():
+    h = History(span_s=10.0, every_s=1.0)
+    for t in range(0, 30):
+        h.observe(100.0 + t * 0.5, {"out": float(t * 5)})  # 10 frames per second, sampled twice a second
+    rates = h.rates()
+    assert all(abs(r["out"] - 10.0) < 1e-9 for r in rates)
+    assert all(b["t"] - a["t"] >= 1.0 for a, b in zip(rates, rates[1:]))
+    assert rates[-1]["t"] - rates[0]["t"] <= 10.0
+
+
+def test_a_counter_that_goes_back_is_a_restart_not_a_negative_rate():
+    assert rates_between((0.0, {"out": 50.0}), (2.0, {"out": 4.0}))["out"] == 0.0
+    assert rates_between((0.0, {"out": 0.0}), (0.0, {"out": 4.0}))["out"] == 0.0
+
+
+def test_totals_sum_ports_and_master_drops():
+    stats = {"ports": {"1": {"added": 5, "completed": 4, "dropped_stale": 1},
+                       "2": {"added": 3, "completed": 3, "dropped_overflow": 2}}}
+    assert totals(stats) == {"in": 8.0, "out": 7.0, "dropped": 3.0}
+
+
+def test_only_the_dashboard_files_are_served():
+    ctype, body = static_file("index.html")
+    assert ctype.startswith("text/html") and b"/dashboard/app.js" in body
+    assert static_file("app.js")[0].startswith("text/javascript")
+    for name in ("__init__.py", "../service.py", "missing.css"):
+        assert static_file(name) is None
