@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import queue
 import secrets
 import socket
 import statistics
@@ -20,6 +21,8 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,8 @@ MAX_THUMBNAILS = 60  # per job, for the preview page and GIF
 THUMBNAIL_EVERY = 5  # frames between thumbnails
 RECENT_JOBS = 16  # finished jobs kept for the preview page
 MAX_LATENCY_SAMPLES = 10_000  # tile latencies kept for p50/p95 (the most recent)
+MAX_RAW_TILE_BYTES = 12 * 1024**2  # a bigger tile (4K whole frames, stacked) travels as PNG: the master's
+SUBMIT_BYTES = 16 * 1024**2  # request limit is 32 MB; one add_tasks request carries at most this much
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ class JobConfig:
     root: Path | None = None  # `file` protocol: paths must lie under this folder (None: refused)
     spool_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     max_upload_bytes: int = 4 * 1024**3
-    window_tiles: int = 64  # tiles in flight per job: backpressure on decoding
+    window_tiles: int = 64  # tiles of frames decoded and not yet written, per job: backpressure on decoding
+    window_frames: int = 16  # and at most this many such frames (whole-frame jobs hold big frames)
     tile_timeout_s: float = 60.0  # a tile not back by then is replaced by the original
     progress_every_s: float = 0.5
 
@@ -83,7 +89,7 @@ def grid_fields(hs: Handshake) -> dict[str, str]:
 
 def encode_tile_bytes(pixels: np.ndarray, tile_format: str) -> bytes:
     """A tile's pixels for the wire, losslessly: raw tile bytes or fast PNG (docs/PROTOCOL.md section 5)."""
-    if tile_format == "raw":
+    if tile_format == "raw" and pixels.nbytes <= MAX_RAW_TILE_BYTES:
         return encode_raw_tile(pixels)
     ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
@@ -102,6 +108,9 @@ def decode_tile_bytes(data: bytes) -> np.ndarray | None:
             log.info("bad raw tile from a worker: %s", e)
             return None
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+_NOTHING: list = []  # the submitter's "nothing carried over" (never queued)
 
 
 class Cancelled(FramehiveError):
@@ -193,9 +202,12 @@ class _Frame:
 class TileRunner:
     """Decodes a job's video, sends its tiles to the master, assembles and encodes the result.
 
-    Two threads overlap the work: this one decodes frames, cuts and sends tiles; a collector takes
-    finished tiles back, assembles frames and feeds the H.264 encoder. `window_tiles` bounds what is
-    in flight between them; `pending` (frames sent, not yet written) is shared under `_lock`.
+    Four threads overlap the work, so that neither the decoder nor the encoder waits for a round
+    trip to the master: this one decodes frames and cuts tiles; a submitter sends them (merging the
+    frames that queued up meanwhile into one request); a collector takes finished tiles back; a
+    writer assembles complete frames in order and feeds the H.264 encoder. `window_tiles` and
+    `window_frames` bound the frames between decoding and writing; `pending` (frames sent, not yet
+    complete), `in_flight` and `frames_held` are shared under `_lock`.
     """
 
     def __init__(self, job: Job, config: JobConfig) -> None:
@@ -209,11 +221,33 @@ class TileRunner:
         self._decoded = False  # the sender has sent the last frame
         self._failure: BaseException | None = None  # what stopped the collector, if anything
         self.next_out = 0
-        self.in_flight = 0
+        self.in_flight = 0  # tiles of the frames decoded and not yet written
+        self.frames_held = 0  # frames decoded and not yet written
+        self._outbox: queue.Queue[list | None] = queue.Queue()  # tiles to submit (bounded by the window)
+        self._complete: queue.Queue[tuple[int, _Frame] | None] = queue.Queue()  # frames to write, in order
         self.latencies: deque[float] = deque(maxlen=MAX_LATENCY_SAMPLES)  # bounded for hour-long videos
         self.writer: H264Writer | None = None
         self.stacked = needs_previous(hs.stages)  # `motion`: each tile carries the previous frame's tile
         self.previous: np.ndarray | None = None
+        self.step_s: Counter[str] = Counter()  # seconds per step; each step is timed in one thread only
+
+    @contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.step_s[step] += time.perf_counter() - t0
+
+    def _frames(self, reader: io.RawIOBase) -> Iterator[tuple[int, np.ndarray]]:
+        """The decoded frames, timing the decoder (which waits for upload bytes too)."""
+        frames = iter_frames(reader)
+        while True:
+            with self._timed("decode"):
+                item = next(frames, None)
+            if item is None:
+                return
+            yield item
 
     def run(self) -> None:
         """Process the whole video; sets job.metrics or job.error, then job.done."""
@@ -224,26 +258,35 @@ class TileRunner:
             info = probe(reader)
             reader.seek(0)
             self.writer = H264Writer(job.out_path, width=info.width, height=info.height, fps=info.fps)
-            collector = threading.Thread(target=self._collect_loop, name=f"{job.id}-collect")
-            collector.start()
+            submitter, collector, writer = (
+                threading.Thread(target=self._guarded, args=(loop,), name=f"{job.id}-{name}")
+                for name, loop in (("submit", self._submit_loop), ("collect", self._collect_loop),
+                                   ("write", self._write_loop)))
+            for thread in (submitter, collector, writer):
+                thread.start()
             try:
-                for index, frame in iter_frames(reader):
+                for index, frame in self._frames(reader):
                     self._check()
                     job.counters["frames_in"] += 1
                     self._send(index, frame)
             finally:
+                self._outbox.put(None)
+                submitter.join()
                 with self._lock:
                     self._decoded = True
                     self._lock.notify_all()
                 collector.join()
+                writer.join()
             if self._failure is not None:
                 raise self._failure
-            self.writer.close()
+            with self._timed("flush"):
+                self.writer.close()
             job.metrics = self._metrics(info, time.monotonic() - t0, cpu0)
             if job.handshake.preview:
                 job.gif = self._gif(float(info.fps))
         except Cancelled:
-            job.error = job.error or ("internal", "cancelled")
+            failure = self._failure if not job.cancelled.is_set() else None
+            job.error = job.error or ("internal", f"{type(failure).__name__}: {failure}" if failure else "cancelled")
         except DecodeError as e:
             job.error = ("not_video", str(e)) if not job.cancelled.is_set() else ("internal", "cancelled")
         except Exception as e:  # the job fails; the server goes on
@@ -272,22 +315,53 @@ class TileRunner:
         now_ns = time.time_ns()
         items = []
         previous = self.previous if self.previous is not None else frame  # frame 0: no motion at all
-        for t in tiles:
-            pixels = np.vstack([cut(previous, t), cut(frame, t)]) if self.stacked else cut(frame, t)
-            data = encode_tile_bytes(pixels, self.job.handshake.tile_format)
-            meta = {"frame": index, "tile": t.index, **({"stacked": True} if self.stacked else {})}
-            spec = TaskSpec(port=0, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters, captured_ns=now_ns,
-                            received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id, meta=meta)
-            items.append((spec, data))
+        with self._timed("cut"):
+            for t in tiles:
+                pixels = np.vstack([cut(previous, t), cut(frame, t)]) if self.stacked else cut(frame, t)
+                data = encode_tile_bytes(pixels, self.job.handshake.tile_format)
+                meta = {"frame": index, "tile": t.index, **({"stacked": True} if self.stacked else {})}
+                spec = TaskSpec(port=0, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters,
+                                captured_ns=now_ns, received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id,
+                                meta=meta)
+                items.append((spec, data))
         self.previous = frame
-        with self._lock:  # backpressure: wait for room in the window
-            while self.in_flight and self.in_flight + len(tiles) > self.config.window_tiles:
+        with self._timed("window_wait"), self._lock:  # backpressure: wait for room in the window
+            while self.in_flight and (self.in_flight + len(tiles) > self.config.window_tiles
+                                      or self.frames_held >= self.config.window_frames):
                 self._check()
                 self._lock.wait(0.5)
             self.pending[index] = _Frame(frame, tiles, time.monotonic())
             self.in_flight += len(tiles)
-        self._submit(items)
+            self.frames_held += 1
+        self._outbox.put(items)
         self.job.counters["tiles_sent"] += len(tiles)
+
+    def _guarded(self, loop: Any) -> None:
+        """Run one of the helper threads' loops; a failure is handed to the decoding thread, which ends
+        the job with it."""
+        try:
+            loop()
+        except BaseException as e:
+            self._failure = self._failure or e
+        finally:
+            with self._lock:
+                self._lock.notify_all()
+
+    def _submit_loop(self) -> None:
+        """The submitter thread: send queued tiles; the frames that queued up while a request was out
+        go together in the next one (up to SUBMIT_BYTES), so a busy master gets fewer requests."""
+        items = self._outbox.get()
+        while items is not None:
+            size = sum(len(data) for _, data in items)
+            try:
+                while (more := self._outbox.get_nowait()) is not None and size + (
+                        n := sum(len(data) for _, data in more)) <= SUBMIT_BYTES:
+                    items, size, more = items + more, size + n, _NOTHING
+            except queue.Empty:
+                more = _NOTHING
+            with self._timed("submit"):
+                self._submit(items)
+            items = self._outbox.get() if more is _NOTHING else more
 
     def _submit(self, items: list) -> None:
         pause = 0.05
@@ -302,37 +376,45 @@ class TileRunner:
                 pause = min(pause * 2, 2.0)
 
     def _collect_loop(self) -> None:
-        """The collector thread: take finished tiles until every sent frame is written."""
+        """The collector thread: take finished tiles until every sent frame is complete."""
         client = MasterClient(self.config.master_url)
         try:
-            while not self.job.cancelled.is_set():
+            while not self.job.cancelled.is_set() and self._failure is None:
                 with self._lock:
                     if self._decoded and not self.pending:
                         return
                 self._collect(client)
-        except BaseException as e:  # handed to the sender thread, which ends the job with it
-            self._failure = e
         finally:
             client.close()
+            self._complete.put(None)
+
+    def _write_loop(self) -> None:
+        """The writer thread: assemble and encode complete frames, in order, until the collector ends."""
+        while (item := self._complete.get()) is not None:
+            if self.job.cancelled.is_set() or self._failure is not None:
+                continue  # drain: the job is ending
+            self._write(item)
             with self._lock:
+                self.in_flight -= len(item[1].tiles)
+                self.frames_held -= 1
                 self._lock.notify_all()
 
     def _collect(self, client: MasterClient) -> None:
         try:
-            got = client.take_job_results(self.job.id, 256, wait_s=0.5)
+            with self._timed("take"):
+                got = client.take_job_results(self.job.id, 256, wait_s=0.5)
         except MasterUnavailable as e:
             log.info("job %s: %s; retrying", self.job.id, e)
             self.job.cancelled.wait(0.5)
             got = []
-        decoded = [(r, decode_tile_bytes(img)) for r, img in got]  # decode outside the lock
-        with self._lock:
+        with self._timed("untile"):
+            decoded = [(r, decode_tile_bytes(img)) for r, img in got]  # decode outside the lock
+        with self._timed("untile"), self._lock:
             for result, image in decoded:
                 self._absorb(result, image)
             self._time_out_stragglers()
-            ready = self._ready_frames()
-            self._lock.notify_all()
-        for frame in ready:
-            self._write(frame)
+            for frame in self._ready_frames():
+                self._complete.put(frame)
 
     def _absorb(self, result: dict, out: np.ndarray | None) -> None:
         meta = result.get("meta", {})
@@ -340,7 +422,6 @@ class TileRunner:
         index = int(meta.get("tile", -1))
         if frame is None or index in frame.outputs or not 0 <= index < len(frame.tiles):
             return  # a late tile of a frame already written with its original
-        self.in_flight -= 1
         self.latencies.append((time.monotonic() - frame.sent_at) * 1000.0)
         self.job.counters["retries"] += max(0, int(result.get("attempts", 1)) - 1)
         tile = frame.tiles[index]
@@ -359,7 +440,6 @@ class TileRunner:
                 for t in frame.tiles:
                     if t.index not in frame.outputs:
                         frame.outputs[t.index] = cut(frame.image, t)
-                        self.in_flight -= 1
                         self.job.counters["fallback_tiles"] += 1
                         self.job.counters["timed_out_tiles"] += 1
 
@@ -374,12 +454,15 @@ class TileRunner:
     def _write(self, item: tuple[int, _Frame]) -> None:
         index, frame = item
         h, w = frame.image.shape[:2]
-        image = assemble([(t, frame.outputs[t.index]) for t in frame.tiles], w, h)
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        self.writer.write(image)
+        with self._timed("assemble"):
+            image = assemble([(t, frame.outputs[t.index]) for t in frame.tiles], w, h)
+            if image.ndim == 2:
+                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        with self._timed("encode"):
+            self.writer.write(image)
         if index % THUMBNAIL_EVERY == 0 or not self.job.thumbnails:
-            self.job.thumbnails.append((index, thumbnail_jpeg(image)))
+            with self._timed("thumbnail"):
+                self.job.thumbnails.append((index, thumbnail_jpeg(image)))
         self.job.counters["frames_out"] += 1
 
     def _gif(self, fps: float) -> bytes:
@@ -412,6 +495,9 @@ class TileRunner:
             **grid_fields(self.job.handshake), "tile_format": self.job.handshake.tile_format, "halo_px": self.halo,
             "filters": self.job.handshake.filters,
             "seconds": round(seconds, 3),
+            # where a frame's time goes, per server thread (sender: decode, cut, window_wait, submit;
+            # collector: take, untile, assemble, encode, thumbnail); waits included, so not CPU
+            "server_ms_per_frame": {k: round(v * 1000 / max(1, c["frames_in"]), 2) for k, v in self.step_s.items()},
             "server": {"cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 3),
                        "rss_mb": round(proc.memory_info().rss / 2**20, 1), "pid": os.getpid()},
             "workers": self._worker_stats(),
