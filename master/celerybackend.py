@@ -25,7 +25,7 @@ from celery import Celery, states
 
 from common.celeryconf import QUEUES, TASK_NAMES, lease_message, outcome_from_result, settings
 from common.errors import FramehiveError
-from common.tasks import Lease
+from common.tasks import Lease, Outcome
 from master.service import MasterService
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class CeleryDispatcher:
     # ----- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.worker_id = self.service.register_worker("celery-dispatcher")["worker_id"]
+        self.worker_id = self.service.register_worker("celery-dispatcher", internal=True)["worker_id"]
         for name, target in (("celery-send", self._send_loop), ("celery-collect", self._collect_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -150,7 +150,7 @@ class CeleryDispatcher:
         reply = self.service.heartbeat(self.worker_id, {"role": "celery-dispatcher", "in_flight": len(held)},
                                        held)
         if not reply.get("known", True):
-            self.worker_id = self.service.register_worker("celery-dispatcher")["worker_id"]
+            self.worker_id = self.service.register_worker("celery-dispatcher", internal=True)["worker_id"]
 
     # ----- collecting --------------------------------------------------------------------------
 
@@ -183,6 +183,7 @@ class CeleryDispatcher:
 
     def _finish(self, ready: list[tuple[str, dict[str, Any]]]) -> None:
         done: list[str] = []
+        by_worker: dict[str, list[Outcome]] = {}
         for celery_id, meta in ready:
             with self._room:
                 entry = self._pending.pop(celery_id, None)
@@ -203,7 +204,9 @@ class CeleryDispatcher:
                 self._fail(lease, f"malformed Celery result: {e}")
                 continue
             self.service.workers.observe(worker, self.service.clock(), stats)
-            reply = self.service.complete(worker, [outcome])  # the result names the Celery worker
+            by_worker.setdefault(worker, []).append(outcome)
+        for worker, outcomes in by_worker.items():  # one store pass per worker; results name the Celery worker
+            reply = self.service.complete(worker, outcomes)
             self.counters["collected"] += len(reply["accepted"])
             for r in reply["rejected"]:
                 log.info("Celery result for %s refused: %s", r["task_id"], r["reason"])

@@ -137,9 +137,9 @@ class MasterService:
 
     # ----- workers -----------------------------------------------------------------------------
 
-    def register_worker(self, name: str) -> dict[str, Any]:
+    def register_worker(self, name: str, *, internal: bool = False) -> dict[str, Any]:
         """Register a worker; tell it its id and the timings it must keep."""
-        worker_id = self.workers.register(name, self.clock())
+        worker_id = self.workers.register(name, self.clock(), internal=internal)
         log.info("worker %s registered", worker_id)
         return {"worker_id": worker_id, "lease_s": self.config.store.lease_s,
                 "heartbeat_s": self.config.heartbeat_s}

@@ -27,6 +27,7 @@ class WorkerInfo:
     tasks_done: int = 0
     tasks_failed: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    internal: bool = False  # the master's own helper (the Celery dispatcher): not listed as a worker
 
 
 class WorkerRegistry:
@@ -40,14 +41,15 @@ class WorkerRegistry:
         self._workers: dict[str, WorkerInfo] = {}
         self._serial = 0
 
-    def register(self, name: str, now: float) -> str:
-        """Add a worker and return its id (unique even when names repeat)."""
+    def register(self, name: str, now: float, *, internal: bool = False) -> str:
+        """Add a worker and return its id (unique even when names repeat); an `internal` one leases
+        like a worker but is left out of snapshots."""
         with self._lock:
             if len(self._workers) >= MAX_WORKERS:
                 self._forget_dead()
             self._serial += 1
             worker_id = f"{name[:48]}#{self._instance}{self._serial}"
-            self._workers[worker_id] = WorkerInfo(worker_id, name[:48], now, now)
+            self._workers[worker_id] = WorkerInfo(worker_id, name[:48], now, now, internal=internal)
             return worker_id
 
     def seen(self, worker_id: str, now: float, stats: Mapping[str, Any] | None = None) -> bool:
@@ -107,4 +109,4 @@ class WorkerRegistry:
             return [{"worker_id": w.worker_id, "name": w.name, "alive": w.alive,
                      "last_seen_s": round(now - w.last_seen, 3), "tasks_done": w.tasks_done,
                      "tasks_failed": w.tasks_failed, "stats": dict(w.stats)}
-                    for w in self._workers.values()]
+                    for w in self._workers.values() if not w.internal]

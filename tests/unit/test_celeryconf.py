@@ -103,3 +103,11 @@ def test_a_celery_task_runs_the_same_step_as_the_pull_worker():
     r = run_frame.apply(args=cc.lease_message(lease(TaskKind.FRAME))).get()
     out, _, _ = cc.outcome_from_result(r)
     assert out.task_id == "t-1" and "not a decodable" in out.error
+
+
+def test_the_masters_own_dispatcher_leases_but_is_not_listed_as_a_worker():
+    reg = WorkerRegistry(5.0, instance="x")
+    inner = reg.register("celery-dispatcher", 100.0, internal=True)
+    reg.register("worker0", 100.0)
+    assert reg.known(inner) and reg.seen(inner, 101.0)
+    assert [w["name"] for w in reg.snapshot(101.0)] == ["worker0"]
