@@ -4,6 +4,7 @@ VENV     := .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.framehive-setup
 DURATION ?= 30
+BACKEND  ?= builtin
 
 .PHONY: setup demo test test-slow bench clean diagrams
 
@@ -14,7 +15,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/bootst
 setup: $(STAMP)
 
 demo: $(STAMP)
-	DURATION=$(DURATION) $(PY) -m cluster.demo
+	DURATION=$(DURATION) BACKEND=$(BACKEND) $(PY) -m cluster.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
