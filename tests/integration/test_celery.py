@@ -177,3 +177,19 @@ def test_master_refuses_a_bad_redis_url_before_starting(tmp_path):
                            "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "redis://" in done.stderr
 
+
+
+def test_the_frame_rate_limit_paces_a_worker(cluster, redis):
+    start_celery_master(cluster, redis)
+    cluster.start_celery_workers(1, redis.url, visibility_s=VISIBILITY_S, env={"FRAMEHIVE_RATE_LIMIT": "5/s"})
+    ok, jpg = cv2.imencode(".jpg", cv2.resize(sample_image("astronaut.png"), (160, 160)))
+    now = time.time_ns()
+    n = 8
+    with MasterClient(cluster.master_url) as c:
+        c.add_tasks([(TaskSpec(port=7000, seq=s, pipeline="noop", captured_ns=now, received_ns=now), jpg.tobytes())
+                     for s in range(n)])
+    rs = collect(cluster.master_url, 7000, n, 30)
+    assert len(rs) == n
+    done = sorted(r["completed_at"] for r in rs)
+    # 5 per second: 8 tasks need at least 7 gaps of ~0.2 s (a noop takes milliseconds unpaced)
+    assert done[-1] - done[0] >= 0.7 * (n - 1) / 5, done
