@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from common.errors import DecodeError, PipelineSpecError
-from common.pipeline import StageSpec, parse_pipeline
+from common.pipeline import STAGES, StageSpec, parse_pipeline
 from common.tiling import parse_grid
 
 VERSION = 1
@@ -36,6 +36,9 @@ ERROR_CODES = frozenset({
 PROTOCOLS = ("stream", "file")
 CODECS = ("h264",)
 TILE_FORMATS = ("raw", "png")  # how tiles travel to the workers and back (docs/PROTOCOL.md section 5)
+# Filters that look at intensity only (they convert BGR to gray first and return gray replicated
+# into BGR); tests/unit/test_filters.py checks that each gives the same on gray as on colour.
+GRAY_FIRST_STAGES = frozenset({"canny", "sobel", "threshold"})
 
 _LEN = struct.Struct("!I")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -248,3 +251,10 @@ def parse_handshake(msg: dict) -> Handshake:
         raise ProtocolError(f"codec must be one of {', '.join(CODECS)}, got {codec!r:.100}", "bad_codec")
     return Handshake(tiles=tiles, filters=filters, stages=stages, codec=codec,
                      **fields, **_parse_source(fields["protocol"], msg))
+
+
+def gray_tiles(stages: tuple[StageSpec, ...], tile_format: str) -> bool:
+    """True if a job's tiles can travel as one gray channel: raw tiles, only filters, and the first
+    one looks at intensity only, so a third of the bytes give the same pixels."""
+    return (tile_format == "raw" and bool(stages) and stages[0].name in GRAY_FIRST_STAGES
+            and all(STAGES[s.name].kind == "filter" for s in stages))

@@ -228,6 +228,7 @@ class TileRunner:
         self.latencies: deque[float] = deque(maxlen=MAX_LATENCY_SAMPLES)  # bounded for hour-long videos
         self.writer: H264Writer | None = None
         self.stacked = needs_previous(hs.stages)  # `motion`: each tile carries the previous frame's tile
+        self.gray = jobproto.gray_tiles(hs.stages, hs.tile_format)  # tiles as one channel (same pixels)
         self.previous: np.ndarray | None = None
         self.step_s: Counter[str] = Counter()  # seconds per step; each step is timed in one thread only
 
@@ -310,6 +311,8 @@ class TileRunner:
             raise Cancelled("job cancelled")
 
     def _send(self, index: int, frame: np.ndarray) -> None:
+        if self.gray:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         h, w = frame.shape[:2]
         tiles = plan_tiles(w, h, self.cols, self.rows, self.halo)
         now_ns = time.time_ns()
@@ -425,7 +428,7 @@ class TileRunner:
         self.latencies.append((time.monotonic() - frame.sent_at) * 1000.0)
         self.job.counters["retries"] += max(0, int(result.get("attempts", 1)) - 1)
         tile = frame.tiles[index]
-        if result.get("status") != "ok" or out is None or out.shape[:2] != (tile.cut.h, tile.cut.w):
+        if result.get("status") != "ok" or out is None or out.shape != (tile.cut.h, tile.cut.w, *frame.image.shape[2:]):
             self.job.counters["fallback_tiles"] += 1
             log.info("job %s: tile %d of frame %s replaced by the original (%s)", self.job.id, index,
                      meta.get("frame"), result.get("error") or "no image")
@@ -492,7 +495,8 @@ class TileRunner:
             "tiles": c["tiles_sent"], "tiles_per_s": round(c["tiles_done"] / seconds, 1) if seconds else 0.0,
             "tile_latency_p50_ms": round(statistics.median(lat), 2) if lat else 0.0,
             "tile_latency_p95_ms": round(p95, 2), "retries": c["retries"], "fallback_tiles": c["fallback_tiles"],
-            **grid_fields(self.job.handshake), "tile_format": self.job.handshake.tile_format, "halo_px": self.halo,
+            **grid_fields(self.job.handshake), "tile_format": self.job.handshake.tile_format,
+            "tile_channels": 1 if self.gray else 3, "halo_px": self.halo,
             "filters": self.job.handshake.filters,
             "seconds": round(seconds, 3),
             # where a frame's time goes, per server thread (sender: decode, cut, window_wait, submit;

@@ -90,7 +90,8 @@ def encode_tile(image: np.ndarray, *, raw: bool = True) -> bytes:
 
 
 def decode_image(payload: bytes) -> np.ndarray:
-    """Decode JPEG/PNG or raw tile bytes to a BGR image; DecodeError if they are not an image."""
+    """Decode JPEG/PNG or raw tile bytes to a BGR image (gray HxW for a 1-channel raw tile: the job
+    server sends those to pipelines that start from intensity); DecodeError if they are not an image."""
     if is_raw_tile(payload):
         return _decode_raw(payload)
     image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
@@ -100,12 +101,11 @@ def decode_image(payload: bytes) -> np.ndarray:
 
 
 def _decode_raw(payload: bytes) -> np.ndarray:
-    """A raw tile as a writable BGR image (a grey tile is expanded, as JPEG/PNG decoding does)."""
+    """A raw tile as a writable image, BGR or gray as it was sent."""
     try:
-        image = decode_raw_tile(payload)
+        return decode_raw_tile(payload).copy()
     except ValueError as e:
         raise DecodeError(str(e)) from e
-    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
 
 
 class StageCache:

@@ -76,6 +76,7 @@ def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, f
     m = result["metrics"]
     assert m["frames"] == FRAMES and m["fallback_tiles"] == 0 and m["tiles"] == 9 * FRAMES
     assert (m["grid"], m["grid_requested"], m["grid_note"], m["tile_format"]) == ("3x3", "3x3", "", tile_format)
+    assert m["tile_channels"] == (1 if filters.startswith("canny") else 3)  # canny looks at gray only
     for key in ("fps_in", "fps_out", "tiles_per_s", "tile_latency_p50_ms", "tile_latency_p95_ms", "retries", "server"):
         assert key in m
     stages = StageCache()

@@ -10,6 +10,8 @@ import pytest
 
 from cluster.local import packaged_clip
 from common.errors import PipelineSpecError
+from common.jobproto import GRAY_FIRST_STAGES, gray_tiles
+from common.pipeline import STAGES as PIPELINE_STAGES
 from common.pipeline import parse_pipeline, pipeline_halo
 from common.tiling import assemble, cut, plan_tiles
 from worker.filters import gaussian, motion, sobel
@@ -140,3 +142,24 @@ def test_filter_stages_run_in_the_worker_pipeline_in_order():
     assert list(out.timings_ms) == ["gaussian:5", "sobel", "face"] and out.detections == ()
     assert run_pipeline("face", image, cache).image is None  # detectors alone return no image
     assert cache.get(parse_stage("blur:3")) is cache.get(parse_stage("blur"))  # built once
+
+
+@pytest.mark.parametrize("spec", ["canny", "canny,blur:3", "sobel,gaussian:5", "threshold", "canny:50:150,motion"])
+def test_gray_first_pipelines_give_the_same_pixels_from_one_gray_channel(frames, spec):
+    """The job server sends such pipelines gray tiles (common/jobproto.py: gray_tiles); the result,
+    replicated into BGR, must be the colour result exactly."""
+    stages = parse_pipeline(spec)
+    assert gray_tiles(stages, "raw") and not gray_tiles(stages, "png")
+    prev, frame = frames[2], frames[3]
+    gray = run(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), spec, previous=cv2.cvtColor(prev, cv2.COLOR_BGR2GRAY))
+    assert gray.ndim == 2
+    assert np.array_equal(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), run(frame, spec, previous=prev))
+
+
+@pytest.mark.parametrize("spec", ["blur:3,canny", "gaussian:3", "canny,person", "motion"])
+def test_pipelines_that_need_colour_or_a_detector_keep_three_channels(spec):
+    assert not gray_tiles(parse_pipeline(spec), "raw")
+
+
+def test_gray_first_stages_are_intensity_filters():
+    assert {name for name in GRAY_FIRST_STAGES if PIPELINE_STAGES[name].kind == "filter"} == GRAY_FIRST_STAGES
