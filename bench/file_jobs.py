@@ -213,7 +213,7 @@ def _roles(before: dict[str, float], after: dict[str, float]) -> dict[str, float
 
 
 def cluster_runs(jobs: list[tuple[str, Path, str, str]], rss_clips: list[tuple[int, Path]],
-                 work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                 work: Path, worker_batch: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start the cluster once; run each (key, clip, spec, tiles) job after a short warm-up job of the same
     pipeline, then the RSS clips. Returns the per-job figures and the RSS rows."""
     figures: dict[str, Any] = {}
@@ -225,7 +225,8 @@ def cluster_runs(jobs: list[tuple[str, Path, str, str]], rss_clips: list[tuple[i
         receiver = cluster.start_receiver(free_udp_ports(1), "--jobs-port", str(jobs_port))
         if not benchlib.wait_tcp(jobs_port, 15):
             raise RuntimeError(f"the job server did not listen on {jobs_port} (logs in {cluster.log_dir})")
-        cluster.start_workers(WORKERS, "--threads", "1", "--preload", HEAVY, "--log-level", "WARNING")
+        batch = ("--batch", str(worker_batch)) if worker_batch else ()
+        cluster.start_workers(WORKERS, "--threads", "1", "--preload", HEAVY, "--log-level", "WARNING", *batch)
         warmed: set[str] = set()
         for key, clip, spec, tiles in jobs:
             if spec not in warmed:  # first tiles of a pipeline build its stages on the workers
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer frames, shorter RSS clips")
     p.add_argument("--frames", type=int, default=0, help="frames of the real clip (default 120, --quick 40)")
+    p.add_argument("--worker-batch", type=int, default=0,
+                   help="tasks a worker leases per request (default: the worker's own default)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     benchlib.setup_logging(args.log_level)
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [single_process(clip, spec, work / f"base-{key}.mp4") for _ in range(BASELINE_RUNS)]
             best = max(runs, key=lambda r: r["frames_per_s"])
             baseline[key] = {**best, "pipeline": spec, "runs_frames_per_s": [r["frames_per_s"] for r in runs]}
-        figures, rss_rows = cluster_runs(jobs, rss_clips, work)
+        figures, rss_rows = cluster_runs(jobs, rss_clips, work, args.worker_batch)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -320,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                  "rss_flat": {"last_over_first_max": RSS_FLAT, "met": growth is not None and growth <= RSS_FLAT}},
         "machine": benchlib.finish_machine(machine),
         "params": {"quick": args.quick, "input": source, "workers": WORKERS, "worker_threads": 1,
+                   "worker_batch": args.worker_batch or "default",
                    "pipelines": {"cheap": CHEAP, "heavy": HEAVY}, "tiles": [j[3] for j in jobs],
                    "timing": "wall clock from starting the client to the output MP4 written",
                    "rss": {"clip": f"synthetic {RSS_SIZE[0]}x{RSS_SIZE[1]} moving shapes, H.264",
