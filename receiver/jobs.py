@@ -17,7 +17,6 @@ import queue
 import secrets
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -53,10 +52,6 @@ RECENT_JOBS = 16  # finished jobs kept for the preview page
 MAX_LATENCY_SAMPLES = 10_000  # tile latencies kept for p50/p95 (the most recent)
 MAX_RAW_TILE_BYTES = 12 * 1024**2  # a bigger tile (4K whole frames, stacked) travels as PNG: the master's
 SUBMIT_BYTES = 16 * 1024**2  # request limit is 32 MB; one add_tasks request carries at most this much
-# A job's decoder and encoder give up the GIL inside FFmpeg and wait up to the switch interval (5 ms by
-# default) to get it back while another thread runs Python: decoding took 24 ms a frame instead of 1.7
-# next to one busy thread, 5 ms with 0.5 ms. The job server lowers the interval for its process.
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -536,7 +531,6 @@ class JobServer:
 
     async def start(self) -> None:
         """Listen. "localhost" means 127.0.0.1 and ::1; "::" one dual-stack socket for every address."""
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         if self.host == "localhost":
             self._server = await asyncio.start_server(self.handle, host=["127.0.0.1", "::1"], port=self.port,
                                                       reuse_address=True)
