@@ -53,7 +53,7 @@ def settings(url: str, *, visibility_s: float = DEFAULT_VISIBILITY_S,
     transport = {
         # a task whose worker died is handed to another after this, not after Redis's default hour
         "visibility_timeout": visibility_s,
-        "unacked_restore_interval": max(1.0, visibility_s / 4),
+        "unacked_restore_interval": max(1, int(visibility_s // 4)),
         "unacked_restore_throttle": 1,
         # a Redis that vanished without closing the connection must not hang a publish forever
         "socket_timeout": 5.0,

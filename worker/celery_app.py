@@ -8,10 +8,14 @@ common/celeryconf.py); messages are JSON only.
 from __future__ import annotations
 
 import base64
+import faulthandler
 import logging
+import signal
 import socket
+import sys
 
 from celery import Celery, Task
+from celery.signals import worker_process_init
 
 from common.celeryconf import FRAME_TASK, TILE_TASK, max_retries, result_message, settings_from_env
 from common.tasks import lease_from_wire
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 
 app = Celery("framehive")
 app.conf.update(settings_from_env())
+# Celery logs every task's return value at INFO: a tile's is a base64 image. Failures still log.
+logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 _STAGES: StageCache | None = None  # this process's built detectors and filters
 _COUNTS = {"done": 0, "failed": 0}
@@ -59,3 +65,9 @@ def run_frame(self: Task, lease_wire: dict, payload_b64: str) -> dict:
 def run_tile(self: Task, lease_wire: dict, payload_b64: str) -> dict:
     """A file job's tile: the processed tile image back to the master."""
     return _run(self, lease_wire, payload_b64)
+
+
+@worker_process_init.connect
+def _on_pool_process_start(**_: object) -> None:
+    """In each pool process: SIGUSR2 prints every thread's stack (see where a stuck task is)."""
+    faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)

@@ -43,9 +43,16 @@ def execute(lease: Lease, stages: StageCache | None = None,
     return Outcome(task.id, lease.token, detections, timings, "", started, time.time_ns(), image), ""
 
 
+_PROCESS: psutil.Process | None = None  # kept: cpu_percent measures since the previous call on the same object
+
+
 def process_stats(done: int, failed: int, busy: bool) -> dict[str, float | int | str]:
-    """What a worker tells the master about itself: load, memory, progress."""
-    proc = psutil.Process()
+    """What a worker tells the master about itself: load, memory, progress (CPU since the last call)."""
+    global _PROCESS
+    if _PROCESS is None or _PROCESS.pid != os.getpid():  # a pool process forked after the first call
+        _PROCESS = psutil.Process()
+        _PROCESS.cpu_percent(None)
+    proc = _PROCESS
     return {"cpu_percent": proc.cpu_percent(None), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
             "host_cpu_percent": psutil.cpu_percent(None), "tasks_done": done,
             "tasks_failed": failed, "busy": int(busy), "pid": os.getpid()}
