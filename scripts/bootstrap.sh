@@ -17,6 +17,8 @@ fi
 # Redis for the Celery backend and its tests; Debian's Chromium for the dashboard's browser tests.
 command -v redis-server >/dev/null 2>&1 || need_apt redis-server
 command -v chromium >/dev/null 2>&1 || need_apt chromium
+# Graphviz renders `make diagrams`.
+command -v dot >/dev/null 2>&1 || need_apt graphviz
 
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
