@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=utf-8
@@ -53,7 +53,33 @@ def families(stats: Mapping[str, Any]) -> list[Metric]:
     out += _sources(stats.get("sources", {}))
     out += _workers(stats.get("workers", []))
     out += _events(stats.get("events", {}))
+    out += _latency(stats.get("latency", {}))
     return out
+
+
+def _latency(latency: Mapping[str, Any]) -> list[Metric]:
+    """Per camera and stage duration histograms (master/timing.py), and capture-to-result latency."""
+    bounds = latency.get("buckets_s", [])
+    stages = latency.get("stages", {})
+    stage = HistogramMetricFamily(P + "stage_duration_seconds",
+                                  "Time a frame spent in each stage, per camera port. clocks=one-host: measured "
+                                  "on one host's clock; cross-host: between two hosts, includes their clock offset.",
+                                  labels=["port", "stage", "clocks"])
+    e2e = HistogramMetricFamily(P + "end_to_end_latency_seconds",
+                                "Capture on the camera host to result stored at the master (cross-host), per port.",
+                                labels=["port"])
+    for port, by_stage in sorted(latency.get("ports", {}).items()):
+        for name, h in sorted(by_stage.items()):
+            buckets = [(_le(b), float(c)) for b, c in zip(bounds, h["buckets"])] + [("+Inf", float(h["count"]))]
+            if name == "end_to_end":
+                e2e.add_metric([port], buckets, float(h["sum_s"]))
+            else:
+                stage.add_metric([port, name, stages.get(name, {}).get("clocks", "")], buckets, float(h["sum_s"]))
+    return [stage, e2e]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
 
 
 def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:

@@ -20,6 +20,7 @@ from common.tasks import Detection, Lease, Outcome, TaskSpec
 from master.events import EventLog, annotate
 from master.rules import Rule, RuleEngine
 from master.store import StoreConfig, TaskStore
+from master.timing import BUCKETS_S, STAGES, LatencyHistograms
 from master.webhooks import WebhookSender
 from master.workers import WorkerRegistry
 
@@ -55,6 +56,7 @@ class MasterService:
         self.errors: Counter[str] = Counter()  # rejected requests by kind
         self.rules = RuleEngine(list(self.config.rules)) if self.config.rules else None
         self.events = EventLog()
+        self.latency = LatencyHistograms()  # per camera port and stage (master/timing.py)
         self.webhooks = WebhookSender() if any(r.webhook for r in self.config.rules) else None
         self.started_at = clock()
         self._work = threading.Condition()
@@ -193,6 +195,8 @@ class MasterService:
             except TaskError as e:
                 rejected.append({"task_id": o.task_id, "reason": str(e)})
                 continue
+            if result["status"] == "ok" and result["kind"] == "frame":
+                self.latency.observe(result["port"], result["stages_ms"])
             if self.rules:
                 self._apply_rules(result, payload)
         self.workers.tally(worker_id, len(accepted), 0)
@@ -276,6 +280,8 @@ class MasterService:
         return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
                 "sources": {k: {"age_s": round(now - v["at"], 3), **v["counters"]} for k, v in self.sources.items()},
                 "rejected_requests": dict(self.errors),
+                "latency": {"buckets_s": list(BUCKETS_S), "ports": self.latency.snapshot(),
+                            "stages": {k: {"what": v[0], "clocks": v[1]} for k, v in STAGES.items()}},
                 "backend": self.backend.stats() if self.backend is not None else {"name": "builtin"},
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}

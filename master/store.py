@@ -22,6 +22,7 @@ from typing import Any
 
 from common.errors import QueueFull, StaleLease, UnknownTask
 from common.tasks import SEQ_WIRE_MASK, Lease, Outcome, Task, TaskKind, TaskSpec, TaskState
+from master.timing import frame_stages
 
 NS = 1_000_000_000
 
@@ -344,6 +345,9 @@ class TaskStore:
             "captured_at": spec.captured_ns / NS, "received_at": self._received_s(rec),
             "queued_at": rec.task.queued_ns / NS, "completed_at": now,
             "latency_ms": round((now - spec.captured_ns / NS) * 1000.0, 3),
+            "stages_ms": frame_stages(captured_ns=spec.captured_ns, received_ns=spec.received_ns, meta=spec.meta,
+                                      queued_ns=rec.task.queued_ns, leased_at=rec.leased_at,
+                                      started_ns=o.started_ns, finished_ns=o.finished_ns, stored_at=now),
         }
         if spec.job_id:
             result["job_id"] = spec.job_id

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.local import ROOT, LocalCluster, free_udp_ports
+from common.masterclient import MasterClient
 from master.metrics import families
 from tests.conftest import wait_until
 
@@ -174,3 +175,31 @@ def test_families_label_drops_by_where_and_why():
     assert got[drop, (("port", "5000"), ("reason", "malformed"), ("stage", "receiver"))] == 1
     assert got[drop, (("port", "5000"), ("reason", "no_motion"), ("stage", "receiver"))] == 4
     assert got["framehive_task_events", (("event", "brand_new"),)] == 7  # a counter added later is not lost
+
+
+def test_every_frame_says_where_its_time_went_and_metrics_have_the_histograms(traffic):
+    cluster, port, _ = traffic
+    p = str(port)
+    with MasterClient(cluster.master_url) as c:
+        rs = [r for r in c.get_results(port, 0, 1000)["results"] if r["status"] == "ok"]
+    assert rs
+    for r in rs:
+        st = r["stages_ms"]
+        assert set(st) == {"network_in", "receiver", "to_master", "queue", "work", "dispatch", "end_to_end"}, st
+        assert all(v >= 0 for v in st.values()), st  # one host here: no clock offset to make a span negative
+        assert st["work"] >= r["timings_ms"]["person"]
+        # the parts add up to the whole, up to rounding and the moments between stamps
+        parts = sum(st[k] for k in ("network_in", "receiver", "to_master", "queue", "work", "dispatch"))
+        assert abs(parts - st["end_to_end"]) < 5.0, st
+    m = scrape(cluster.master_port)
+    work = value(m, "framehive_stage_duration_seconds", "framehive_stage_duration_seconds_count", port=p,
+                 stage="work", clocks="one-host")
+    assert work == len(rs)
+    assert value(m, "framehive_stage_duration_seconds", "framehive_stage_duration_seconds_count", port=p,
+                 stage="network_in", clocks="cross-host") == len(rs)
+    e2e = value(m, "framehive_end_to_end_latency_seconds", "framehive_end_to_end_latency_seconds_count", port=p)
+    inf = value(m, "framehive_end_to_end_latency_seconds", "framehive_end_to_end_latency_seconds_bucket", port=p,
+                le="+Inf")
+    assert e2e == inf == len(rs)
+    total = value(m, "framehive_end_to_end_latency_seconds", "framehive_end_to_end_latency_seconds_sum", port=p)
+    assert total == pytest.approx(sum(r["stages_ms"]["end_to_end"] for r in rs) / 1000, rel=0.01)
