@@ -99,7 +99,21 @@ def camera(port: str, counters: Mapping[str, Any], recent: list[Mapping[str, Any
         "last_age_s": round(now - float(last.get("completed_at", now)), 1) if last else None,
         "detections": detections,
         "has_frame": bool(done),
+        "stages_ms": stage_medians(done[-10:]),
     }
+
+
+BAR_STAGES = ("network_in", "receiver", "to_master", "queue", "work", "dispatch")
+
+
+def stage_medians(results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Where recent frames' time went: the median of each stage (master/timing.py), in pipeline order."""
+    out = []
+    for stage in BAR_STAGES:
+        values = [float(r["stages_ms"][stage]) for r in results if stage in r.get("stages_ms", {})]
+        if values:
+            out.append({"stage": stage, "ms": round(max(0.0, statistics.median(values)), 1)})
+    return out
 
 
 def worker(w: Mapping[str, Any]) -> dict[str, Any]:

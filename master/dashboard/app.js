@@ -47,7 +47,8 @@ function cameraCard(port) {
   const frame = el("div", { class: "frame" }, "waiting for a frame…");
   const node = el("article", { class: "camera", "data-port": port }, frame,
     el("div", { class: "body" }, el("h3", {}, `camera ${port}`, el("span", { class: "age" })),
-      el("dl", { class: "stats" }), el("div", { class: "chips" })));
+      el("dl", { class: "stats" }), el("div", { class: "stages", title: "median time per stage, last 10 frames" }),
+      el("div", { class: "chips" })));
   return { node, img, frame, seq: null };
 }
 
@@ -76,7 +77,19 @@ function renderCameras(cameras) {
       ? c.detections.map((x) => el("span", { class: "chip" }, `${x.label} ${Math.round(x.score * 100)}%`))
       : [el("span", { class: "empty" }, "no detections lately")];
     card.node.querySelector(".chips").replaceChildren(...chips);
+    renderStages(card.node.querySelector(".stages"), c.stages_ms || []);
   }
+}
+
+function renderStages(box, stages) {
+  const total = stages.reduce((a, s) => a + s.ms, 0);
+  if (!total) { box.replaceChildren(); return; }
+  const bar = el("div", { class: "bar" }, ...stages.map((s) => el("span", {
+    class: `seg seg-${s.stage}`, style: `flex-grow: ${Math.max(s.ms, total / 100)}`,
+    title: `${s.stage}: ${fmt.ms(s.ms)}` })));
+  const legend = el("div", { class: "slegend" }, ...stages.map((s) =>
+    el("span", { class: "skey" }, el("i", { class: `seg-${s.stage}` }), `${s.stage.replace("_", " ")} ${fmt.ms(s.ms)}`)));
+  box.replaceChildren(bar, legend);
 }
 
 function renderWorkers(workers) {

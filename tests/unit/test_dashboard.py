@@ -57,3 +57,15 @@ def test_only_the_dashboard_files_are_served():
     assert static_file("app.js")[0].startswith("text/javascript")
     for name in ("__init__.py", "../service.py", "missing.css"):
         assert static_file(name) is None
+
+
+def test_a_camera_card_says_where_recent_frames_spent_their_time():
+    from master.dashboard import camera
+
+    recent = [{"status": "ok", "seq": i, "completed_at": 100.0, "latency_ms": 50.0,
+               "stages_ms": {"queue": 10.0 + i, "work": 30.0, "dispatch": 2.0, "end_to_end": 60.0}, "detections": []}
+              for i in range(5)]
+    card = camera("5000", {}, recent, 100.0)
+    assert card["stages_ms"] == [{"stage": "queue", "ms": 12.0}, {"stage": "work", "ms": 30.0},
+                                 {"stage": "dispatch", "ms": 2.0}]
+    assert camera("5000", {}, [], 100.0)["stages_ms"] == []
