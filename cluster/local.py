@@ -74,6 +74,7 @@ class LocalCluster:
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="framehive-")))
     master_port: int = 0
     procs: list[Proc] = field(default_factory=list)
+    token: str | None = None  # given to every role as $FRAMEHIVE_TOKEN; the master then requires it
 
     @property
     def master_url(self) -> str:
@@ -89,7 +90,8 @@ class LocalCluster:
         """Start `python -m module args...` with its output in log_dir/name.log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+        token = {"FRAMEHIVE_TOKEN": self.token} if self.token else {}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **token, **(env or {})}
         with open(path, "wb") as out:
             popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -138,13 +140,17 @@ class LocalCluster:
     def wait_workers(self, n: int, timeout_s: float) -> None:
         """Wait until `n` workers are registered and alive."""
         deadline = time.monotonic() + timeout_s
-        with MasterClient(self.master_url) as c:
+        with self.client() as c:
             while time.monotonic() < deadline:
                 if sum(w["alive"] for w in c.get_stats()["workers"]) >= n:
                     return
                 self._check_alive()
                 time.sleep(0.1)
         raise RuntimeError(f"{n} workers did not register in {timeout_s}s")
+
+    def client(self, **kw: object) -> MasterClient:
+        """A client of this cluster's master, with its token."""
+        return MasterClient(self.master_url, token=self.token, **kw)
 
     def _wait_log(self, proc: Proc, text: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

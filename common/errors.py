@@ -41,5 +41,9 @@ class MasterUnavailable(FramehiveError):
     """The master could not be reached or did not answer in time."""
 
 
+class Unauthorized(BadRequest):
+    """The server wants a token this client did not present (or presented a wrong one)."""
+
+
 class UnknownWorker(BadRequest):
     """The worker id was not handed out by this master (it restarted): register again."""

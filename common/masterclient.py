@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from common import batch
-from common.errors import BadRequest, DecodeError, MasterUnavailable, QueueFull
+from common import auth, batch
+from common.errors import BadRequest, DecodeError, MasterUnavailable, QueueFull, Unauthorized
 from common.tasks import Lease, Outcome, TaskSpec, lease_from_wire, outcome_to_wire, spec_to_wire
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -37,8 +37,10 @@ def parse_master_url(url: str) -> tuple[str, int]:
 class MasterClient:
     """Calls the master's XML-RPC verbs and binary task API over one connection."""
 
-    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None) -> None:
         self.url = url
+        token = token if token is not None else auth.default_token()
+        self._headers = {"Authorization": auth.header(token)} if token else {}
         self.host, self.port = parse_master_url(url)
         self.timeout_s = timeout_s
         self._conn: http.client.HTTPConnection | None = None
@@ -66,7 +68,7 @@ class MasterClient:
                 self._conn.timeout = timeout_s or self.timeout_s
                 if self._conn.sock is not None:
                     self._conn.sock.settimeout(self._conn.timeout)
-                self._conn.request("POST", path, body, {"Content-Type": ctype})
+                self._conn.request("POST", path, body, {"Content-Type": ctype, **self._headers})
                 resp = self._conn.getresponse()
                 data = resp.read()
                 if resp.will_close:
@@ -90,6 +92,9 @@ class MasterClient:
             message = data.decode("utf-8", "replace").strip()
         if status == 503:
             raise QueueFull(message)
+        if status == 401:
+            raise Unauthorized(f"master at {self.host}:{self.port} wants a token: set $FRAMEHIVE_TOKEN or "
+                               "--token-file to the master's token")
         if status >= 500:
             raise MasterUnavailable(f"master answered {status}: {message}")
         raise BadRequest(f"master refused the request ({status}): {message}")

@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 
+from common import auth
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S, redis_url
 from common.errors import ConfigError
 from common.runtime import is_loopback, setup_logging, stop_on_signals
@@ -24,8 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (:: for every IPv6 and IPv4 address)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (XML-RPC at /RPC2)")
+    p.add_argument("--token-file", default="",
+                   help="file holding the shared token every client must present (default: $FRAMEHIVE_TOKEN; "
+                        "none: no authentication, loopback only)")
     p.add_argument("--insecure", action="store_true",
-                   help="allow binding a non-loopback address without authentication")
+                   help="allow binding a non-loopback address without a token")
     p.add_argument("--lease-s", type=float, default=StoreConfig.lease_s, help="task lease before requeue")
     p.add_argument("--max-attempts", type=int, default=StoreConfig.max_attempts, help="leases per task")
     p.add_argument("--max-pending-per-port", type=int, default=StoreConfig.max_pending_per_port,
@@ -58,10 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--visibility-s must be > 0, got {args.visibility_s}")
     if args.backend == "builtin" and args.redis:
         p.error("--redis is only used with --backend celery")
-    if not is_loopback(args.host) and not args.insecure:
-        p.error(f"refusing to bind {args.host}: this master has no authentication yet, so anyone who "
-                "reaches it could queue work and read results; bind 127.0.0.1, or pass --insecure on a "
-                "network you trust")
+    try:
+        args.token = auth.load_token(args.token_file)
+    except ConfigError as e:
+        p.error(str(e))
+    if not is_loopback(args.host) and args.token is None and not args.insecure:
+        p.error(f"refusing to bind {args.host} without a token: anyone who reaches it could queue work and "
+                f"read results. Put a token in a file (chmod 600) and pass --token-file, or set "
+                f"${auth.TOKEN_ENV}; or pass --insecure on a network you trust")
     return args
 
 
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     service = MasterService(config)
     try:
         server = MasterHTTPServer((args.host, args.port), service,
-                                  max_request_bytes=int(args.max_request_mb * 2**20))
+                                  max_request_bytes=int(args.max_request_mb * 2**20), token=args.token)
     except OSError as e:
         print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1
@@ -103,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.rules:
         log.info("%d alert rule(s) loaded from %s", len(config.rules), args.rules)
     host, port = server.server_address[:2]
-    log.info("master listening on http://%s:%d (XML-RPC at /RPC2)", host if ":" not in host else f"[{host}]", port)
+    log.info("master listening on http://%s:%d (XML-RPC at /RPC2), %s", host if ":" not in host else f"[{host}]", port,
+             "token required" if args.token else "no authentication")
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http")
     serving.start()
     stop.wait()

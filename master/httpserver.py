@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from xmlrpc.server import SimpleXMLRPCRequestHandler
 
+from common import auth
 from common.errors import BadRequest, DecodeError, FramehiveError, QueueFull
 from master import dashboard, metrics, taskapi
 from master.rpc import MasterRpc, RpcDispatcher
@@ -68,9 +69,27 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
 
+    def _authorized(self) -> bool:
+        """With a token set, a request must present it; /healthz stays open for health checks."""
+        token = self.server.token
+        if token is None or auth.allowed(self.headers.get("Authorization"), token):
+            return True
+        self.server.service.errors["unauthorized"] += 1
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="framehive", charset="UTF-8"')
+        body = (b"a token is required: send 'Authorization: Bearer <token>' "
+                b"(clients read it from --token-file or $FRAMEHIVE_TOKEN)\n")
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")  # never read an unauthenticated body
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+        return False
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         path = urlsplit(self.path).path
-        if not self._body_allowed():
+        if not self._authorized() or not self._body_allowed():
             return
         if path in self.rpc_paths:
             super().do_POST()
@@ -90,6 +109,8 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         svc = self.server.service
         if url.path == "/healthz":
             self._send(200, "text/plain", b"ok\n")
+        elif not self._authorized():
+            return
         elif url.path == "/api/v1/stats":
             self._json(200, svc.stats())
         elif url.path == "/":
@@ -192,9 +213,10 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
 
     def __init__(self, address: tuple[str, int], service: MasterService, *,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, token: str | None = None) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.service = service
+        self.token = token  # None: no authentication (loopback, or --insecure)
         self.max_request_bytes = max_request_bytes
         self.dispatcher = RpcDispatcher(MasterRpc(service), service.errors)
         self.history = dashboard.History()

@@ -8,7 +8,8 @@ import sys
 import xmlrpc.client
 from typing import Any
 
-from common.errors import MasterUnavailable
+from common import auth
+from common.errors import ConfigError, MasterUnavailable, Unauthorized
 from common.masterclient import MasterClient, parse_master_url
 from common.runtime import stop_on_signals
 
@@ -31,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--since", type=int, default=0, help="cursor to start after (0: the oldest kept)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new results until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     args = p.parse_args(argv)
     try:
         parse_master_url(args.master)
-    except ValueError as e:
+        auth.configure(args.token_file)
+    except (ValueError, ConfigError) as e:
         p.error(str(e))
     stop = stop_on_signals()
     cursor = args.since
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             except xmlrpc.client.Fault as e:
                 print(f"error: {e.faultString}", file=sys.stderr)
+                return 2
+            except Unauthorized as e:
+                print(f"error: {e}", file=sys.stderr)
                 return 2
             if page["missed"]:
                 print(f"({page['missed']} older results were no longer kept)", file=sys.stderr)

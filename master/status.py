@@ -20,16 +20,23 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from common import auth
+from common.errors import ConfigError
+
 STATE_STYLE = {"busy": "green", "idle": "dim", "dead": "red"}
 
 
 def fetch(master: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """The dashboard document of a master; raises OSError with a readable message when unreachable."""
     url = master.rstrip("/") + "/api/v1/dashboard"
+    token = auth.default_token()
+    request = urllib.request.Request(url, headers={"Authorization": auth.header(token)} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
             return json.load(r)
     except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise OSError(f"{url}: the master wants a token: set $FRAMEHIVE_TOKEN or --token-file") from e
         raise OSError(f"{url}: HTTP {e.code} (is this a framehive master?)") from e
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         reason = getattr(e, "reason", e)
@@ -99,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
     ap.add_argument("--watch", action="store_true", help="redraw until Ctrl-C")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with --watch")
+    ap.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     args = ap.parse_args(argv)
+    try:
+        auth.configure(args.token_file)
+    except ConfigError as e:
+        ap.error(str(e))
     console = Console()
     try:
         if not args.watch:

@@ -8,7 +8,8 @@ import sys
 
 import cv2
 
-from common.errors import PipelineSpecError
+from common import auth
+from common.errors import ConfigError, PipelineSpecError
 from common.masterclient import parse_master_url
 from common.pipeline import STAGES, parse_pipeline
 from common.runtime import setup_logging, stop_on_signals
@@ -32,14 +33,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run each batch's tasks in a local pool of this many processes (CPU-heavy stages); "
                         "0 or 1: in this process. Use with --batch at least as large")
     p.add_argument("--preload", default="", help="pipeline to load before taking work, e.g. person,face")
+    p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     try:
+        auth.configure(args.token_file)
         parse_master_url(args.master)
         if args.preload:
             parse_pipeline(args.preload)
         WorkerConfig(batch=args.batch, wait_s=args.wait_s, processes=args.processes)
-    except (ValueError, PipelineSpecError) as e:
+    except (ValueError, PipelineSpecError, ConfigError) as e:
         p.error(str(e))
     if args.threads < 0:
         p.error("--threads must be >= 0")

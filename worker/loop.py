@@ -12,7 +12,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
-from common.errors import BadRequest, MasterUnavailable, QueueFull
+from common.errors import BadRequest, MasterUnavailable, QueueFull, Unauthorized
 from common.masterclient import MasterClient
 from common.tasks import Lease, Outcome, TaskKind
 from worker.execute import execute, process_stats
@@ -137,6 +137,12 @@ class Worker:
             leases, self._next = self._next or self.client.lease(self.worker_id, self.config.batch,
                                                                  self.config.wait_s), []
             self._held = frozenset(x.task.id for x in leases)
+        except Unauthorized as e:  # a configuration error: say so, and retry slowly in case it is fixed
+            if not self._master_down:
+                log.error("worker %s: %s", self.name, e)
+            self._master_down = True
+            self._stop.wait(self._backoff.next())
+            return 0
         except BadRequest as e:  # our id is unknown: the master restarted
             log.info("worker %s: %s; registering again", self.worker_id, e)
             self._reregister.set()

@@ -1,0 +1,99 @@
+"""A master with a token: every request but /healthz must present it; roles pass it along."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+import time
+import xmlrpc.client
+
+import pytest
+
+from cluster.local import ROOT, LocalCluster, free_udp_ports
+from common.errors import Unauthorized
+from common.masterclient import MasterClient
+from tests.conftest import wait_until
+
+TOKEN = "s3cret-" + "x" * 24
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with LocalCluster(log_dir=tmp_path / "logs", token=TOKEN) as c:
+        c.start_master()
+        yield c
+
+
+def get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path, headers=headers or {})
+    r = conn.getresponse()
+    out = r.status, dict(r.getheaders()), r.read()
+    conn.close()
+    return out
+
+
+def test_without_the_token_every_door_but_healthz_is_closed(cluster):
+    port = cluster.master_port
+    assert get(port, "/healthz")[0] == 200
+    for path in ("/", "/metrics", "/api/v1/stats", "/api/v1/dashboard", "/events", "/ports/5000/latest.jpg"):
+        status, headers, body = get(port, path)
+        assert status == 401 and b"token is required" in body, path
+        assert headers["WWW-Authenticate"].startswith("Basic realm=")  # a browser asks for it
+        assert get(port, path, {"Authorization": "Bearer wrong-token-of-length"})[0] == 401
+        assert get(port, path, {"Authorization": f"Bearer {TOKEN}"})[0] in (200, 404), path
+    with MasterClient(cluster.master_url, token="not-the-token-at-all") as c, pytest.raises(Unauthorized,
+                                                                                            match="wants a token"):
+        c.get_stats()
+    anonymous = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        anonymous.get_stats()
+    assert e.value.errcode == 401
+    # xmlrpc.client sends user:password from the URL as HTTP Basic: the token as the password logs in
+    assert "ports" in xmlrpc.client.ServerProxy(f"http://me:{TOKEN}@127.0.0.1:{port}/RPC2").get_stats()
+    with cluster.client() as c:
+        assert c.get_stats()["rejected_requests"]["unauthorized"] >= 14
+
+
+def test_an_unauthenticated_body_is_never_read(cluster):
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.master_port, timeout=5)
+    conn.putrequest("POST", "/api/v1/tasks")
+    conn.putheader("Content-Length", str(10 * 2**20))
+    conn.endheaders()
+    r = conn.getresponse()  # answered before a byte of the 10 MB body was sent
+    assert r.status == 401 and r.getheader("Connection") == "close"
+    conn.close()
+
+
+def test_the_live_path_runs_with_the_token_and_a_worker_without_it_is_told_why(cluster, person_clip):
+    [port] = free_udp_ports(1)
+    cluster.start_receiver([port], "--pipeline", "person")
+    cluster.start_workers(1, "--threads", "1")
+    pub = cluster.start_publisher(port, str(person_clip), "--fps", "10", "--max-frames", "20")
+    pub.popen.wait(30)
+    with cluster.client() as c:
+        wait_until(lambda: c.get_results(port, 0)["next"] >= 15, 30)
+    intruder = cluster.spawn("intruder", "worker", "--master", cluster.master_url, "--name", "intruder",
+                             env={"FRAMEHIVE_TOKEN": ""})
+    intruder_env_token = "wrong-token-0123456789"
+    other = cluster.spawn("intruder2", "worker", "--master", cluster.master_url, "--name", "intruder2",
+                          env={"FRAMEHIVE_TOKEN": intruder_env_token})
+    wait_until(lambda: "wants a token" in intruder.log_text() and "wants a token" in other.log_text(), 20)
+    time.sleep(1)
+    with cluster.client() as c:
+        names = {w["name"] for w in c.get_stats()["workers"]}
+    assert "intruder" not in names and "intruder2" not in names
+    assert intruder.alive() and other.alive(), "a worker with a bad token waits for a fix, it does not crash"
+
+
+def test_binding_beyond_loopback_needs_a_token(tmp_path):
+    def master(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "master", "--port", "0", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=20, env=env)
+    done = master("--host", "0.0.0.0", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "without a token" in done.stderr and "--token-file" in done.stderr
+    bad = tmp_path / "token"
+    bad.write_text("short")
+    done = master("--token-file", str(bad))
+    assert done.returncode == 2 and "16..256 characters" in done.stderr
