@@ -57,11 +57,15 @@ def _module_args(cmd: list[str], module: str) -> list[str]:
     return cmd[3:]
 
 
-def test_master_and_receiver_commands_parse_with_our_own_parsers(compose):
+def test_master_and_receiver_commands_parse_with_our_own_parsers(compose, monkeypatch):
     from master.__main__ import parse_args as master_args
     from receiver.__main__ import parse_args as receiver_args
 
+    env = compose["x-framehive"]["environment"]
+    assert env["FRAMEHIVE_TOKEN"].startswith("${FRAMEHIVE_TOKEN:?"), "the master must require a token"
+    monkeypatch.setenv("FRAMEHIVE_TOKEN", "compose-test-token-0123456789")
     m = master_args(_module_args(compose["services"]["master"]["command"], "master"))
+    assert not m.insecure and m.token
     assert (m.backend, m.host, m.port) == ("celery", "0.0.0.0", 8000)
     assert (ROOT / m.rules.removeprefix("/app/")).is_file(), "the rules file must be in the image"
     r = receiver_args(_module_args(compose["services"]["receiver"]["command"], "receiver"))
