@@ -2,6 +2,7 @@
 
 No sockets and no clock reads: the caller passes each datagram, where it came from and `now`.
 Every datagram that cannot be used is counted under a reason and dropped; nothing raises.
+With a shared key, only signed datagrams whose MAC checks out are used, each (frame, chunk) once.
 """
 
 from __future__ import annotations
@@ -10,10 +11,23 @@ from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from common.protocol import ChunkHeader, ProtocolError, decode_datagram, seq_newer
+from common.protocol import (
+    FLAG_SIGNED,
+    SEQ_MODULUS,
+    ChunkHeader,
+    ProtocolError,
+    decode_datagram,
+    seq_newer,
+    verify_mac,
+)
 
 # A sequence number this far behind the last delivered one means the sender restarted.
 RESTART_DISTANCE = 256
+# With a key: a frame this many frames behind the newest authentic one on its stream is a replay.
+REPLAY_WINDOW_FRAMES = 64
+
+# Counter names for datagrams a keyed receiver refuses (the master shows dropped_* as receiver drops).
+AUTH_REASONS = ("dropped_unsigned", "dropped_forged", "dropped_replayed")
 
 # Counter names that mean "someone sent us something broken".
 MALFORMED_REASONS = ("short", "bad_magic", "bad_version", "bad_flags", "bad_length", "bad_chunk",
@@ -66,17 +80,48 @@ class _Partial:
 
 
 @dataclass
+class ReplayWindow:
+    """Which (frame seq, chunk index) pairs one stream has already had accepted, for the newest frames."""
+
+    size: int = REPLAY_WINDOW_FRAMES
+    newest: int | None = None
+    seen: dict[int, int] = field(default_factory=dict)  # frame seq -> bit mask of chunk indexes
+
+    def accept(self, seq: int, index: int) -> bool:
+        """True, and remembered, the first time (seq, index) is offered within the window; else False."""
+        if self.newest is None or seq_newer(seq, self.newest):
+            self.newest = seq
+            for old in [s for s in self.seen if (seq - s) % SEQ_MODULUS >= self.size]:
+                del self.seen[old]
+        elif (self.newest - seq) % SEQ_MODULUS >= self.size:
+            return False
+        mask, bit = self.seen.get(seq, 0), 1 << index
+        if mask & bit:
+            return False
+        self.seen[seq] = mask | bit
+        return True
+
+
+@dataclass
 class _Stream:
     last_seen: float
     partials: OrderedDict[int, _Partial] = field(default_factory=OrderedDict)
     last_done: int | None = None
+    replay: ReplayWindow = field(default_factory=ReplayWindow)
 
 
 class FrameAssembler:
-    """Turns datagrams from any number of senders on one port into complete frames."""
+    """Turns datagrams from any number of senders on one port into complete frames.
 
-    def __init__(self, limits: ReassemblyLimits | None = None) -> None:
+    With `key`, unsigned, forged and replayed datagrams are dropped and counted (AUTH_REASONS).
+    Without one, signed datagrams are accepted unverified (their trailer skipped) and counted as
+    `signed_unverified`: a receiver without the key cannot tell a forgery, so it refuses nothing
+    it would have taken unsigned.
+    """
+
+    def __init__(self, limits: ReassemblyLimits | None = None, key: bytes | None = None) -> None:
         self.limits = limits or ReassemblyLimits()
+        self.key = key
         self.counters: Counter[str] = Counter()
         self._streams: OrderedDict[tuple[Hashable, int], _Stream] = OrderedDict()
         self._buffered = 0
@@ -104,11 +149,14 @@ class FrameAssembler:
         except ProtocolError as e:
             self.counters[e.reason] += 1
             return None
-        reason = self._check_limits(head)
+        reason = self._authenticate(datagram, head) or self._check_limits(head)
         if reason:
             self.counters[reason] += 1
             return None
         stream = self._stream(source, head.stream_id, now)
+        if self.key is not None and not stream.replay.accept(head.seq, head.index):
+            self.counters["dropped_replayed"] += 1
+            return None
         if self._is_late(stream, head.seq):
             self.counters["late"] += 1
             return None
@@ -130,6 +178,17 @@ class FrameAssembler:
                 del self._streams[key]
         self.counters["frames_incomplete"] += dropped
         return dropped
+
+    def _authenticate(self, datagram: bytes | memoryview, head: ChunkHeader) -> str:
+        """The drop reason for a datagram a keyed assembler must refuse, else ""."""
+        signed = bool(head.flags & FLAG_SIGNED)
+        if self.key is None:
+            if signed:
+                self.counters["signed_unverified"] += 1
+            return ""
+        if not signed:
+            return "dropped_unsigned"
+        return "" if verify_mac(datagram, self.key) else "dropped_forged"
 
     def _check_limits(self, head: ChunkHeader) -> str:
         lim = self.limits

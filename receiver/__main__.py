@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import TypeVar
 from common.errors import ConfigError
 from common.masterclient import parse_master_url
 from common.pipeline import normalize_pipeline
+from common.protocol import KEY_ENV, key_from
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from receiver.buffer import FrameBuffer
 from receiver.forward import Forwarder
@@ -73,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ports", default="5000-5003", help="UDP ports, one per camera: 5000,5001 or 5000-5003")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (:: for every address)")
     p.add_argument("--insecure", action="store_true",
-                   help="allow listening on a non-loopback address (datagrams are not authenticated yet)")
+                   help="allow listening on a non-loopback address without a datagram key")
+    p.add_argument("--key-file", default="",
+                   help=f"file holding the shared datagram/imagezmq key as hex (else ${KEY_ENV}); with a key, "
+                        "unsigned, forged and replayed datagrams and imagezmq requests are dropped and counted")
     p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
     p.add_argument("--pipeline", action="append", default=[],
                    help="what workers run on these cameras, e.g. person or person,face; PORT=SPEC "
@@ -105,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parse_master_url(args.master)
     except (ValueError, ConfigError) as e:
         p.error(str(e))
+    args.key = read_key(p, args.key_file)
     if not 0 <= args.zmq_port < 65536 or args.backlog < 1 or args.rcvbuf_kb < 64:
         p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
     if not 0 <= args.jobs_port < 65536 or not 0 <= args.jobs_http_port < 65536:
@@ -114,10 +120,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.jobs_port and args.jobs_host != "localhost" and not is_loopback(args.jobs_host) and not args.insecure:
         p.error(f"refusing to serve file jobs on {args.jobs_host} without authentication; use localhost, or pass "
                 "--insecure on a network you trust")
-    if not is_loopback(args.host) and not args.insecure:
-        p.error(f"refusing to listen on {args.host}: datagrams are not authenticated yet, so anyone on the "
-                "network could inject frames; listen on 127.0.0.1, or pass --insecure on a network you trust")
+    if not is_loopback(args.host) and not args.insecure and args.key is None:
+        p.error(f"refusing to listen on {args.host} without a datagram key: anyone on the network could inject "
+                f"frames; give --key-file (or ${KEY_ENV}), listen on 127.0.0.1, or pass --insecure on a network "
+                "you trust")
     return args
+
+
+def read_key(p: argparse.ArgumentParser, key_file: str) -> bytes | None:
+    """The shared key from --key-file, else from the environment; exits with a clear message if unusable."""
+    try:
+        text = Path(key_file).read_text() if key_file else None
+        return key_from(text, key_file, os.environ.get(KEY_ENV))
+    except (OSError, UnicodeDecodeError) as e:
+        p.error(f"cannot read the key file: {e}")
+    except ValueError as e:
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,13 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     stop = stop_on_signals()
     buffer = FrameBuffer(args.backlog)
     try:
-        ingest = UdpIngest(args.host, args.port_list, args.pipelines, buffer, rcvbuf=args.rcvbuf_kb * 1024)
+        ingest = UdpIngest(args.host, args.port_list, args.pipelines, buffer, rcvbuf=args.rcvbuf_kb * 1024,
+                           key=args.key)
         hub = None
         if args.zmq_port:
             from receiver.zmqhub import ZmqHub
 
             hub = ZmqHub(args.host, args.zmq_port, buffer, pipelines=args.pipelines,
-                         default_pipeline=args.default_pipeline)
+                         default_pipeline=args.default_pipeline, key=args.key)
     except OSError as e:
         print(f"python -m receiver: error: cannot listen: {e}", file=sys.stderr)
         return 1
@@ -168,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else []) + ([preview] if preview else [])
     for part in [forwarder, *producers]:
         part.start()
-    log.info("receiving UDP on %s ports %s%s; queueing on %s", args.host, args.ports,
-             f", imagezmq on {args.zmq_port}" if hub else "", args.master)
+    log.info("receiving UDP on %s ports %s%s; queueing on %s; %s", args.host, args.ports,
+             f", imagezmq on {args.zmq_port}" if hub else "", args.master,
+             "only signed datagrams and requests are taken" if args.key else "no key: nothing is authenticated")
     while not stop.wait(STATS_EVERY_S):
         for port, c in forwarder.counters().items():
             log.info("port %s: %s", port, " ".join(f"{k}={v}" for k, v in sorted(c.items()) if v))

@@ -47,7 +47,7 @@ class UdpIngest(Component):
 
     def __init__(self, host: str, ports: list[int], pipelines: Mapping[int, str], out: FrameBuffer, *,
                  limits: ReassemblyLimits | None = None, rcvbuf: int = DEFAULT_RCVBUF_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: bytes | None = None) -> None:
         super().__init__()
         self.out = out
         self.clock = clock
@@ -55,7 +55,7 @@ class UdpIngest(Component):
         # Everything below is keyed by the port actually bound (asking for 0 lets the OS pick).
         self.sockets = {s.getsockname()[1]: s for _, s in opened}
         self.pipelines = {s.getsockname()[1]: pipelines[asked] for asked, s in opened}
-        self.assemblers = {port: FrameAssembler(limits) for port in self.sockets}
+        self.assemblers = {port: FrameAssembler(limits, key) for port in self.sockets}
         self._selector = selectors.DefaultSelector()
         for port, s in self.sockets.items():
             self._selector.register(s, selectors.EVENT_READ, port)
@@ -99,7 +99,8 @@ class UdpIngest(Component):
                                         self.pipelines[port], {"source": f"{source[0]}:{source[1]}"}))
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """Per-port counters: frames complete/incomplete, malformed (total and by reason), dropped."""
+        """Per-port counters: frames complete/incomplete, malformed (total and by reason), dropped
+        (stale, and with a key dropped_unsigned/forged/replayed)."""
         out = {}
         for port, asm in self.assemblers.items():
             c = Counter(dict(asm.counters))  # dict() copies atomically under the GIL

@@ -5,20 +5,27 @@ Speaks imagezmq's wire format, so an unmodified `imagezmq.ImageSender` works: a 
 reply is b"OK". framehive publishers put a JSON object in `msg` naming the camera port, the
 frame number and the capture time; any other text is kept as the source name and the frame
 goes to the hub's own port number.
+
+With a shared key the metadata must also carry `auth` {sid, n, ts, mac} (common.protocol.zmq_mac):
+unsigned, forged and replayed requests are refused with `ERR <reason>: ...` and counted.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import re
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
 import zmq
 
+from common.protocol import zmq_mac
 from common.runtime import Component
 from receiver.buffer import FrameBuffer, ReadyFrame
 
@@ -28,6 +35,59 @@ POLL_MS = 200
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_RAW_PIXELS = 4096 * 4096 * 3
 JPEG_QUALITY = 90
+MAX_SKEW_S = 60.0  # a signed request's timestamp must be this close to the hub's clock
+MAX_SENDERS = 4096  # sender ids whose last counter the hub remembers
+_SID_RE = re.compile(r"[0-9a-f]{8,32}")
+
+
+class Refused(ValueError):
+    """A request a keyed hub will not take; `reason` is its counter name."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason.removeprefix('dropped_')}: {message}")
+        self.reason = reason
+
+
+class ReplayGuard:
+    """Per sender id, counters must rise; timestamps must be within `max_skew_s` of the hub's clock."""
+
+    def __init__(self, max_skew_s: float = MAX_SKEW_S, max_senders: int = MAX_SENDERS) -> None:
+        self.max_skew_ns, self.max_senders = int(max_skew_s * 1e9), max_senders
+        self._last: OrderedDict[str, int] = OrderedDict()
+
+    def check(self, sid: str, n: int, ts: int, now_ns: int) -> str:
+        """"" if (sid, n, ts) is fresh (and remember it), else why it is a replay."""
+        if abs(now_ns - ts) > self.max_skew_ns:
+            return (f"timestamp is {(now_ns - ts) / 1e9:+.1f} s off the hub's clock (limit "
+                    f"{self.max_skew_ns / 1e9:.0f} s): a replay, or the hosts' clocks disagree")
+        last = self._last.get(sid)
+        if last is not None and n <= last:
+            return f"counter {n} of sender {sid} is not above {last}, already accepted"
+        self._last[sid] = n
+        self._last.move_to_end(sid)
+        while len(self._last) > self.max_senders:
+            self._last.popitem(last=False)
+        return ""
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _signed_fields(md: dict[str, Any]) -> tuple[str, int, int, str, str, list[int]]:
+    """(sid, n, ts, mac, dtype, shape) of a signed request's metadata; Refused when absent or ill-typed."""
+    auth = md.get("auth")
+    if auth is None:
+        raise Refused("dropped_unsigned", "this hub needs signed requests (metadata 'auth'); is the sender "
+                      "running with the hub's key?")
+    if not (isinstance(auth, dict) and _is_int(auth.get("n")) and _is_int(auth.get("ts"))
+            and isinstance(auth.get("sid"), str) and _SID_RE.fullmatch(auth["sid"])
+            and isinstance(auth.get("mac"), str)):
+        raise Refused("dropped_forged", "'auth' must be {sid: 8-32 hex digits, n: int, ts: int, mac: hex}")
+    dtype, shape = md.get("dtype", ""), md.get("shape", [])
+    if not isinstance(dtype, str) or not isinstance(shape, list) or not all(_is_int(v) for v in shape):
+        raise Refused("dropped_forged", "dtype must be a string and shape a list of integers")
+    return auth["sid"], auth["n"], auth["ts"], auth["mac"], dtype, shape
 
 
 class ZmqHub(Component):
@@ -36,8 +96,11 @@ class ZmqHub(Component):
     thread_name = "zmq-hub"
 
     def __init__(self, host: str, port: int, buffer: FrameBuffer, *, pipelines: dict[int, str],
-                 default_pipeline: str, ports: set[int] | None = None) -> None:
+                 default_pipeline: str, ports: set[int] | None = None, key: bytes | None = None,
+                 wall_clock: Callable[[], int] = time.time_ns) -> None:
         super().__init__()
+        self.key, self.wall_clock = key, wall_clock
+        self.replay = ReplayGuard()
         self.buffer = buffer
         self.pipelines = pipelines
         self.default_pipeline = default_pipeline
@@ -74,6 +137,10 @@ class ZmqHub(Component):
         """Turn one request into a buffered frame; the reply says OK or what was wrong."""
         try:
             frame = self._frame(parts)
+        except Refused as e:
+            self.counters[e.reason] += 1
+            log.debug("zmq hub: %s", e)
+            return f"ERR {e}".encode()
         except ValueError as e:
             self.counters["malformed"] += 1
             log.debug("zmq hub: %s", e)
@@ -91,10 +158,28 @@ class ZmqHub(Component):
             raise ValueError(f"metadata is not JSON: {e}") from e
         if not isinstance(md, dict):
             raise ValueError("metadata must be a JSON object")
+        self._authenticate(md, parts[1])
         data = self._jpeg(md, parts[1])
         port, seq, capture_ns, source = self._identity(md.get("msg", ""))
         return ReadyFrame(port, seq, capture_ns, time.time_ns(), data,
                           self.pipelines.get(port, self.default_pipeline), {"source": source, "via": "zmq"})
+
+    def _authenticate(self, md: dict[str, Any], body: bytes) -> None:
+        """Refused unless the request is signed with our key and fresh; keyless hubs take everything."""
+        if self.key is None:
+            if "auth" in md:
+                self.counters["signed_unverified"] += 1
+            return
+        sid, n, ts, mac, dtype, shape = _signed_fields(md)
+        msg = md.get("msg", "")
+        if not isinstance(msg, str):
+            raise Refused("dropped_forged", "msg must be a string")
+        want = zmq_mac(self.key, sid=sid, n=n, ts=ts, msg=msg, dtype=dtype, shape=shape, body=body)
+        if not hmac.compare_digest(want.encode(), mac.encode("ascii", "replace")):
+            raise Refused("dropped_forged", "the MAC does not match: wrong key, or the request was altered")
+        why = self.replay.check(sid, n, ts, self.wall_clock())
+        if why:
+            raise Refused("dropped_replayed", why)
 
     @staticmethod
     def _jpeg(md: dict[str, Any], body: bytes) -> bytes:

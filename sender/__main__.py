@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from common.protocol import DEFAULT_CHUNK_BYTES, HEADER_BYTES, LOOPBACK_CHUNK_BYTES, MAX_DATAGRAM_BYTES
+from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from sender.sources import CaptureSource, FrameSource, open_source
 from sender.transport import Transport, UdpTransport, ZmqTransport, parse_hostport
@@ -106,16 +108,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"else {DEFAULT_CHUNK_BYTES} (fits a 1500-byte MTU)")
     p.add_argument("--stream-id", type=int, default=-1, help="stream id in each datagram (default: random)")
     p.add_argument("--name", default="", help="camera name (zmq metadata)")
+    p.add_argument("--key-file", default="",
+                   help=f"file holding the shared key as hex (else ${KEY_ENV}): every datagram or imagezmq "
+                        "request is signed with it")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     try:
         args.host, args.port = parse_hostport(args.receiver)
     except ValueError as e:
         p.error(str(e))
+    try:
+        args.key = key_from(Path(args.key_file).read_text() if args.key_file else None, args.key_file,
+                            os.environ.get(KEY_ENV))
+    except (OSError, UnicodeDecodeError) as e:
+        p.error(f"cannot read the key file: {e}")
+    except ValueError as e:
+        p.error(str(e))
+    max_chunk = max_chunk_bytes(args.key is not None)
     checks = [(0 <= args.fps <= 1000, "--fps must be 0..1000"), (1 <= args.quality <= 100, "--quality must be 1..100"),
               (args.max_frames >= 0, "--max-frames must be >= 0"), (args.max_width >= 0, "--max-width must be >= 0"),
-              (0 <= args.chunk_size <= MAX_DATAGRAM_BYTES - HEADER_BYTES,
-               f"--chunk-size must be 0..{MAX_DATAGRAM_BYTES - HEADER_BYTES}"),
+              (0 <= args.chunk_size <= max_chunk,
+               f"--chunk-size must be 0..{max_chunk}" + (" with a key (the MAC takes 16 bytes)" if args.key else "")),
               (-1 <= args.stream_id < 2**32, "--stream-id must be 0..4294967295"),
               (0 <= args.camera_port < 65536, "--camera-port must be 0..65535")]
     for ok, message in checks:
@@ -136,14 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     stream_id = args.stream_id if args.stream_id >= 0 else random.getrandbits(32)
     if args.transport == "udp":
         chunk = args.chunk_size or (LOOPBACK_CHUNK_BYTES if is_loopback(args.host) else DEFAULT_CHUNK_BYTES)
-        transport: Transport = UdpTransport(args.host, args.port, stream_id=stream_id, chunk_bytes=chunk)
+        transport: Transport = UdpTransport(args.host, args.port, stream_id=stream_id, chunk_bytes=chunk,
+                                            key=args.key)
     else:
         transport = ZmqTransport(args.host, args.port, camera_port=args.camera_port or args.port,
-                                 name=args.name or args.source)
+                                 name=args.name or args.source, key=args.key)
     stop = stop_on_signals()
     pub = Publisher(source, transport, fps=fps, quality=args.quality, max_frames=args.max_frames,
                     max_width=args.max_width)
-    log.info("publishing %s to %s:%d over %s at %.1f fps", args.source, args.host, args.port, args.transport, fps)
+    log.info("publishing %s to %s:%d over %s at %.1f fps%s", args.source, args.host, args.port, args.transport, fps,
+             ", signed" if args.key else "")
     try:
         pub.run(stop)
     finally:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import socket
+import time
 from collections import Counter
 from typing import Protocol
 
 import zmq
 
-from common.protocol import encode_frame
+from common.protocol import encode_frame, zmq_mac
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +36,20 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 
 class UdpTransport:
-    """Frames as protocol datagrams to one receiver port."""
+    """Frames as protocol datagrams to one receiver port (signed when given the shared key)."""
 
-    def __init__(self, host: str, port: int, *, stream_id: int, chunk_bytes: int) -> None:
+    def __init__(self, host: str, port: int, *, stream_id: int, chunk_bytes: int, key: bytes | None = None) -> None:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         self.addr = info[4]
-        self.stream_id, self.chunk_bytes = stream_id, chunk_bytes
+        self.stream_id, self.chunk_bytes, self.key = stream_id, chunk_bytes, key
         self.counters: Counter[str] = Counter()
 
     def send(self, jpeg: bytes, *, seq: int, capture_ns: int) -> bool:
         try:
             for datagram in encode_frame(jpeg, stream_id=self.stream_id, seq=seq, capture_ns=capture_ns,
-                                         chunk_bytes=self.chunk_bytes):
+                                         chunk_bytes=self.chunk_bytes, key=self.key):
                 self.sock.sendto(datagram, self.addr)
                 self.counters["datagrams"] += 1
         except OSError as e:  # e.g. ECONNREFUSED from an earlier ICMP, ENOBUFS: count and go on
@@ -64,12 +66,13 @@ class ZmqTransport:
     """imagezmq-compatible REQ with send/receive timeouts and reconnect (stock imagezmq has neither)."""
 
     def __init__(self, host: str, port: int, *, camera_port: int, name: str, timeout_s: float = 2.0,
-                 retries: int = 3) -> None:
+                 retries: int = 3, key: bytes | None = None) -> None:
         self.endpoint = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
         self.camera_port, self.name = camera_port, name
         self.timeout_ms, self.retries = int(timeout_s * 1000), retries
         self.ctx = zmq.Context.instance()
         self.counters: Counter[str] = Counter()
+        self.key, self.sid, self.n = key, secrets.token_hex(8), 0
         self.sock = self._connect()
 
     def _connect(self) -> zmq.Socket:
@@ -82,8 +85,8 @@ class ZmqTransport:
 
     def send(self, jpeg: bytes, *, seq: int, capture_ns: int) -> bool:
         msg = json.dumps({"port": self.camera_port, "seq": seq, "capture_ns": capture_ns, "name": self.name})
-        md = json.dumps({"msg": msg}).encode()
         for _ in range(self.retries + 1):
+            md = self._metadata(msg, jpeg)  # signed afresh on every attempt: the hub refuses a repeat
             try:
                 self.sock.send_multipart([md, jpeg], copy=False)
                 reply = self.sock.recv()
@@ -99,6 +102,15 @@ class ZmqTransport:
             return True
         self.counters["given_up"] += 1
         return False
+
+    def _metadata(self, msg: str, jpeg: bytes) -> bytes:
+        """imagezmq's metadata part; with a key it also carries auth {sid, n, ts, mac} (docs/PROTOCOL.md)."""
+        md: dict = {"msg": msg}
+        if self.key is not None:
+            self.n += 1
+            auth = {"sid": self.sid, "n": self.n, "ts": time.time_ns()}
+            md["auth"] = {**auth, "mac": zmq_mac(self.key, **auth, msg=msg, dtype="", shape=[], body=jpeg)}
+        return json.dumps(md).encode()
 
     def close(self) -> None:
         self.sock.close(0)
