@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 import threading
+from pathlib import Path
 
 from common import auth
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S, redis_url
@@ -13,9 +15,10 @@ from common.errors import ConfigError
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from master.celerybackend import CeleryDispatcher
 from master.httpserver import DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
+from master.journal import SqliteJournal
 from master.rules import load_rules
 from master.service import MasterService, ServiceConfig
-from master.store import StoreConfig
+from master.store import StoreConfig, TaskStore
 
 log = logging.getLogger("master")
 
@@ -42,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a worker silent this long is dead and its tasks requeued")
     p.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
                    help="largest request body accepted")
+    p.add_argument("--state-dir", default="",
+                   help="keep accepted file-job tiles and stored results here (SQLite) so a restart loses none")
     p.add_argument("--rules", default="", help="alert rules file (TOML), e.g. examples/rules.toml")
     p.add_argument("--backend", choices=["builtin", "celery"], default="builtin",
                    help="who runs the tasks: pull workers (`python -m worker`) or Celery workers through Redis")
@@ -95,8 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError, OSError) as e:
         print(f"python -m master: error: {e}", file=sys.stderr)
         return 2
+    journal = None
+    if args.state_dir:
+        try:
+            journal = SqliteJournal(Path(args.state_dir) / "master.sqlite3")
+        except (OSError, sqlite3.Error) as e:
+            print(f"python -m master: error: cannot use --state-dir {args.state_dir}: {e}", file=sys.stderr)
+            return 2
     stop = stop_on_signals()
-    service = MasterService(config)
+    service = MasterService(config, store=TaskStore(config.store, journal=journal))
     try:
         server = MasterHTTPServer((args.host, args.port), service,
                                   max_request_bytes=int(args.max_request_mb * 2**20), token=args.token)
@@ -125,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         service.backend.join(5)
     service.stop()
     service.join(5)
+    if journal is not None:
+        journal.close()
     log.info("stopped")
     return 0
 

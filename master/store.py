@@ -1,6 +1,7 @@
 """The task store: task states, leases with fencing tokens, fair scheduling and result rings.
 
-Pure and thread-safe: no sockets, no threads of its own, no clock reads. Every call that
+Pure and thread-safe: no sockets, no threads of its own, no clock reads; what must survive a
+restart goes to an injected journal (master/journal.py), called under the store's lock. Every call that
 depends on time takes `now` (seconds since the Unix epoch, as a float).
 
     PENDING --request--> IN PROGRESS --complete--> COMPLETED (result stored, record forgotten)
@@ -22,6 +23,7 @@ from typing import Any
 
 from common.errors import QueueFull, StaleLease, UnknownTask
 from common.tasks import SEQ_WIRE_MASK, Lease, Outcome, Task, TaskKind, TaskSpec, TaskState
+from master.journal import NullJournal, Restored
 from master.timing import frame_stages
 
 NS = 1_000_000_000
@@ -106,7 +108,8 @@ class TaskStore:
 
     def __init__(self, config: StoreConfig | None = None, *,
                  token_factory: Callable[[], str] = lambda: secrets.token_hex(8),
-                 id_prefix: str | None = None, rng: random.Random | None = None) -> None:
+                 id_prefix: str | None = None, rng: random.Random | None = None,
+                 journal: NullJournal | None = None) -> None:
         self.config = config or StoreConfig()
         self._token = token_factory
         self._rng = rng or random.Random()
@@ -121,6 +124,27 @@ class TaskStore:
         self._job_results: dict[str, deque[tuple[dict[str, Any], bytes]]] = {}  # finished tiles per job
         self.counters: Counter[str] = Counter()
         self.port_counters: dict[int, Counter[str]] = {}
+        self.journal = journal or NullJournal()  # what survives a restart (master/journal.py)
+        self._restore(self.journal.restore())
+
+    def _restore(self, saved: Restored) -> None:
+        """Take back what a journal kept: tiles queue again, finished tiles wait, rings keep their cursors."""
+        with self._lock:
+            for task in saved.tiles:
+                rec = _Record(task)
+                self._tasks[task.id] = rec
+                self._lanes.setdefault(rec.lane, deque()).append(task.id)
+                self._ready(rec.lane)
+            for job_id, result, image in saved.job_results:
+                self._job_results.setdefault(job_id, deque()).append((result, image))
+            for port, results in saved.results.items():
+                ring = _Ring(self.config.results_per_port)
+                for r in results[-ring.size:]:
+                    ring.items.append((int(r["cursor"]), r))
+                ring.last = int(results[-1]["cursor"]) if results else 0
+                self._rings[port] = ring
+                self.port_counters.setdefault(port, Counter())
+            self.counters["restored_tiles"] += len(saved.tiles)
 
     # ----- producers -------------------------------------------------------------------------
 
@@ -149,6 +173,8 @@ class TaskStore:
             lane.append(task.id)
             self._ready(rec.lane)
             self._count(spec.port, "added")
+            if spec.kind is TaskKind.TILE:
+                self.journal.tile_added(task)
             return task.id
 
     def _admit(self, spec: TaskSpec, *, queued: bool = True) -> None:
@@ -358,8 +384,10 @@ class TaskStore:
         if tile:  # file-job tiles go to their job's queue (with the output image), not a camera's ring
             result["meta"] = dict(spec.meta)
             self._job_results.setdefault(spec.job_id, deque()).append((result, o.image))
+            self.journal.tile_done(rec.task.id, spec.job_id, result, o.image)
         else:
             ring.append(result)
+            self.journal.result_stored(spec.port, result["cursor"], result, ring.size)
         return result
 
     def take_job_results(self, job_id: str, max_n: int) -> list[tuple[dict[str, Any], bytes]]:
@@ -369,6 +397,7 @@ class TaskStore:
             out = [queue.popleft() for _ in range(min(max_n, len(queue)))] if queue else []
             if queue is not None and not queue:
                 del self._job_results[job_id]
+            self.journal.job_results_taken([r["task_id"] for r, _ in out])
             return out
 
     def cancel_job(self, job_id: str) -> int:
@@ -381,6 +410,7 @@ class TaskStore:
             self._lanes.pop(("job", job_id), None)
             if ("job", job_id) in self._turn:
                 self._turn.remove(("job", job_id))
+            self.journal.job_cancelled(job_id)
             return len(doomed)
 
     def results(self, port: int, since: int, limit: int) -> dict[str, Any]:

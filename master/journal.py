@@ -1,0 +1,180 @@
+"""What the master keeps across a restart (`python -m master --state-dir DIR`).
+
+Kept: every accepted file-job tile until its result is taken, every finished tile waiting to be
+taken (with its image), and the results of every camera port (as many as the results ring holds),
+with their cursors, so users' `since` cursors go on working. Not kept: live frames waiting for a
+worker (after a restart they are stale; the publishers are already sending newer ones), events,
+and the latest annotated frame per camera.
+
+SQLite in WAL mode with synchronous=NORMAL: a change is in the journal before the request that
+made it is answered, and survives the master being killed. A power cut may lose the last
+transactions (use a battery-backed disk or FULL if that matters; see docs/OPERATIONS.md).
+
+The task store calls the journal inside its own lock, so the journal sees changes in the store's
+order. `NullJournal` keeps nothing: the default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.tasks import Task, spec_from_wire, spec_to_wire
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tiles (
+    task_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, spec TEXT NOT NULL, payload BLOB NOT NULL,
+    queued_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS job_results (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, job_id TEXT NOT NULL,
+    result TEXT NOT NULL, image BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS job_results_by_job ON job_results (job_id, n);
+CREATE TABLE IF NOT EXISTS results (
+    port INTEGER NOT NULL, cursor INTEGER NOT NULL, result TEXT NOT NULL, PRIMARY KEY (port, cursor));
+"""
+PRUNE_EVERY = 64  # results written to a port between two deletions of those past its ring
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a journal held: tiles to queue again, finished tiles to hand out, results per port."""
+
+    tiles: list[Task]
+    job_results: list[tuple[str, dict[str, Any], bytes]]  # (job id, result, image), oldest first
+    results: dict[int, list[dict[str, Any]]]  # per port, oldest first, each with its cursor
+
+
+class NullJournal:
+    """Keeps nothing (the master without --state-dir)."""
+
+    def tile_added(self, task: Task) -> None:
+        pass
+
+    def tile_dropped(self, task_id: str) -> None:
+        pass
+
+    def tile_done(self, task_id: str, job_id: str, result: dict[str, Any], image: bytes) -> None:
+        pass
+
+    def result_stored(self, port: int, cursor: int, result: dict[str, Any], ring_size: int) -> None:
+        pass
+
+    def job_results_taken(self, task_ids: list[str]) -> None:
+        pass
+
+    def job_cancelled(self, job_id: str) -> None:
+        pass
+
+    def restore(self) -> Restored:
+        return Restored([], [], {})
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteJournal(NullJournal):
+    """The journal in one SQLite file; every method is one transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the store calls us under its lock from many threads: one connection, our own lock
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._writes: dict[int, int] = {}
+        with self._lock:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise OSError(f"{self.path}: SQLite would not use WAL mode (got {mode})")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db, self._lock)
+
+    def tile_added(self, task: Task) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)",
+                       (task.id, task.spec.job_id, json.dumps(spec_to_wire(task.spec)), task.payload, task.queued_ns))
+
+    def tile_dropped(self, task_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM tiles WHERE task_id = ?", (task_id,))
+
+    def tile_done(self, task_id: str, job_id: str, result: dict[str, Any], image: bytes) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM tiles WHERE task_id = ?", (task_id,))
+            db.execute("INSERT OR REPLACE INTO job_results (task_id, job_id, result, image) VALUES (?, ?, ?, ?)",
+                       (task_id, job_id, json.dumps(result), image))
+
+    def result_stored(self, port: int, cursor: int, result: dict[str, Any], ring_size: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", (port, cursor, json.dumps(result)))
+            n = self._writes.get(port, 0) + 1
+            self._writes[port] = n
+            if n % PRUNE_EVERY == 0:
+                db.execute("DELETE FROM results WHERE port = ? AND cursor <= ?", (port, cursor - ring_size))
+
+    def job_results_taken(self, task_ids: list[str]) -> None:
+        if task_ids:
+            with self._tx() as db:
+                db.executemany("DELETE FROM job_results WHERE task_id = ?", [(t,) for t in task_ids])
+
+    def job_cancelled(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM tiles WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM job_results WHERE job_id = ?", (job_id,))
+
+    def restore(self) -> Restored:
+        with self._lock:
+            tiles = [Task(task_id, spec_from_wire(json.loads(spec)), bytes(payload), queued_ns)
+                     for task_id, spec, payload, queued_ns in
+                     self._db.execute("SELECT task_id, spec, payload, queued_ns FROM tiles ORDER BY rowid")]
+            done = [(job, json.loads(result), bytes(image)) for job, result, image in
+                    self._db.execute("SELECT job_id, result, image FROM job_results ORDER BY n")]
+            results: dict[int, list[dict[str, Any]]] = {}
+            for port, result in self._db.execute("SELECT port, result FROM results ORDER BY port, cursor"):
+                results.setdefault(port, []).append(json.loads(result))
+        log.info("journal %s: %d tile(s) to queue again, %d finished tile(s), results of %d camera(s)",
+                 self.path, len(tiles), len(done), len(results))
+        return Restored(tiles, done, results)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _Tx:
+    """BEGIN ... COMMIT under the journal's lock (ROLLBACK on error)."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        self.db.execute("BEGIN")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
+
+
+def iter_tables(path: Path) -> Iterator[tuple[str, int]]:
+    """Row counts per table of a journal file (for tests and `--state-dir` diagnostics)."""
+    db = sqlite3.connect(path)
+    try:
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"):
+            yield name, db.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]  # noqa: S608 - our own names
+    finally:
+        db.close()

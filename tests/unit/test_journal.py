@@ -1,0 +1,72 @@
+"""The master's journal: what a restarted store takes back (real SQLite files)."""
+
+from __future__ import annotations
+
+from common.tasks import Outcome, TaskKind, TaskSpec
+from master.journal import SqliteJournal, iter_tables
+from master.store import StoreConfig, TaskStore
+
+NOW = 1_800_000_000.0
+
+
+def spec(port: int = 5000, seq: int = 0, *, job: str = "") -> TaskSpec:
+    kind = TaskKind.TILE if job else TaskKind.FRAME
+    return TaskSpec(port=port, seq=seq, pipeline="noop", captured_ns=int(NOW * 1e9), received_ns=int(NOW * 1e9),
+                    kind=kind, job_id=job, meta={"tile": seq} if job else {})
+
+
+def finish(store: TaskStore, n: int, image: bytes = b"") -> list[str]:
+    done = []
+    for lease in store.request("w", n, NOW):
+        store.complete(lease.task.id, lease.token, Outcome(lease.task.id, lease.token, image=image), "w", NOW)
+        done.append(lease.task.id)
+    return done
+
+
+def test_a_restarted_store_keeps_tiles_finished_tiles_and_results_with_their_cursors(tmp_path):
+    path = tmp_path / "m.sqlite3"
+    config = StoreConfig(results_per_port=5)
+    store = TaskStore(config, journal=SqliteJournal(path))
+    for i in range(7):
+        store.add(spec(seq=i), b"jpeg", NOW)  # live frames: their results are kept, the frames are not
+    tiles = [store.add(spec(port=0, seq=i, job="j1"), f"tile{i}".encode(), NOW) for i in range(6)]
+    finish(store, 13, image=b"out")  # 7 frames and the 6 tiles, round robin
+    assert [r["task_id"] for r, _ in store.take_job_results("j1", 2)] == tiles[:2]  # taken: gone for good
+    more = [store.add(spec(port=0, seq=10 + i, job="j1"), b"late", NOW) for i in range(3)]
+    store.add(spec(seq=99), b"pending frame", NOW)  # a live frame still queued: stale after a restart
+    store.journal.close()
+
+    again = TaskStore(config, journal=SqliteJournal(path))
+    leases = again.request("w2", 10, NOW)
+    assert sorted(x.task.id for x in leases) == sorted(more), "exactly the unfinished tiles come back"
+    assert {x.task.payload for x in leases} == {b"late"} and all(x.task.spec.job_id == "j1" for x in leases)
+    waiting = again.take_job_results("j1", 10)
+    assert [r["task_id"] for r, _ in waiting] == tiles[2:] and {img for _, img in waiting} == {b"out"}
+    page = again.results(5000, 3, 10)  # a user's cursor from before the restart still works
+    assert [r["seq"] for r in page["results"]] == [3, 4, 5, 6] and page["next"] == 7
+    assert again.results(5000, 0, 10)["missed"] == 2, "the ring holds 5; older ones are gone as before"
+    again.add(spec(seq=7), b"jpeg", NOW)
+    finish(again, 10)
+    assert again.results(5000, 7, 10)["results"][0]["cursor"] == 8, "cursors keep growing"
+
+
+def test_a_cancelled_job_leaves_nothing_in_the_journal(tmp_path):
+    path = tmp_path / "m.sqlite3"
+    store = TaskStore(journal=SqliteJournal(path))
+    for i in range(4):
+        store.add(spec(port=0, seq=i, job="gone"), b"t", NOW)
+    finish(store, 2)
+    store.cancel_job("gone")
+    store.journal.close()
+    counts = dict(iter_tables(path))
+    assert counts["tiles"] == 0 and counts["job_results"] == 0
+
+
+def test_results_are_pruned_to_the_ring_size(tmp_path):
+    path = tmp_path / "m.sqlite3"
+    store = TaskStore(StoreConfig(results_per_port=10), journal=SqliteJournal(path))
+    for i in range(300):
+        store.add(spec(seq=i), b"j", NOW)
+        finish(store, 1)
+    store.journal.close()
+    assert dict(iter_tables(path))["results"] <= 10 + 64, "pruned every 64 writes"
