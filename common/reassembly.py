@@ -25,6 +25,8 @@ from common.protocol import (
 RESTART_DISTANCE = 256
 # With a key: a frame this many frames behind the newest authentic one on its stream is a replay.
 REPLAY_WINDOW_FRAMES = 64
+# With a key: replay windows kept per port, one per stream id (least recently used forgotten first).
+MAX_REPLAY_STREAMS = 1024
 
 # Counter names for datagrams a keyed receiver refuses (the master shows dropped_* as receiver drops).
 AUTH_REASONS = ("dropped_unsigned", "dropped_forged", "dropped_replayed")
@@ -107,14 +109,15 @@ class _Stream:
     last_seen: float
     partials: OrderedDict[int, _Partial] = field(default_factory=OrderedDict)
     last_done: int | None = None
-    replay: ReplayWindow = field(default_factory=ReplayWindow)
 
 
 class FrameAssembler:
     """Turns datagrams from any number of senders on one port into complete frames.
 
     With `key`, unsigned, forged and replayed datagrams are dropped and counted (AUTH_REASONS).
-    Without one, signed datagrams are accepted unverified (their trailer skipped) and counted as
+    The replay window is kept per stream id, which the MAC covers, and not per source address,
+    which it does not: a captured datagram re-sent from a spoofed address is still a replay.
+    Without a key, signed datagrams are accepted unverified (their trailer skipped) and counted as
     `signed_unverified`: a receiver without the key cannot tell a forgery, so it refuses nothing
     it would have taken unsigned.
     """
@@ -124,6 +127,7 @@ class FrameAssembler:
         self.key = key
         self.counters: Counter[str] = Counter()
         self._streams: OrderedDict[tuple[Hashable, int], _Stream] = OrderedDict()
+        self._replay: OrderedDict[int, ReplayWindow] = OrderedDict()
         self._buffered = 0
 
     @property
@@ -153,10 +157,10 @@ class FrameAssembler:
         if reason:
             self.counters[reason] += 1
             return None
-        stream = self._stream(source, head.stream_id, now)
-        if self.key is not None and not stream.replay.accept(head.seq, head.index):
+        if self.key is not None and not self._replay_window(head.stream_id).accept(head.seq, head.index):
             self.counters["dropped_replayed"] += 1
             return None
+        stream = self._stream(source, head.stream_id, now)
         if self._is_late(stream, head.seq):
             self.counters["late"] += 1
             return None
@@ -189,6 +193,16 @@ class FrameAssembler:
         if not signed:
             return "dropped_unsigned"
         return "" if verify_mac(datagram, self.key) else "dropped_forged"
+
+    def _replay_window(self, stream_id: int) -> ReplayWindow:
+        window = self._replay.get(stream_id)
+        if window is None:
+            window = self._replay[stream_id] = ReplayWindow()
+            while len(self._replay) > MAX_REPLAY_STREAMS:
+                self._replay.popitem(last=False)
+        else:
+            self._replay.move_to_end(stream_id)
+        return window
 
     def _check_limits(self, head: ChunkHeader) -> str:
         lim = self.limits
