@@ -87,9 +87,21 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         self.wfile.write(body)
         return False
 
+    def _same_origin(self) -> bool:
+        """A browser posting from another site's page (with the user's cached dashboard login) is refused:
+        browsers name the page's origin, which must be this server."""
+        origin = self.headers.get("Origin")
+        if not origin or origin == "null" and self.server.token is None:
+            return True
+        if urlsplit(origin).netloc == self.headers.get("Host", ""):
+            return True
+        self.server.service.errors["cross_origin"] += 1
+        self._send(403, "text/plain", b"cross-origin requests are refused\n", close=True)
+        return False
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         path = urlsplit(self.path).path
-        if not self._authorized() or not self._body_allowed():
+        if not self._same_origin() or not self._authorized() or not self._body_allowed():
             return
         if path in self.rpc_paths:
             super().do_POST()

@@ -97,3 +97,19 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path):
     bad.write_text("short")
     done = master("--token-file", str(bad))
     assert done.returncode == 2 and "16..256 characters" in done.stderr
+
+
+def test_a_page_on_another_site_cannot_post_with_the_users_login(cluster):
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.master_port, timeout=5)
+    body = b"<?xml version='1.0'?><methodCall><methodName>get_stats</methodName></methodCall>"
+    basic = "Basic " + __import__("base64").b64encode(f"u:{TOKEN}".encode()).decode()
+    conn.request("POST", "/RPC2", body, {"Authorization": basic, "Origin": "http://evil.example",
+                                         "Content-Type": "text/plain"})
+    r = conn.getresponse()
+    assert r.status == 403 and b"cross-origin" in r.read()
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.master_port, timeout=5)
+    conn.request("POST", "/RPC2", body, {"Authorization": basic, "Origin": f"http://127.0.0.1:{cluster.master_port}",
+                                         "Content-Type": "text/xml"})
+    assert conn.getresponse().status == 200, "the dashboard's own origin may post"
+    conn.close()
