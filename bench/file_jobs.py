@@ -197,7 +197,8 @@ def run_client(port: int, clip: Path, spec: str, tiles: str, out: Path, rss_pid:
                 "tile_latency_p50_ms": m["tile_latency_p50_ms"], "tile_latency_p95_ms": m["tile_latency_p95_ms"],
                 "retries": m["retries"], "fallback_tiles": m["fallback_tiles"],
                 "server_cpu_s": m["server"]["cpu_s"], "server_ms_per_frame": m.get("server_ms_per_frame", {}),
-                "grid": m.get("grid"), "output_bytes": out.stat().st_size}
+                "grid": m.get("grid"), "master_requests": m.get("master_requests", {}),
+                "output_bytes": out.stat().st_size}
     if rss_pid:
         out_info.update({"rss_before_mb": round(rss0 / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1),
                          "rss_samples": len(sampler.samples)})
