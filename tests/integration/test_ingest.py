@@ -135,3 +135,129 @@ def test_publisher_synthetic_source_over_zmq():
     finally:
         hub.stop()
         hub.join(5)
+
+
+KEY = bytes(range(64, 96))
+
+
+def raw_request(port: int, parts: list[bytes]) -> bytes:
+    """Send one multipart request on a plain REQ socket (what an attacker on the network can do)."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        sock.send_multipart(parts)
+        return sock.recv()
+    finally:
+        sock.close(0)
+
+
+def signed_parts(key: bytes, body: bytes, *, n: int, ts: int, sid: str = "0123abcd", msg: str = "cam") -> list[bytes]:
+    from common.protocol import zmq_mac
+
+    auth = {"sid": sid, "n": n, "ts": ts}
+    mac = zmq_mac(key, **auth, msg=msg, dtype="", shape=[], body=body)
+    return [json.dumps({"msg": msg, "auth": {**auth, "mac": mac}}).encode(), body]
+
+
+def test_keyed_hub_takes_signed_frames_and_refuses_unsigned_forged_and_replayed():
+    buf = FrameBuffer(per_port=100)
+    port = free_port()
+    hub = ZmqHub("127.0.0.1", port, buf, pipelines={}, default_pipeline="person", key=KEY)
+    hub.start()
+    img = jpeg(np.full((32, 32, 3), 128, np.uint8))
+    try:
+        ours = ZmqTransport("127.0.0.1", port, camera_port=5005, name="ours", key=KEY)
+        assert ours.send(img, seq=1, capture_ns=1) and ours.send(img, seq=2, capture_ns=2)
+        ours.close()
+        stock = imagezmq.ImageSender(connect_to=f"tcp://127.0.0.1:{port}")
+        reply = stock.send_jpg("cam-a", img)
+        stock.close()
+        assert reply.startswith(b"ERR unsigned:") and b"key" in reply
+        wrong = ZmqTransport("127.0.0.1", port, camera_port=5005, name="wrong", key=bytes(32), retries=0)
+        assert wrong.send(img, seq=3, capture_ns=3) is False and wrong.counters["refused"] == 1
+        wrong.close()
+        now = time.time_ns()
+        first = signed_parts(KEY, img, n=1, ts=now)
+        assert raw_request(port, first) == b"OK"
+        assert raw_request(port, first).startswith(b"ERR replayed:")  # the same request captured and re-sent
+        assert raw_request(port, signed_parts(KEY, img, n=2, ts=now - 300 * 10**9)).startswith(b"ERR replayed:")
+        tampered = signed_parts(KEY, img, n=3, ts=now)
+        assert raw_request(port, [tampered[0], img + b"\x00"]).startswith(b"ERR forged:")
+        assert raw_request(port, signed_parts(KEY, img, n=4, ts=now)) == b"OK"  # the sender goes on
+        frames = drain(buf, 4)
+        assert sorted((f.port, f.seq) for f in frames if f.port == 5005) == [(5005, 1), (5005, 2)]
+        assert len(frames) == 4
+        c = hub.counters
+        assert (c["dropped_unsigned"], c["dropped_forged"], c["dropped_replayed"], c["frames_complete"]) == (1, 2, 2, 4)
+        assert c["malformed"] == 0
+    finally:
+        hub.stop()
+        hub.join(5)
+
+
+def test_keyless_hub_accepts_signed_requests_and_counts_them():
+    buf = FrameBuffer(per_port=100)
+    port = free_port()
+    hub = ZmqHub("127.0.0.1", port, buf, pipelines={}, default_pipeline="person")
+    hub.start()
+    try:
+        ours = ZmqTransport("127.0.0.1", port, camera_port=5006, name="ours", key=KEY)
+        assert ours.send(jpeg(np.zeros((16, 16, 3), np.uint8)), seq=4, capture_ns=4)
+        ours.close()
+        assert [(f.port, f.seq) for f in drain(buf, 1)] == [(5006, 4)]
+        assert hub.counters["signed_unverified"] == 1 and hub.counters["frames_complete"] == 1
+    finally:
+        hub.stop()
+        hub.join(5)
+
+
+def test_keyed_udp_ingest_takes_a_signed_publisher_and_drops_an_unsigned_one(person_clip, tmp_path):
+    ports = free_udp_ports(1)
+    buf = FrameBuffer(per_port=1000)
+    ing = UdpIngest("127.0.0.1", ports, {ports[0]: "person"}, buf, key=KEY)
+    ing.start()
+    try:
+        (tmp_path / "key").write_text(KEY.hex())
+        base = [sys.executable, "-m", "sender", "--source", str(person_clip), "--receiver", f"127.0.0.1:{ports[0]}",
+                "--fps", "100", "--max-frames", "10"]
+        for extra in (["--key-file", str(tmp_path / "key")], []):
+            out = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+        frames = drain(buf, 10)
+        assert [f.seq for f in frames] == list(range(10))
+        c = wait_until(lambda: (c := ing.counters()[str(ports[0])]).get("dropped_unsigned", 0) >= 10 and c)
+        assert c["frames_complete"] == 10 and c["dropped_unsigned"] == 10 and c["malformed"] == 0
+    finally:
+        ing.stop()
+        ing.join(5)
+
+
+def test_key_options_refuse_bad_keys_and_never_take_a_key_on_the_command_line(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_text("not-hex")
+    for module in ("receiver", "sender"):
+        out = subprocess.run([sys.executable, "-m", module, "--key-file", str(bad)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and "hex digits" in out.stderr
+        out = subprocess.run([sys.executable, "-m", module, "--key-file", str(tmp_path / "missing")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and "cannot read the key file" in out.stderr
+        out = subprocess.run([sys.executable, "-m", module, "--key", KEY.hex()], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2  # there is no option that puts the key where `ps` shows it
+
+
+def test_receiver_listens_beyond_loopback_with_a_key_and_refuses_without(tmp_path, monkeypatch):
+    from common.protocol import KEY_ENV
+    from receiver.__main__ import parse_args
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    (tmp_path / "key").write_text(KEY.hex())
+    args = parse_args(["--host", "0.0.0.0", "--key-file", str(tmp_path / "key")])
+    assert args.key == KEY
+    with pytest.raises(SystemExit):
+        parse_args(["--host", "0.0.0.0"])
