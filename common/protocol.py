@@ -75,7 +75,7 @@ def max_chunk_bytes(signed: bool) -> int:
 
 def datagram_mac(key: bytes, signed_part: bytes | memoryview) -> bytes:
     """The trailer of a signed datagram: HMAC-SHA256 over header and payload, truncated to 16 bytes."""
-    return hmac.digest(key, signed_part, hashlib.sha256)[:MAC_BYTES]
+    return hmac.digest(key, signed_part, "sha256")[:MAC_BYTES]  # the name takes OpenSSL's one-shot path
 
 
 def verify_mac(datagram: bytes | memoryview, key: bytes) -> bool:
