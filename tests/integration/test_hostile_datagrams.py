@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+import urllib.request
 import zlib
 from collections import Counter
 
@@ -79,6 +80,13 @@ def flood(port: int, n: int, seed: int) -> Counter:
     return sent
 
 
+def receiver_drop_metric(text: str, reason: str) -> float:
+    """framehive_frames_dropped_total{stage="receiver", reason=...} summed over ports, from /metrics."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("framehive_frames_dropped_total{") and 'stage="receiver"' in line
+               and f'reason="{reason}"' in line)
+
+
 def port_counters(master, name: str, port: int) -> dict:
     src = master.service.stats()["sources"].get(name, {})
     return src.get("ports", {}).get(str(port), {})
@@ -112,7 +120,8 @@ def run_flood(master, person_clip, tmp_path, *, keyed: bool, hostile_n: int) -> 
         assert rx.alive(), rx.log_text()[-3000:]
         assert "Traceback" not in rx.log_text(), rx.log_text()[-3000:]
     info = {"rss_before": rss_before, "rss_after": rss_after, "flood_s": flood_s,
-            "added": master.service.stats()["ports"].get(str(port), {}).get("added", 0)}
+            "added": master.service.stats()["ports"].get(str(port), {}).get("added", 0),
+            "metrics": urllib.request.urlopen(f"{master.url}/metrics", timeout=10).read().decode()}
     print(f"\n{'keyed' if keyed else 'keyless'}: {sum(sent.values())} hostile datagrams in {flood_s:.1f}s, "
           f"RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB, counters "
           f"{ {k: v for k, v in sorted(c.items()) if v} }, master added {info['added']}")
@@ -135,6 +144,8 @@ def test_receiver_survives_100k_hostile_datagrams_beside_a_real_stream(master, p
         assert c["dropped_forged"] >= 0.9 * sent["forged"]
         assert c["dropped_replayed"] >= 0.9 * sent["replayed"] - 1
         assert c.get("frames_incomplete", 0) < 0.05 * FRAMES  # nothing hostile ever got into reassembly
+        for reason in ("unsigned", "forged", "replayed"):  # and the master shows them as receiver drops
+            assert receiver_drop_metric(info["metrics"], reason) > 0, reason
     else:
         assert c["too_large"] > 0 and c["inconsistent"] > 0 and c["late"] > 0 and c["signed_unverified"] > 0
         assert c["frames_incomplete"] > 0.5 * sent["new_frame_ids"]  # pushed out, within the memory bounds
