@@ -47,3 +47,25 @@ def iou(a: Box, b: Box) -> float:
     inter = iw * ih
     union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
+
+
+def cut_clip(src: Path | str, dst: Path | str, start: int, n: int, fps: float = 25.0) -> str:
+    """Frames start..start+n of a real clip, written as a clip of its own (mp4v, same size)."""
+    cap = cv2.VideoCapture(str(src))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    out = None
+    try:
+        for _ in range(n):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if out is None:
+                out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
+            out.write(frame)
+    finally:
+        cap.release()
+        if out is not None:
+            out.release()
+    if out is None:
+        raise FileNotFoundError(f"could not read frames from {src}")
+    return str(dst)

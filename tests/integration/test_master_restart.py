@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 
-import cv2
 import pytest
 
 from cluster.local import ROOT, LocalCluster, free_port, packaged_clip
+from cluster.testdata import cut_clip
 from tests.conftest import wait_until
 
 FRAMES = 48
@@ -20,15 +20,7 @@ FRAMES = 48
 
 @pytest.fixture
 def clip(tmp_path) -> str:
-    path = tmp_path / "in.mp4"
-    cap = cv2.VideoCapture(str(packaged_clip("bikes.mp4")))
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 272))
-    for _ in range(FRAMES):
-        ok, frame = cap.read()
-        assert ok
-        out.write(frame)
-    out.release()
-    return str(path)
+    return cut_clip(packaged_clip("bikes.mp4"), tmp_path / "in.mp4", 0, FRAMES)
 
 
 def test_file_job_and_results_survive_a_master_kill(tmp_path, clip, person_clip):
