@@ -19,6 +19,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt redis-server
 command -v chromium >/dev/null 2>&1 || need_apt chromium
 # Graphviz renders `make diagrams`.
 command -v dot >/dev/null 2>&1 || need_apt graphviz
+# iproute2 (ip, tc) builds the network-namespace test's hosts.
+command -v ip >/dev/null 2>&1 || need_apt iproute2
 
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
