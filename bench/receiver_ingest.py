@@ -6,6 +6,10 @@ process sends one 48 KB 640x480 JPEG per frame through UdpTransport (encode_fram
 payload bytes) at a paced rate; rates step up until a step loses a frame or the sender cannot keep
 the pace. Loss = frames sent - frames delivered. A last, unpaced step shows the ceiling.
 
+Signing, same run: one more unpaced step with a keyed ingest and a signing sender (HMAC-SHA256
+trailer, docs/PROTOCOL.md), next to the unsigned unpaced step, and the in-process cost per datagram
+of FrameAssembler.add (decode + CRC, + MAC check) and of encode_frame, signed and unsigned.
+
 Baseline, same run: stock imagezmq REQ/REP (ImageSender.send_jpg -> ImageHub.recv_jpg + send_reply)
 of the same JPEG bytes, as fast as it goes; REQ/REP cannot lose, so its rate is its zero-loss rate.
 """
@@ -29,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import benchlib  # noqa: E402
 from cluster.local import free_udp_ports  # noqa: E402
-from common.protocol import DEFAULT_CHUNK_BYTES, chunk_count_for  # noqa: E402
+from common.protocol import DEFAULT_CHUNK_BYTES, chunk_count_for, encode_frame  # noqa: E402
+from common.reassembly import FrameAssembler  # noqa: E402
 from receiver.buffer import FrameBuffer  # noqa: E402
 from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest  # noqa: E402
 from sender.transport import UdpTransport  # noqa: E402
@@ -42,14 +47,16 @@ PACE_TOLERANCE = 0.95  # a sender below this share of its rate is sender-bound
 SETTLE_S = 0.3  # delivery is over when nothing new arrived for this long after the sender stopped
 SETTLE_MAX_S = 3.0
 HUB_POLL_MS = 3000
+BENCH_KEY = bytes(range(32))
 
 
 # ----- sender processes -------------------------------------------------------------------------------
 
 
-def _udp_sender(port: int, jpeg: bytes, fps: float, seconds: float, chunk: int, out: Any) -> None:
+def _udp_sender(port: int, jpeg: bytes, fps: float, seconds: float, chunk: int, out: Any,
+                key: bytes | None = None) -> None:
     """Send frames paced at `fps` (0: as fast as possible) for `seconds`; report what left."""
-    transport = UdpTransport("127.0.0.1", port, stream_id=random.getrandbits(32), chunk_bytes=chunk)
+    transport = UdpTransport("127.0.0.1", port, stream_id=random.getrandbits(32), chunk_bytes=chunk, key=key)
     period = 1.0 / fps if fps else 0.0
     sent = late = 0
     start = next_at = time.monotonic()
@@ -142,14 +149,15 @@ def _settle(sink: Sink) -> None:
 
 
 def run_step(ingest: UdpIngest, sink: Sink, port: int, jpeg: bytes, fps: float, seconds: float,
-             chunk: int) -> dict[str, Any]:
+             chunk: int, key: bytes | None = None) -> dict[str, Any]:
     """One rate step with a fresh sender process; loss counted from counters' deltas."""
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     asm = ingest.assemblers[port]
     before, delivered0, kdrops0 = Counter(asm.counters), sink.delivered, _kernel_drops(port)
     lat0 = len(sink.latencies_ms)
-    proc = ctx.Process(target=_udp_sender, args=(port, jpeg, fps, seconds, chunk, out), name=f"udp-sender-{fps}")
+    proc = ctx.Process(target=_udp_sender, args=(port, jpeg, fps, seconds, chunk, out, key),
+                       name=f"udp-sender-{fps}")
     proc.start()
     meter = benchlib.CpuMeter([os.getpid(), proc.pid])
     meter.start()
@@ -171,6 +179,7 @@ def run_step(ingest: UdpIngest, sink: Sink, port: int, jpeg: bytes, fps: float, 
             "lost": sent["sent"] - delivered,
             "frames_incomplete": delta["frames_incomplete"], "late_datagrams": delta["late"],
             "malformed": sum(delta[k] for k in ("bad_checksum", "bad_length", "corrupt", "inconsistent")),
+            "refused_auth": sum(delta[k] for k in ("dropped_unsigned", "dropped_forged", "dropped_replayed")),
             "kernel_drops": _kernel_drops(port) - kdrops0, "send_errors": sent.get("send_errors", 0),
             "sender_late": sent["late"],
             "sender_bound": bool(fps) and achieved < PACE_TOLERANCE * fps,
@@ -211,6 +220,45 @@ def measure_ours(jpeg: bytes, rates: tuple[int, ...], seconds: float, unpaced_s:
             "stopped_by": _stopped_by(steps),
             "steps": steps, "unpaced": unpaced, "rcvbuf_bytes": rcvbuf, "buffer_dropped": int(buffer.dropped[port]),
             "wrong_size_frames": sink.wrong_size}
+
+
+def measure_signed_unpaced(jpeg: bytes, seconds: float, chunk: int) -> dict[str, Any]:
+    """One unpaced step through a keyed ingest from a signing sender (compare with ours["unpaced"])."""
+    [port] = free_udp_ports(1)
+    buffer = FrameBuffer(per_port=100_000)
+    ingest = UdpIngest("127.0.0.1", [port], {port: "person"}, buffer, key=BENCH_KEY)
+    sink = Sink(buffer, len(jpeg))
+    ingest.start()
+    sink.start()
+    try:
+        return run_step(ingest, sink, port, jpeg, 0, seconds, chunk, key=BENCH_KEY)
+    finally:
+        ingest.stop()
+        ingest.join(5)
+        sink.stop()
+        sink.join(5)
+
+
+def per_datagram_cost(jpeg: bytes, chunk: int, frames: int = 300) -> dict[str, Any]:
+    """Microseconds per datagram to encode and to reassemble, unsigned and signed, in this process."""
+    out: dict[str, Any] = {}
+    for label, key in (("unsigned", None), ("signed", BENCH_KEY)):
+        t0 = time.perf_counter()
+        grams = [g for seq in range(frames) for g in encode_frame(jpeg, stream_id=1, seq=seq, capture_ns=seq,
+                                                                   chunk_bytes=chunk, key=key)]
+        encode_s = time.perf_counter() - t0
+        asm = FrameAssembler(key=key)
+        t0 = time.perf_counter()
+        done = sum(asm.add(g, ("127.0.0.1", 1), 0.0) is not None for g in grams)
+        add_s = time.perf_counter() - t0
+        assert done == frames, f"{label}: {done} of {frames} frames reassembled"
+        out[label] = {"encode_us": round(encode_s / len(grams) * 1e6, 2),
+                      "reassemble_us": round(add_s / len(grams) * 1e6, 2), "datagrams": len(grams)}
+    out["reassemble_overhead"] = round(out["signed"]["reassemble_us"] / out["unsigned"]["reassemble_us"], 2)
+    log.info("per datagram: reassemble %.2f us unsigned, %.2f us signed; encode %.2f / %.2f us",
+             out["unsigned"]["reassemble_us"], out["signed"]["reassemble_us"], out["unsigned"]["encode_us"],
+             out["signed"]["encode_us"])
+    return out
 
 
 def _sender_stalled(steps: list[dict[str, Any]]) -> bool:
@@ -282,12 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     jpeg, jpeg_info = benchlib.test_jpeg()
     zmq_runs = [measure_imagezmq(jpeg, zmq_s)]
     ours = measure_ours(jpeg, rates, step_s, step_s, args.chunk_bytes)
+    signing = {"unsigned_unpaced_fps": ours["unpaced"]["delivered_fps"],
+               "signed_unpaced": measure_signed_unpaced(jpeg, step_s, args.chunk_bytes),
+               "per_datagram": per_datagram_cost(jpeg, args.chunk_bytes)}
+    signing["signed_unpaced_fps"] = signing["signed_unpaced"]["delivered_fps"]
     if not args.quick:
         zmq_runs.append(measure_imagezmq(jpeg, zmq_s))  # before and after ours: the best one counts
     best_zmq = max(zmq_runs, key=lambda r: r["frames_per_s"])
     benchlib.emit({
         "bench": "receiver_ingest",
         "figure": ours,
+        "signing": signing,
         "baseline": {**best_zmq, "runs_frames_per_s": [r["frames_per_s"] for r in zmq_runs],
                      "design": "stock imagezmq 1.x ImageSender/ImageHub REQ/REP, send_jpg, unpaced"},
         "ratio": benchlib.ratio(ours["zero_loss_fps"], best_zmq["frames_per_s"]),
