@@ -29,7 +29,7 @@ from common.protocol import (
 )
 from common.reassembly import FrameAssembler, ReassemblyLimits
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEY = bytes(range(32))
 
 u8, u16, u32 = st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
@@ -125,7 +125,7 @@ def check_bounds(asm: FrameAssembler) -> None:
 
 
 @given(sequences(None))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_reassembler_never_raises_and_keeps_its_bounds(steps) -> None:
     asm = FrameAssembler(LIMITS)
     for g, src, now in steps:
