@@ -2,7 +2,7 @@
 reassembler fed hostile sequences (keyless and keyed), and the file-job protocol decoder.
 
 Each target states the only errors it may raise and the bounds that must hold; hypothesis looks for
-a counter-example. max_examples are tuned so the whole file runs in a few seconds.
+a counter-example. max_examples are tuned so the whole file runs in about 10 s.
 """
 
 from __future__ import annotations
