@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from common import auth
 from common.errors import ConfigError
 from common.masterclient import parse_master_url
 from common.pipeline import normalize_pipeline
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"file holding the shared datagram/imagezmq key as hex (else ${KEY_ENV}); with a key, "
                         "unsigned, forged and replayed datagrams and imagezmq requests are dropped and counted")
     p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
+    p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--pipeline", action="append", default=[],
                    help="what workers run on these cameras, e.g. person or person,face; PORT=SPEC "
                         "overrides one port (repeatable). Default: person")
@@ -108,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.default_pipeline, args.pipelines = parse_pipelines(args.pipeline, args.port_list)
         _, args.policies = parse_per_port("--detect", args.detect, args.port_list, GatePolicy(), parse_policy)
         parse_master_url(args.master)
+        args.token = auth.configure(args.token_file)
     except (ValueError, ConfigError) as e:
         p.error(str(e))
     args.key = read_key(p, args.key_file)
