@@ -120,9 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--jobs-port and --jobs-http-port must be 0..65535")
     if args.jobs_http_port and not args.jobs_port:
         p.error("--jobs-http-port needs --jobs-port")
-    if args.jobs_port and args.jobs_host != "localhost" and not is_loopback(args.jobs_host) and not args.insecure:
-        p.error(f"refusing to serve file jobs on {args.jobs_host} without authentication; use localhost, or pass "
-                "--insecure on a network you trust")
+    if (args.jobs_port and args.jobs_host != "localhost" and not is_loopback(args.jobs_host) and not args.insecure
+            and args.token is None):
+        p.error(f"refusing to serve file jobs on {args.jobs_host} without a token: anyone could upload work and "
+                f"read results; give --token-file (or ${auth.TOKEN_ENV}), use localhost, or pass --insecure on a "
+                "network you trust")
     if not is_loopback(args.host) and not args.insecure and args.key is None:
         p.error(f"refusing to listen on {args.host} without a datagram key: anyone on the network could inject "
                 f"frames; give --key-file (or ${KEY_ENV}), listen on 127.0.0.1, or pass --insecure on a network "
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         from receiver.jobs import JobConfig, JobServerThread
 
         jobs = JobServerThread(args.jobs_host, args.jobs_port, JobConfig(
-            master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None))
+            master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None, token=args.token))
         jobs.start()
         jobs.ready.wait(10)
         if jobs.error is not None:

@@ -11,6 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from common import auth
 from receiver.jobs import Job, JobServer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ class PreviewHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         jobs = self.server.jobs
+        token = jobs.config.token
+        if token is not None and not auth.allowed(self.headers.get("Authorization"), token):
+            jobs.counters["preview_unauthorized"] += 1
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="framehive jobs", charset="UTF-8"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         path = self.path.split("?", 1)[0]
         latest = next(iter(reversed(jobs.recent)), None)
         if path in ("/metrics", "/jobs"):

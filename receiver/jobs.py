@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import io
 import logging
 import os
@@ -67,6 +68,7 @@ class JobConfig:
     window_frames: int = 16  # and at most this many such frames (whole-frame jobs hold big frames)
     tile_timeout_s: float = 60.0  # a tile not back by then is replaced by the original
     progress_every_s: float = 0.5
+    token: str | None = None  # with a token, a handshake must carry it ("token"), as must preview requests
 
 
 def job_grid(stages: tuple[StageSpec, ...], requested: tuple[int, int]) -> tuple[tuple[int, int], str]:
@@ -575,6 +577,7 @@ class JobServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Job | None:
         try:
             msg = await asyncio.wait_for(jobproto.read_message(reader), HANDSHAKE_TIMEOUT_S)
+            self._check_token(msg)
             hs = jobproto.parse_handshake(msg)
             source, total = self._source(hs)
         except ProtocolError as e:
@@ -592,6 +595,15 @@ class JobServer:
         log.info("job %s accepted: %s, %d bytes, %dx%d tiles, %s", job_id, hs.name, total, *hs.tiles, hs.filters)
         await self._send(writer, {"type": "accepted", "job_id": job_id})
         return job
+
+    def _check_token(self, msg: dict) -> None:
+        token = self.config.token
+        if token is None:
+            return
+        given = msg.get("token") if isinstance(msg, dict) else None
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
+            raise ProtocolError("this job server wants the cluster's token in the handshake: set $FRAMEHIVE_TOKEN "
+                                "or --token-file", "unauthorized")
 
     def _source(self, hs: Handshake) -> tuple[Path, int]:
         if hs.protocol == "stream":

@@ -25,7 +25,8 @@ from typing import BinaryIO, TextIO
 import av
 import av.error
 
-from common.errors import FramehiveError, PipelineSpecError
+from common import auth
+from common.errors import ConfigError, FramehiveError, PipelineSpecError
 from common.jobproto import (
     DEFAULT_PORT,
     TILE_FORMATS,
@@ -77,6 +78,7 @@ class Options:
     timeout_s: float
     log_level: str = "WARNING"
     tile_format: str = "raw"
+    token: str | None = None  # the cluster's token, sent in the handshake when the server wants one
 
 
 class ProgressLine:
@@ -169,6 +171,8 @@ def build_handshake(opts: Options) -> dict:
     msg = {"type": "handshake", "version": VERSION, "protocol": opts.protocol, "tiles": opts.tiles,
            "filters": opts.filters, "codec": opts.codec, "name": opts.video.name[:255] or "upload",
            "preview": opts.preview, "tile_format": opts.tile_format}
+    if opts.token:
+        msg["token"] = opts.token
     if opts.protocol == "stream":
         msg["size"], msg["sha256"] = file_digest(opts.video)
     else:
@@ -360,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-format", choices=TILE_FORMATS, default="raw",
                    help="how tiles travel to the workers: raw (least CPU) or png (fewer bytes on a slow LAN)")
     p.add_argument("--metrics", type=Path, help="also save the result JSON here")
+    p.add_argument("--token-file", default="",
+                   help="file holding the cluster's token, if the job server wants one (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--timeout-s", type=_positive_arg, default=TIMEOUT_S, help="socket timeout (s)")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -376,9 +382,14 @@ def parse_options(argv: list[str] | None) -> Options:
             parser.error(f"--video {a.video}: the file is empty")
     if not a.out.parent.is_dir():
         parser.error(f"--out {a.out}: directory {a.out.parent} does not exist")
+    try:
+        token = auth.load_token(a.token_file)
+    except ConfigError as e:
+        parser.error(str(e))
     return Options(host=a.host, port=a.port, family=a.family or socket.AF_UNSPEC, video=a.video, out=a.out,
                    tiles=a.tiles, filters=a.filters, codec=a.codec, protocol=a.protocol, preview=a.preview,
-                   metrics=a.metrics, timeout_s=a.timeout_s, log_level=a.log_level, tile_format=a.tile_format)
+                   metrics=a.metrics, timeout_s=a.timeout_s, log_level=a.log_level, tile_format=a.tile_format,
+                   token=token)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +11,8 @@ import xmlrpc.client
 
 import pytest
 
-from cluster.local import ROOT, LocalCluster, free_udp_ports
+from cluster.local import ROOT, LocalCluster, free_port, free_udp_ports, packaged_clip
+from cluster.testdata import cut_clip
 from common.errors import Unauthorized
 from common.masterclient import MasterClient
 from tests.conftest import wait_until
@@ -113,3 +115,27 @@ def test_a_page_on_another_site_cannot_post_with_the_users_login(cluster):
                                          "Content-Type": "text/xml"})
     assert conn.getresponse().status == 200, "the dashboard's own origin may post"
     conn.close()
+
+
+def test_the_job_server_and_its_preview_want_the_token_too(cluster, tmp_path):
+    jobs_port, preview_port = free_port(), free_port()
+    cluster.start_receiver([free_udp_ports(1)[0]], "--jobs-port", str(jobs_port), "--jobs-http-port", str(preview_port))
+    cluster.start_workers(1, "--threads", "1")
+    clip = cut_clip(packaged_clip("bikes.mp4"), tmp_path / "in.mp4", 0, 6)
+
+    def upload(token: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "FRAMEHIVE_TOKEN"}
+        if token:
+            env["FRAMEHIVE_TOKEN"] = token
+        return subprocess.run([sys.executable, "-m", "sender.client", "--port", str(jobs_port), "--video", clip,
+                               "--filters", "blur:3", "--out", str(tmp_path / "out.mp4")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    refused = upload(None)
+    assert refused.returncode == 1 and "error [unauthorized]" in refused.stderr
+    assert upload("a-wrong-token-0123456789").returncode == 1
+    ok = upload(TOKEN)
+    assert ok.returncode == 0, ok.stderr
+    assert get(preview_port, "/metrics")[0] == 401
+    status, _, body = get(preview_port, "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and b"refused_unauthorized" in body
