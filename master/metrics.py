@@ -54,7 +54,32 @@ def families(stats: Mapping[str, Any]) -> list[Metric]:
     out += _workers(stats.get("workers", []))
     out += _events(stats.get("events", {}))
     out += _latency(stats.get("latency", {}))
+    out += _job_servers(stats.get("sources", {}))
     return out
+
+
+def _job_servers(sources: Mapping[str, Any]) -> list[Metric]:
+    """File-job servers, as each receiver reports them: job totals, and each running job's progress."""
+    events = _counter("file_jobs", "File-job server events: accepted, delivered, disconnected, refused_<code>, ...",
+                      ["source", "event"])
+    running = _gauge("file_jobs_running", "File jobs in progress.", ["source"])
+    frames = _gauge("file_job_frames", "Frames of a running file job: total (0 if unknown), in (decoded), "
+                    "out (written).", ["source", "job", "stage"])
+    fallback = _gauge("file_job_fallback_tiles", "Tiles of a running file job replaced by the original.",
+                      ["source", "job"])
+    for name, src in sorted(sources.items()):
+        report = src.get("jobs")
+        if not isinstance(report, Mapping):
+            continue
+        for event, n in sorted(report.get("counters", {}).items()):
+            events.add_metric([name, event], float(n))
+        jobs = [j for j in report.get("jobs", []) if isinstance(j, Mapping) and j.get("state") == "running"]
+        running.add_metric([name], float(len(jobs)))
+        for j in jobs:
+            for stage in ("total", "in", "out"):
+                frames.add_metric([name, str(j.get("job_id")), stage], float(j.get(f"frames_{stage}", 0)))
+            fallback.add_metric([name, str(j.get("job_id"))], float(j.get("fallback_tiles", 0)))
+    return [events, running, frames, fallback]
 
 
 def _latency(latency: Mapping[str, Any]) -> list[Metric]:

@@ -144,7 +144,7 @@ class MasterRpc:
 
     def get_stats(self) -> dict:
         """Counters per port, task states, workers and receivers."""
-        return self._svc.stats()
+        return xmlrpc_safe(self._svc.stats())
 
     def report_source(self, name: str, counters: dict) -> bool:
         """A receiver reports its own counters (frames complete, malformed by reason, ...)."""
@@ -189,3 +189,22 @@ class RpcDispatcher(SimpleXMLRPCDispatcher):
             self._errors["internal"] += 1
             log.exception("verb %s failed", method)
             raise Fault(FAULT_INTERNAL, f"{method}: internal error (details in the master's log)") from None
+
+
+INT32_MAX = 2**31 - 1
+
+
+def xmlrpc_safe(value: Any) -> Any:
+    """`value` with every integer XML-RPC cannot carry (beyond 32 bits: a receiver's byte count after
+    a few hours) turned into a float, and None into "" (XML-RPC has neither)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -INT32_MAX - 1 <= value <= INT32_MAX else float(value)
+    if isinstance(value, dict):
+        return {str(k): xmlrpc_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [xmlrpc_safe(v) for v in value]
+    if value is None:
+        return ""
+    return value

@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             preview.start()
             log.info("file-job preview at http://%s:%d/", host, args.jobs_http_port)
     name = args.name or f"receiver@{socket.gethostname()}"
-    forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies)
+    report_jobs = (lambda: {"jobs": jobs.server.report()}) if jobs else None  # file jobs on the master's dashboard
+    forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies,
+                          report_extra=report_jobs)
     producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else []) + ([preview] if preview else [])
     for part in [forwarder, *producers]:
         part.start()

@@ -28,7 +28,8 @@ class Forwarder(Component):
 
     def __init__(self, buffer: FrameBuffer, master_url: str, *, name: str,
                  counters: Callable[[], dict], batch_max: int = BATCH_MAX,
-                 policies: Mapping[int, GatePolicy] | None = None) -> None:
+                 policies: Mapping[int, GatePolicy] | None = None,
+                 report_extra: Callable[[], dict] | None = None) -> None:
         super().__init__()
         self.buffer = buffer
         self.policies = dict(policies or {})
@@ -37,6 +38,7 @@ class Forwarder(Component):
         self.name = name
         self.batch_max = batch_max
         self._source_counters = counters
+        self._report_extra = report_extra
         self.stats: Counter[str] = Counter()
         self.port_stats: dict[int, Counter[str]] = {}
         self._last_report = 0.0
@@ -67,7 +69,8 @@ class Forwarder(Component):
         report = now - self._last_report >= REPORT_EVERY_S
         if not frames and not report:
             return 0
-        counters = {"ports": self.counters()} if report else None
+        extra = self._report_extra() if self._report_extra and report else {}
+        counters = {"ports": self.counters(), **extra} if report else None
         items = [self._gated(f, now) for f in frames]
         try:
             reply = self.client.add_tasks(items, source=self.name, counters=counters)

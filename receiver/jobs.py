@@ -260,6 +260,7 @@ class TileRunner:
         try:
             reader = self._open()
             info = probe(reader)
+            job.counters["frames_total"] = info.frames  # 0 when the container does not say
             reader.seek(0)
             self.writer = H264Writer(job.out_path, width=info.width, height=info.height, fps=info.fps)
             submitter, collector, writer = (
@@ -724,6 +725,20 @@ class JobServer:
         jobs = [view(j, "running") for j in list(self.jobs.values())]
         jobs += [view(j, "failed" if j.error else "done") for j in list(self.recent)]
         return {"counters": dict(self.counters), "jobs": jobs}
+
+    def report(self, recent: int = 5) -> dict[str, Any]:
+        """What the master shows of this job server (stats, dashboard, /metrics): its counters and the
+        progress of running and recent jobs, numbers only (no paths, no thumbnails)."""
+        def view(job: Job, state: str) -> dict[str, Any]:
+            c = job.counters
+            return {"job_id": job.id, "state": state, "name": job.handshake.name[:64], "filters": job.handshake.filters,
+                    **grid_fields(job.handshake), "started_at": round(job.started_at, 3),
+                    **{k: int(c.get(k, 0)) for k in ("frames_total", "frames_in", "frames_out", "tiles_done",
+                                                      "fallback_tiles", "retries")},
+                    "fps_out": job.metrics.get("fps_out"), "error": job.error[0] if job.error else ""}
+        jobs = [view(j, "running") for j in list(self.jobs.values())]
+        jobs += [view(j, "failed" if j.error else "done") for j in list(self.recent)[-recent:]]
+        return {"counters": {k: int(v) for k, v in self.counters.items()}, "jobs": jobs}
 
     def find(self, job_id: str) -> Job | None:
         """An active or recent job."""

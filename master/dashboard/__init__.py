@@ -148,4 +148,15 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
         "events": {"total": stats.get("events", {}).get("total", 0), "recent": list(reversed(events))},
         "sources": {name: {"age_s": s.get("age_s")} for name, s in stats.get("sources", {}).items()},
         "throughput": history.rates(),
+        "jobs": file_jobs(stats.get("sources", {})),
     }
+
+
+def file_jobs(sources: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Running and recent file jobs of every job server, as each receiver last reported them."""
+    out = []
+    for name, src in sorted(sources.items()):
+        report = src.get("jobs")
+        if isinstance(report, Mapping):
+            out += [{**j, "source": name} for j in report.get("jobs", []) if isinstance(j, Mapping)]
+    return sorted(out, key=lambda j: (j.get("state") != "running", -float(j.get("started_at") or 0)))

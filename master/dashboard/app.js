@@ -101,6 +101,21 @@ function renderWorkers(workers) {
     ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No workers yet."))]));
 }
 
+function renderJobs(jobs) {
+  $("jobs-panel").hidden = !jobs.length;
+  $("jobs").tBodies[0].replaceChildren(...jobs.map((j) => {
+    const pct = j.frames_total ? Math.min(100, Math.round((100 * j.frames_out) / j.frames_total)) : null;
+    const bar = el("div", { class: "progress", title: `${j.frames_out} of ${j.frames_total || "?"} frames written` },
+      el("span", { style: `width: ${pct === null ? 0 : pct}%` }));
+    return el("tr", { "data-job": j.job_id },
+      el("td", { title: j.job_id }, j.name), el("td", {}, j.source), el("td", {}, j.filters),
+      el("td", { title: j.grid_note || "" }, j.grid), el("td", { class: `job-${j.state}` }, j.error || j.state),
+      el("td", {}, bar, el("small", {}, pct === null ? `${fmt.num(j.frames_out)} frames` : `${pct} %`)),
+      el("td", {}, j.fps_out === null || j.fps_out === undefined ? "–" : fmt.fixed(j.fps_out)),
+      el("td", {}, fmt.num(j.fallback_tiles)));
+  }));
+}
+
 let shownEvents = "";
 
 function renderEvents(events) {
@@ -158,6 +173,7 @@ async function poll() {
     renderCameras(d.cameras);
     renderWorkers(d.workers);
     renderEvents(d.events);
+    renderJobs(d.jobs || []);
     renderChart(d.throughput);
     $("status").dataset.state = "live";
     $("status").textContent = `live · ${fmt.clock(d.now)}`;

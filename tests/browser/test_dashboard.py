@@ -7,11 +7,13 @@ Screenshots (desktop and phone widths) are saved under tests/artifacts/.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from cluster.local import LocalCluster, free_udp_ports
+from cluster.local import ROOT, LocalCluster, free_port, free_udp_ports
 from tests.integration.test_metrics_status import cut_clip
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,8 +41,13 @@ def live(tmp_path_factory, person_clip):
                      'cooldown_s = 5\n')
     with LocalCluster(log_dir=tmp / "logs") as cluster:
         cluster.start_master("--rules", str(rules))
-        cluster.start_receiver(ports, "--pipeline", "person")
+        jobs_port = free_port()
+        cluster.start_receiver(ports, "--pipeline", "person", "--jobs-port", str(jobs_port))
         cluster.start_workers(2, "--threads", "1", "--preload", "person")
+        done = subprocess.run([sys.executable, "-m", "sender.client", "--port", str(jobs_port), "--video", clip,
+                               "--tiles", "2x2", "--filters", "sobel", "--out", str(tmp / "out.mp4")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)  # a finished file job
+        assert done.returncode == 0, done.stderr
         for p in ports:
             cluster.start_publisher(p, clip, "--fps", "6", "--loop")
         yield cluster, ports
@@ -94,6 +101,10 @@ def test_dashboard_shows_live_cameras_workers_and_events(live, browser):
     page.wait_for_function('() => document.querySelectorAll("#chart polyline[data-series=out]")[0]'
                            '.getAttribute("points").split(" ").length >= 2', timeout=WAIT_MS)
     assert page.locator("#status").get_attribute("data-state") == "live"
+    job = page.locator("#jobs tbody tr[data-job]")  # the file job, as its receiver reported it
+    job.first.wait_for(timeout=WAIT_MS)
+    assert "people.mp4" in job.first.inner_text() and "done" in job.first.inner_text()
+    assert "100 %" in job.first.inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -69,3 +69,10 @@ def test_a_camera_card_says_where_recent_frames_spent_their_time():
     assert card["stages_ms"] == [{"stage": "queue", "ms": 12.0}, {"stage": "work", "ms": 30.0},
                                  {"stage": "dispatch", "ms": 2.0}]
     assert camera("5000", {}, [], 100.0)["stages_ms"] == []
+
+
+def test_xmlrpc_safe_turns_what_xmlrpc_cannot_carry_into_what_it_can():
+    from master.rpc import xmlrpc_safe
+
+    assert xmlrpc_safe({"a": [2**31, -(2**31) - 1, 2**31 - 1, True, None, 1.5], 3: "x"}) == {
+        "a": [float(2**31), float(-(2**31) - 1), 2**31 - 1, True, "", 1.5], "3": "x"}
