@@ -107,8 +107,7 @@ class CeleryDispatcher:
                 room = self.in_flight - len(self._pending)
             if self._stop.is_set():
                 return
-            try:
-                self._heartbeat()
+            try:  # (the collector heartbeats for both threads, once a heartbeat period)
                 leases = self.service.request_tasks(self.worker_id, room, wait_s=0.5)
             except FramehiveError as e:
                 log.warning("Celery dispatcher could not lease tasks: %s", e)
