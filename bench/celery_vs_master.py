@@ -134,7 +134,7 @@ def run(pipelines: list[str], window: int, warmup_s: float, measure_s: float) ->
             row["master"] = master_loop(builtin.master_url, payload, pipeline, window, warmup_s, measure_s)
             for w in workers:
                 w.popen.terminate()
-                w.popen.wait(20)
+                w.popen.wait(60)  # a prefork pool may wait up to 30 s for its last messages
             builtin.procs = [p for p in builtin.procs if p not in workers]
             log.info("%s: Celery workers", pipeline)
             if not on_celery.master_port:
@@ -148,7 +148,7 @@ def run(pipelines: list[str], window: int, warmup_s: float, measure_s: float) ->
                                                measure_s)
             for w in cworkers:
                 w.popen.terminate()
-                w.popen.wait(20)
+                w.popen.wait(60)  # a prefork pool may wait up to 30 s for its last messages
             on_celery.procs = [p for p in on_celery.procs if p not in cworkers]
             raw = row["celery_raw"]["round_trips_s"]
             row["ratios"] = {"master_celery_vs_celery_raw": benchlib.ratio(row["master_celery"]["round_trips_s"], raw),
