@@ -177,3 +177,18 @@ def test_http_results_endpoint_and_health(master):
         resp = conn.getresponse()
         resp.read()
         assert resp.status == status, path
+
+
+def test_deeply_nested_xmlrpc_gets_a_fault_and_the_server_keeps_serving(master):
+    depth = 100_000  # ~2.6 MB of <array><data><value>: under the size limit, far past any real call
+    body = (b"<?xml version='1.0'?><methodCall><methodName>add_tasks</methodName><params><param><value>"
+            + b"<array><data><value>" * depth + b"<int>1</int>" + b"</value></data></array>" * depth
+            + b"</value></param></params></methodCall>")
+    status, reply = raw_post(master, "/RPC2", body, {"Content-Type": "text/xml"})
+    assert status == 200
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        xmlrpc.client.loads(reply)
+    assert e.value.faultCode == 2, e.value.faultString
+    p = proxy(master)
+    assert p.get_stats()["rejected_requests"]
+    assert isinstance(p.add_task(frame_task()), str)  # still serving
