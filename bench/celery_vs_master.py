@@ -44,9 +44,10 @@ WORKERS = 2
 
 
 def master_loop(url: str, payload: bytes, pipeline: str, window: int, warmup_s: float,
-                measure_s: float) -> dict[str, Any]:
-    """Closed loop through a master: `window` frames in flight, one per camera port."""
-    ports = list(range(FIRST_PORT, FIRST_PORT + window))
+                measure_s: float, first_port: int = FIRST_PORT) -> dict[str, Any]:
+    """Closed loop through a master: `window` frames in flight, one per camera port. Each run on the same
+    master needs ports of its own: an earlier run's results would read as answers to this run's frames."""
+    ports = list(range(first_port, first_port + window))
     since = dict.fromkeys(ports, 0)
     seq = dict.fromkeys(ports, 0)
     busy: set[int] = set()
@@ -126,12 +127,13 @@ def run(pipelines: list[str], window: int, warmup_s: float, measure_s: float) ->
     out: dict[str, Any] = {"payload": payload_info, "window": window, "workers": WORKERS,
                            "warmup_s": warmup_s, "measure_s": measure_s, "pipelines": {}}
     with RedisServer() as redis, LocalCluster() as builtin, LocalCluster() as on_celery:
-        for pipeline in pipelines:
+        for i, pipeline in enumerate(pipelines):
+            ports = FIRST_PORT + 100 * i
             row: dict[str, Any] = {}
             log.info("%s: builtin master + %d pull workers", pipeline, WORKERS)
             builtin.start_master() if not builtin.master_port else None
             workers = builtin.start_workers(WORKERS, "--threads", "1", "--preload", pipeline)
-            row["master"] = master_loop(builtin.master_url, payload, pipeline, window, warmup_s, measure_s)
+            row["master"] = master_loop(builtin.master_url, payload, pipeline, window, warmup_s, measure_s, ports)
             for w in workers:
                 w.popen.terminate()
                 w.popen.wait(60)  # a prefork pool may wait up to 30 s for its last messages
@@ -145,7 +147,7 @@ def run(pipelines: list[str], window: int, warmup_s: float, measure_s: float) ->
             row["celery_raw"] = celery_loop(redis.url, payload, pipeline, window, warmup_s, measure_s)
             log.info("%s: master on Celery", pipeline)
             row["master_celery"] = master_loop(on_celery.master_url, payload, pipeline, window, warmup_s,
-                                               measure_s)
+                                               measure_s, ports)
             for w in cworkers:
                 w.popen.terminate()
                 w.popen.wait(60)  # a prefork pool may wait up to 30 s for its last messages
