@@ -67,6 +67,18 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def wait_for_log(proc: Proc, text: str, timeout_s: float) -> None:
+    """Wait until `text` appears in a process's log; RuntimeError (with the log) if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in proc.log_text():
+            return
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.log_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} not ready in {timeout_s}s:\n{proc.log_text()}")
+
+
 @dataclass
 class LocalCluster:
     """Starts roles as subprocesses; a context manager that always stops what it started."""
@@ -153,14 +165,7 @@ class LocalCluster:
         return MasterClient(self.master_url, token=self.token, **kw)
 
     def _wait_log(self, proc: Proc, text: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if text in proc.log_text():
-                return
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited:\n{proc.log_text()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{proc.name} not ready in {timeout_s}s:\n{proc.log_text()}")
+        wait_for_log(proc, text, timeout_s)
 
     def _check_alive(self) -> None:
         for p in self.procs:

@@ -23,11 +23,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.local import ROOT, Proc
+from cluster.local import ROOT, Proc, wait_for_log
 
 SUBNET = "10.213.0"  # a /24 that exists only inside the namespaces made here
 
@@ -157,14 +156,7 @@ class NetLab:
         return proc
 
     def wait_log(self, proc: Proc, text: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if text in proc.log_text():
-                return
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited:\n{proc.log_text()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{proc.name} not ready in {timeout_s}s:\n{proc.log_text()}")
+        wait_for_log(proc, text, timeout_s)
 
     def close(self) -> None:
         """SIGTERM every process (SIGKILL after 15 s), then delete every namespace made."""
