@@ -131,7 +131,8 @@ def run(pipelines: list[str], window: int, warmup_s: float, measure_s: float) ->
             ports = FIRST_PORT + 100 * i
             row: dict[str, Any] = {}
             log.info("%s: builtin master + %d pull workers", pipeline, WORKERS)
-            builtin.start_master() if not builtin.master_port else None
+            if not builtin.master_port:
+                builtin.start_master()
             workers = builtin.start_workers(WORKERS, "--threads", "1", "--preload", pipeline)
             row["master"] = master_loop(builtin.master_url, payload, pipeline, window, warmup_s, measure_s, ports)
             for w in workers:

@@ -244,7 +244,8 @@ class CeleryDispatcher:
     # ----- Redis health ------------------------------------------------------------------------
 
     def _redis_down(self, what: str, e: Exception) -> None:
-        self.counters["redis_errors"] += 1
+        with self._lock:  # both threads come here
+            self.counters["redis_errors"] += 1
         self.last_error = f"{what}: {type(e).__name__}: {e}"[:300]
         if self.redis_ok:
             log.error("Celery backend: Redis at %s unreachable (%s); tasks wait in the master until it is back",

@@ -91,9 +91,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         """A browser posting from another site's page (with the user's cached dashboard login) is refused:
         browsers name the page's origin, which must be this server."""
         origin = self.headers.get("Origin")
-        if not origin or origin == "null" and self.server.token is None:
-            return True
-        if urlsplit(origin).netloc == self.headers.get("Host", ""):
+        if not origin or urlsplit(origin).netloc == self.headers.get("Host", ""):
             return True
         self.server.service.errors["cross_origin"] += 1
         self._send(403, "text/plain", b"cross-origin requests are refused\n", close=True)

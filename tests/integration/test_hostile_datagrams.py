@@ -112,10 +112,12 @@ def run_flood(master, person_clip, tmp_path, *, keyed: bool, hostile_n: int) -> 
         flood_s = time.monotonic() - t0
         rss_after = proc.memory_info().rss
         assert pub.popen.wait(60) == 0, pub.log_text()
+        ended = time.time()
         assert rx.alive(), rx.log_text()[-3000:]
         c = wait_until(lambda: (c := port_counters(master, "hostile-rx", port))
                        and c.get("datagrams", 0) >= sum(sent.values()) * 0.9 and c, timeout=20)
-        time.sleep(2.5)  # one more report after the publisher's last frame
+        # a receiver report made a full report period after the publisher's last frame
+        wait_until(lambda: master.service.sources["hostile-rx"]["at"] > ended + 1.0, timeout=10)
         c = port_counters(master, "hostile-rx", port)
         assert rx.alive(), rx.log_text()[-3000:]
         assert "Traceback" not in rx.log_text(), rx.log_text()[-3000:]
