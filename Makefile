@@ -6,24 +6,29 @@ STAMP    := $(VENV)/.framehive-setup
 DURATION ?= 30
 BACKEND  ?= builtin
 
-.PHONY: setup demo test test-slow bench clean diagrams
+.PHONY: setup models demo test test-slow bench clean diagrams
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	touch $@
 
-setup: $(STAMP)
+# The detector model lives outside the checkout: checked on every run (a fraction of a second when
+# the cache is sound), fetched and converted again when it is missing or damaged.
+models: $(STAMP)
+	@$(PY) -m worker.models --log-level WARNING >/dev/null
 
-demo: $(STAMP)
+setup: $(STAMP) models
+
+demo: $(STAMP) models
 	DURATION=$(DURATION) BACKEND=$(BACKEND) $(PY) -m cluster.demo
 
-test: $(STAMP)
+test: $(STAMP) models
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) models
 	$(PY) -m pytest -m slow -q
 
-bench: $(STAMP)
+bench: $(STAMP) models
 	$(PY) bench/run_all.py
 
 # images/ from the code: pyreverse (pylint) reads the imports and classes, Graphviz draws them.

