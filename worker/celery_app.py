@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import faulthandler
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,6 +20,8 @@ from celery.signals import worker_process_init
 
 from common.celeryconf import FRAME_TASK, TILE_TASK, max_retries, result_message, settings_from_env
 from common.tasks import lease_from_wire
+from worker.capability import Capabilities
+from worker.detectors import stage_env_from
 from worker.execute import execute, process_stats
 from worker.pipeline import StageCache
 
@@ -30,6 +33,7 @@ app.conf.update(settings_from_env())
 logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 _STAGES: StageCache | None = None  # this process's built detectors and filters
+_CAPABILITIES: Capabilities | None = None  # what this process can run, and how fast it ran it
 _COUNTS = {"done": 0, "failed": 0}
 RETRIES = max_retries()
 
@@ -39,16 +43,21 @@ class PipelineCrash(Exception):
 
 
 def _run(task: Task, lease_wire: dict, payload_b64: str) -> dict:
-    global _STAGES
-    _STAGES = _STAGES or StageCache()
+    global _STAGES, _CAPABILITIES
+    if _STAGES is None or _CAPABILITIES is None:
+        _STAGES = StageCache(stage_env_from(os.environ))
+        _CAPABILITIES = Capabilities(_STAGES.env)
     lease = lease_from_wire(lease_wire, base64.b64decode(payload_b64))
     outcome, error = execute(lease, _STAGES)
     if outcome is None:
         _COUNTS["failed"] += 1
         raise PipelineCrash(error)
     _COUNTS["done"] += 1
+    if not outcome.error:
+        _CAPABILITIES.times.observe(outcome.timings_ms)
     worker = f"{task.request.hostname or socket.gethostname()}"
-    return result_message(outcome, worker, process_stats(_COUNTS["done"], _COUNTS["failed"], False))
+    stats = {**process_stats(_COUNTS["done"], _COUNTS["failed"], False), "capabilities": _CAPABILITIES.report()}
+    return result_message(outcome, worker, stats)
 
 
 _RETRY = {"autoretry_for": (PipelineCrash,), "retry_backoff": 1, "retry_backoff_max": 10,

@@ -11,12 +11,14 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import BadRequest, MasterUnavailable, QueueFull, Unauthorized
 from common.masterclient import MasterClient
 from common.tasks import Lease, Outcome, TaskKind
+from worker.capability import Capabilities
 from worker.execute import execute, process_stats
-from worker.pipeline import StageCache, run_task
+from worker.pipeline import StageCache, init_pool_process, run_task
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class Worker:
         self.config = config
         self.name = config.name or f"{socket.gethostname()}-{os.getpid()}"
         self.stages = stages or StageCache()
+        self.capabilities = Capabilities(self.stages.env)
         self.client = MasterClient(config.master_url, timeout_s=config.timeout_s)
         self.worker_id = ""
         self.heartbeat_s = 1.0
@@ -87,7 +90,10 @@ class Worker:
         self._next: list[Lease] = []  # leases that came back with the last report
         self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
         # The seed's local pool: CPU-heavy stages of one batch run in parallel processes, same pipeline.
-        self._pool = ProcessPoolExecutor(config.processes, mp_context=multiprocessing.get_context("spawn")) \
+        env = self.stages.env
+        self._pool = ProcessPoolExecutor(config.processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=init_pool_process,
+                                         initargs=(env.device, env.threads, env.model_dir)) \
             if config.processes > 1 else None
 
     # ----- lifecycle ---------------------------------------------------------------------------
@@ -192,7 +198,10 @@ class Worker:
 
     def process(self, lease: Lease, pending: Future | None = None) -> tuple[Outcome | None, str]:
         """Run one task (or collect it from the local pool); see worker.execute.execute."""
-        return execute(lease, self.stages, pending)
+        outcome, reason = execute(lease, self.stages, pending)
+        if outcome is not None and not outcome.error:
+            self.capabilities.times.observe(outcome.timings_ms)
+        return outcome, reason
 
     def _report(self, outcomes: list[Outcome], failed: list, released: list, *, lease_more: bool,
                 hold: frozenset[str] | None = None) -> None:
@@ -241,9 +250,9 @@ class Worker:
 
     # ----- heartbeat ---------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, float | int | str]:
-        """What the heartbeat reports: load, memory, progress."""
-        return process_stats(self.done, self.failed, self.busy)
+    def stats(self) -> dict[str, Any]:
+        """What the heartbeat reports: load, memory, progress, and what it can run how fast."""
+        return {**process_stats(self.done, self.failed, self.busy), "capabilities": self.capabilities.report()}
 
     def _heartbeat_loop(self) -> None:
         client = MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s))

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -18,7 +19,7 @@ from common.pipeline import STAGES, StageSpec, parse_pipeline
 from common.tasks import Detection
 from common.tiling import decode_raw_tile, encode_raw_tile, is_raw_tile
 from worker import filters
-from worker.detectors import DETECTORS
+from worker.detectors import DETECTORS, StageEnv
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +38,24 @@ class PipelineOutput:
 Stage = Callable[[np.ndarray], Any]  # a detector returns detections, a filter an image
 
 # Filter stages: image in, image out (worker/filters.py holds the pure functions and their halos).
-FILTER_STAGES: dict[str, Callable[[StageSpec], Stage]] = {
-    "canny": lambda s: lambda img: filters.canny(img, int(s.args[0]), int(s.args[1])),
-    "blur": lambda s: lambda img: filters.blur(img, int(s.args[0])),
-    "gaussian": lambda s: lambda img: filters.gaussian(img, int(s.args[0])),
-    "sobel": lambda s: filters.sobel,
-    "threshold": lambda s: filters.threshold,
-    "motion": lambda s: filters.motion,  # (image, previous) -> image: run_pipeline passes the previous frame
+FILTER_STAGES: dict[str, Callable[[StageSpec, StageEnv], Stage]] = {
+    "canny": lambda s, e: lambda img: filters.canny(img, int(s.args[0]), int(s.args[1])),
+    "blur": lambda s, e: lambda img: filters.blur(img, int(s.args[0])),
+    "gaussian": lambda s, e: lambda img: filters.gaussian(img, int(s.args[0])),
+    "sobel": lambda s, e: filters.sobel,
+    "threshold": lambda s, e: filters.threshold,
+    "motion": lambda s, e: filters.motion,  # (image, previous) -> image: run_pipeline passes the previous frame
 }
-BUILDERS: dict[str, Callable[[StageSpec], Stage]] = {**DETECTORS, **FILTER_STAGES}
+BUILDERS: dict[str, Callable[[StageSpec, StageEnv], Stage]] = {**DETECTORS, **FILTER_STAGES}
 
 
 _CHILD_STAGES: StageCache | None = None  # stages of a pool process, built on its first task
+
+
+def init_pool_process(device: str, threads: int, model_dir: Path | None) -> None:
+    """A local pool process's stages use its parent worker's device, threads and model cache."""
+    global _CHILD_STAGES
+    _CHILD_STAGES = StageCache(StageEnv(device=device, threads=threads, model_dir=model_dir))
 
 
 def run_task(pipeline: str, payload: bytes, tile: bool, stacked: bool,
@@ -111,7 +118,8 @@ def _decode_raw(payload: bytes) -> np.ndarray:
 class StageCache:
     """Builds each stage once per process (loading a model is slow) and keeps a bounded set."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: StageEnv | None = None) -> None:
+        self.env = env or StageEnv()
         self._lock = threading.Lock()
         self._stages: OrderedDict[StageSpec, Stage] = OrderedDict()
 
@@ -120,7 +128,7 @@ class StageCache:
             stage = self._stages.get(spec)
             if stage is None:
                 t0 = time.perf_counter()
-                stage = BUILDERS[spec.name](spec)
+                stage = BUILDERS[spec.name](spec, self.env)
                 log.info("loaded stage %s in %.0f ms", spec, (time.perf_counter() - t0) * 1000)
                 self._stages[spec] = stage
                 if len(self._stages) > MAX_CACHED_STAGES:

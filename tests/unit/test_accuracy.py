@@ -4,19 +4,18 @@ The photo is scikit-image's astronaut.png (a 512x512 upper-body portrait, Eileen
 backgrounds are other pictures from the same folder that show nobody. Pasting gives exact ground
 truth, so the `person` and `face` stages must find the pasted person and face with IoU >= 0.5.
 
-What the person stage (SSDLite, input squeezed to 300x300) does with this portrait, measured over
-heights 100..450 px at left/centre/right on grass, gravel, coffee (960x540) and motorcycle_left
-(1280x720) and looked at:
+What the detectors do with this portrait, measured over heights 100..450 px at left/centre/right on
+grass, gravel (960x540), motorcycle_left (1280x720) and a square grass frame (540x540), and looked at:
 
-* 16:9 frames, portrait 140-220 px high (26-40 % of the frame height): found, IoU 0.72-0.88, at
-  most positions (a few misses at 220 px, and at 140-180 px on coffee/motorcycle at some positions).
-* 16:9 frames, portrait >= 260 px high: NOT found (best score 0.10 at 320 px, 0.49 at 450 px). Squeezing
-  960 px to 300 narrows a big square portrait more than its height; the network was trained on
-  pedestrians and stops calling the wide orange suit a person. One exception: 450 px at the right edge
-  of grass.
-* Square frames (540x540, no squeeze): found at every height 260-450 px and position tried (30 of 30,
-  IoU 0.70-0.98).
-* 100 px high: not found (the head is ~18 px).
+* `person` (NanoDet-g, letterboxed, crops on `auto`): found with IoU 0.75-0.99 from 180 px up at
+  every position on every background but three (65 of the 84 compositions in all); 100-140 px
+  portraits (head ~18-25 px) are found at some positions only. Without crops (`tiles=off`) the busy
+  motorcycle background lost everything from 140 to 320 px but 260: the crops, which `auto` runs
+  when a candidate is unsure, bring most of those back. Scores for this unusual subject (an
+  upper-body portrait in an orange suit) are 0.50-0.80.
+* `person-ssd` (SSDLite letterboxed to a square): found at 220 px at the edges and at 450 px, and in
+  the square frame from 260 px up; squeezed (the old `person`) it lost every portrait over 260 px in
+  16:9 frames.
 
 The face stage (Haar) finds the face from ~180 px up (face >= ~33 px); at 140 px (face ~25 px, just
 over the cascade's 24 px minimum) it usually misses. It also fires a second, false face in 3 of the
@@ -43,13 +42,20 @@ BACKGROUNDS = {"grass": ("grass.png", (960, 540)), "gravel": ("gravel.png", (960
                "motorcycle": ("motorcycle_left.png", (1280, 720)), "grass-square": ("grass.png", (540, 540))}
 
 # (background, portrait height px, left edge as a fraction of the free width); the portrait stands
-# on the bottom edge of the frame.
-BOTH_FOUND = [("grass", 180, 0.0), ("grass", 180, 0.5), ("grass", 180, 1.0), ("gravel", 180, 0.5),
+# on the bottom edge of the frame. Cases where the detector scored at least 0.55 when measured.
+FACE_FOUND = [("grass", 180, 0.0), ("grass", 180, 0.5), ("grass", 180, 1.0), ("gravel", 180, 0.5),
               ("gravel", 220, 0.0), ("motorcycle", 220, 0.0), ("motorcycle", 220, 0.5),
-              ("motorcycle", 220, 1.0), ("grass-square", 260, 0.5), ("grass-square", 420, 0.0)]
-PERSON_ONLY = [("grass", 140, 0.0), ("gravel", 140, 1.0)]  # the face is too small for the cascade
-# Known limitation (see the module docstring): in a 16:9 frame a big portrait is not a person to SSDLite.
-FACE_ONLY = [("grass", 320, 0.5), ("gravel", 450, 0.0)]
+              ("motorcycle", 220, 1.0), ("grass-square", 260, 0.5), ("grass-square", 420, 0.0),
+              ("grass", 320, 0.5), ("gravel", 450, 0.0)]
+PERSON_FOUND = [("grass", 180, 0.0), ("grass", 180, 1.0), ("grass", 220, 0.5), ("grass", 320, 0.0),
+                ("grass", 320, 0.5), ("grass", 450, 1.0), ("gravel", 180, 0.5), ("gravel", 220, 0.0),
+                ("gravel", 320, 1.0), ("gravel", 450, 0.0), ("motorcycle", 260, 0.0), ("motorcycle", 450, 0.0),
+                ("motorcycle", 140, 0.5), ("motorcycle", 220, 0.0), ("motorcycle", 320, 0.5),
+                ("grass-square", 100, 0.5), ("grass-square", 220, 0.5), ("grass-square", 320, 0.0)]
+PERSON_SSD_FOUND = [("grass", 220, 0.0), ("grass", 450, 0.5), ("gravel", 220, 1.0), ("grass-square", 260, 0.5),
+                    ("grass-square", 320, 1.0)]
+# Known limitation: a portrait this small (head ~18-25 px) on a busy 16:9 background is missed.
+PERSON_MISSED = [("gravel", 140, 0.5), ("motorcycle", 100, 0.5)]
 
 MIN_IOU = 0.5
 
@@ -72,7 +78,7 @@ def compose(background: np.ndarray, astronaut: np.ndarray, height: int, at: floa
 @pytest.fixture(scope="module")
 def stages() -> dict[str, Detector]:
     cache = StageCache()
-    return {name: cache.get(parse_stage(name)) for name in ("person", "face")}
+    return {name: cache.get(parse_stage(name)) for name in ("person", "person-ssd", "face")}
 
 
 @pytest.fixture(scope="module")
@@ -92,38 +98,49 @@ def best_iou(detector: Detector, frame: np.ndarray, truth: Box) -> float:
 
 def test_facts_about_the_original_photo(stages: dict[str, Detector], astronaut: np.ndarray) -> None:
     assert best_iou(stages["face"], astronaut, ASTRONAUT_FACE) > 0.95
-    assert best_iou(stages["person"], astronaut, ASTRONAUT_PERSON) >= 0.8
+    assert best_iou(stages["person"], astronaut, ASTRONAUT_PERSON) >= 0.9
+    assert best_iou(stages["person-ssd"], astronaut, ASTRONAUT_PERSON) >= 0.8
 
 
 @pytest.mark.parametrize("key", sorted(BACKGROUNDS))
 def test_backgrounds_alone_have_no_person_and_no_face(stages: dict[str, Detector],
                                                       backgrounds: dict[str, np.ndarray], key: str) -> None:
     assert stages["person"](backgrounds[key]) == []
+    assert stages["person-ssd"](backgrounds[key]) == []
     assert stages["face"](backgrounds[key]) == []
 
 
-@pytest.mark.parametrize(("key", "height", "at"), BOTH_FOUND + PERSON_ONLY)
+def found_once(detector: Detector, frame: np.ndarray, truth: Box) -> None:
+    found = detector(frame)
+    assert len(found) == 1, found
+    assert iou(found[0].box, truth) >= MIN_IOU, found
+
+
+@pytest.mark.parametrize(("key", "height", "at"), PERSON_FOUND)
 def test_person_found_where_pasted(stages: dict[str, Detector], astronaut: np.ndarray,
                                    backgrounds: dict[str, np.ndarray], key: str, height: int, at: float) -> None:
     frame, x, y = compose(backgrounds[key], astronaut, height, at)
-    found = stages["person"](frame)
-    assert len(found) == 1, found
-    assert iou(found[0].box, place(ASTRONAUT_PERSON, x, y, height)) >= MIN_IOU, found
+    found_once(stages["person"], frame, place(ASTRONAUT_PERSON, x, y, height))
 
 
-@pytest.mark.parametrize(("key", "height", "at"), BOTH_FOUND + FACE_ONLY)
+@pytest.mark.parametrize(("key", "height", "at"), PERSON_SSD_FOUND)
+def test_person_ssd_found_where_pasted(stages: dict[str, Detector], astronaut: np.ndarray,
+                                       backgrounds: dict[str, np.ndarray], key: str, height: int, at: float) -> None:
+    frame, x, y = compose(backgrounds[key], astronaut, height, at)
+    found_once(stages["person-ssd"], frame, place(ASTRONAUT_PERSON, x, y, height))
+
+
+@pytest.mark.parametrize(("key", "height", "at"), FACE_FOUND)
 def test_face_found_where_pasted(stages: dict[str, Detector], astronaut: np.ndarray,
                                  backgrounds: dict[str, np.ndarray], key: str, height: int, at: float) -> None:
     frame, x, y = compose(backgrounds[key], astronaut, height, at)
-    found = stages["face"](frame)
-    assert len(found) == 1, found
-    assert iou(found[0].box, place(ASTRONAUT_FACE, x, y, height)) >= MIN_IOU, found
+    found_once(stages["face"], frame, place(ASTRONAUT_FACE, x, y, height))
 
 
-@pytest.mark.parametrize(("key", "height", "at"), FACE_ONLY)
-def test_big_portrait_in_a_wide_frame_is_missed(stages: dict[str, Detector], astronaut: np.ndarray,
-                                                backgrounds: dict[str, np.ndarray], key: str, height: int,
-                                                at: float) -> None:
-    """The known limitation, pinned: if SSDLite starts finding these, move them to BOTH_FOUND."""
+@pytest.mark.parametrize(("key", "height", "at"), PERSON_MISSED)
+def test_small_portrait_on_a_busy_wide_frame_is_missed(stages: dict[str, Detector], astronaut: np.ndarray,
+                                                       backgrounds: dict[str, np.ndarray], key: str, height: int,
+                                                       at: float) -> None:
+    """The known limitation, pinned: if `person` starts finding these, move them to PERSON_FOUND."""
     frame, _, _ = compose(backgrounds[key], astronaut, height, at)
     assert stages["person"](frame) == []

@@ -305,7 +305,8 @@ def test_bad_sidecar(tmp_path, keys, words):
 def test_spec_grammar():
     assert normalize_pipeline("ONNX:/models/My.onnx") == "onnx:/models/My.onnx"
     assert normalize_pipeline("onnx:/m/a.onnx:0.4:0.5, face") == "onnx:/m/a.onnx:0.4:0.5,face"
-    assert parse_pipeline("onnx:/m/a.onnx:0.4")[0].args == ("/m/a.onnx", 0.4, None)
+    assert parse_pipeline("onnx:/m/a.onnx:0.4")[0].args == ("/m/a.onnx", 0.4, None, None)
+    assert parse_pipeline("onnx:/m/a.onnx:device=cuda")[0].args == ("/m/a.onnx", None, None, "cuda")
     for spec, words in [("onnx", "needs path: onnx:<path>"), ("onnx:/m/a.pt", "path to a .onnx file"),
                         ("onnx:/m/a.onnx:1.5", "min_score must be in"), ("onnx:a.onnx:0.3:0.4:1", "at most 3"),
                         ("cat", "known stages: .*person-hog.*onnx:<path>")]:

@@ -1,5 +1,7 @@
 """Pipeline specs: parsing, canonical form, clear errors, and the worker implementing every stage."""
 
+import re
+
 import pytest
 
 from common.errors import PipelineSpecError
@@ -19,6 +21,13 @@ def test_every_declared_stage_has_an_implementation_and_no_more():
     ("person:0.5", "person"),  # the default is dropped
     ("person:0.7,face:3", "person:0.7,face:3"),
     ("person-hog", "person-hog"),
+    ("person:0.5:tiles=auto:device=cpu", "person:device=cpu"),  # named defaults dropped too
+    ("person:tiles=ON", "person:tiles=on"),
+    ("objects", "objects"),
+    ("objects:Car+truck+traffic light", "objects:car+truck+traffic_light"),
+    ("objects:min_score=0.4", "objects:min_score=0.4"),  # a skipped argument is named from there on
+    ("objects:car:0.4:tiles=off", "objects:car:0.4:tiles=off"),
+    ("person-ssd:0.6", "person-ssd:0.6"),
 ])
 def test_canonical_form(spec, canonical):
     assert normalize_pipeline(spec) == canonical
@@ -27,20 +36,29 @@ def test_canonical_form(spec, canonical):
 
 @pytest.mark.parametrize("spec,words", [
     ("", "empty"),
-    ("cat", "unknown stage 'cat'; known stages: blur, canny, face, gaussian, motion, noop, person, person-hog, "
-            "sobel, threshold, onnx:<path>"),
+    ("cat", "unknown stage 'cat'; known stages: blur, canny, face, gaussian, motion, noop, objects, person, "
+            "person-hog, person-ssd, sobel, threshold, onnx:<path>"),
     ("person:abc", "min_score must be float"),
     ("person:2", "min_score must be in"),
-    ("face:1:2", "at most 1 argument"),
+    ("face:1:2", "at most 1 plain argument"),
+    ("person:tiles=sometimes", "tiles must be auto, on or off"),
+    ("person:device=gpu", "device must be auto, cpu, cuda"),
+    ("person:color=red", "has no option 'color'; it takes [:min_score][:tiles=..][:device=..]"),
+    ("person:tiles=on:0.4", "a plain argument after a name=value one"),
+    ("person:min_score=0.4:min_score=0.5", "min_score given twice"),
+    ("objects:car+unicorn", "unknown COCO label(s) ['unicorn']"),
+    ("objects:+", "no labels given"),
     ("face:2.5", "min_neighbors must be int"),
     (",".join(["face"] * 17), "max 16"),
     ("x" * 600, "longer than"),
 ])
 def test_bad_specs_get_messages_a_user_understands(spec, words):
-    with pytest.raises(PipelineSpecError, match=words.replace("(", r"\(")):
+    with pytest.raises(PipelineSpecError, match=re.escape(words)):
         parse_pipeline(spec)
 
 
 def test_args_are_typed_with_defaults_filled():
     [p, f] = parse_pipeline("person:0.6,face")
-    assert p.args == (0.6,) and f.args == (5,)
+    assert p.args == (0.6, "auto", None) and f.args == (5,)
+    [o] = parse_pipeline("objects:dog+cat:tiles=off")
+    assert o.args == ("dog+cat", None, "off", None)

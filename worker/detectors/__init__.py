@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from common.errors import ConfigError, PipelineSpecError
 from common.pipeline import StageSpec
 from common.tasks import Detection
 
@@ -23,7 +26,113 @@ class Detector(Protocol):
     def __call__(self, image: np.ndarray) -> list[Detection]: ...
 
 
-def _person(spec: StageSpec) -> Detector:
+@dataclass
+class StageEnv:
+    """What stages of one process share: the device and thread preferences, where models are cached,
+    and the loaded models themselves (one NanoDet session serves `person` and every `objects` stage)."""
+
+    device: str = "auto"
+    threads: int = 0  # onnxruntime intra-op threads; 0: one per core
+    model_dir: Path | None = None  # None: worker.models' default cache
+    _shared: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def shared(self, key: Any, factory: Callable[[], Any]) -> Any:
+        """The object under `key`, made by `factory` on first use (under a lock: models load once)."""
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = factory()
+            return self._shared[key]
+
+    def once(self, key: Any) -> bool:
+        """True the first time `key` is asked about in this process (for log-once messages)."""
+        with self._lock:
+            if ("once", key) in self._shared:
+                return False
+            self._shared[("once", key)] = True
+            return True
+
+
+DEVICE_ENV, THREADS_ENV = "FRAMEHIVE_DEVICE", "FRAMEHIVE_ONNX_THREADS"
+
+
+def stage_env_from(env: Mapping[str, str]) -> StageEnv:
+    """A StageEnv from FRAMEHIVE_DEVICE and FRAMEHIVE_ONNX_THREADS (for Celery workers, whose command
+    line belongs to Celery); ConfigError on a bad value."""
+    from common.pipeline import DEVICES
+
+    device, threads = env.get(DEVICE_ENV) or "auto", env.get(THREADS_ENV) or "0"
+    if device not in DEVICES:
+        raise ConfigError(f"{DEVICE_ENV} must be one of {', '.join(DEVICES)}, got {device!r}")
+    if not threads.isdigit() or int(threads) > 256:
+        raise ConfigError(f"{THREADS_ENV} must be an integer 0..256, got {threads!r}")
+    return StageEnv(device=device, threads=int(threads))
+
+
+# Thresholds for `objects` without a min_score, per class. NanoDet-g scores non-person classes lower
+# than people (bench/detector_eyes.py, docs/DETECTION.md). person: 0.5, under which it fires on cones
+# and posts. Vehicles: on the shared car clip (a road from above) 0.3 finds a car in 17 of 26 frames
+# that show one (0.4: 9) with no false box on its 50 empty frames, on 57 empty hall frames or on 6
+# pictures with nobody, down to 0.25. Animals: no clip here to measure recall on; 0.35, where those
+# empty frames still show no false box.
+DEFAULT_OBJECTS: dict[str, float] = {
+    "person": 0.5, "bicycle": 0.3, "car": 0.3, "motorcycle": 0.3, "bus": 0.35, "truck": 0.35,
+    "cat": 0.35, "dog": 0.35, "bird": 0.35,
+}
+OTHER_CLASS_MIN_SCORE = 0.35  # a class asked for by name that has no calibrated threshold
+
+
+def _nanodet(env: StageEnv, device: str | None) -> Any:
+    """The process's NanoDet session for `device`, or None when the model is not installed."""
+    from worker.detectors.nanodet import NanoDet
+    from worker.models.store import ModelStore
+
+    store = ModelStore(root=env.model_dir)
+    if not store.ready():
+        return None
+    dev = device or env.device
+    return env.shared(("nanodet", str(store.onnx_path), dev), lambda: NanoDet(store.onnx_path, device=dev,
+                                                                              threads=env.threads))
+
+
+def _missing_model_message(env: StageEnv) -> str:
+    from worker.models.store import ModelStore
+
+    store = ModelStore(root=env.model_dir)
+    return f"the NanoDet model is not installed in {store.dir} ({store.problem()}): run `python -m worker.models`"
+
+
+def _nanodet_stage(net: Any, classes: dict[str, float], tiles: str) -> Detector:
+    from worker.detectors.nanodet import thresholds_for, to_detections
+
+    thresholds = thresholds_for(classes)
+    return lambda image: to_detections(net.find(image, thresholds, tiles))
+
+
+def _person(spec: StageSpec, env: StageEnv) -> Detector:
+    min_score, tiles, device = spec.args
+    net = _nanodet(env, device)
+    if net is None:
+        if env.once("person-fallback"):
+            log.warning("%s; `person` runs person-ssd (SSDLite, lower recall) until then", _missing_model_message(env))
+        return _person_ssd(StageSpec("person-ssd", (min_score,)), env)
+    return _nanodet_stage(net, {"person": min_score}, tiles)
+
+
+def _objects(spec: StageSpec, env: StageEnv) -> Detector:
+    from common.labels import parse_labels
+
+    labels, min_score, tiles, device = spec.args
+    net = _nanodet(env, device)
+    if net is None:
+        raise PipelineSpecError(f"stage objects: {_missing_model_message(env)}")
+    names = parse_labels(labels) if labels else tuple(DEFAULT_OBJECTS)
+    classes = {n: min_score if min_score is not None else DEFAULT_OBJECTS.get(n, OTHER_CLASS_MIN_SCORE)
+               for n in names}
+    return _nanodet_stage(net, classes, tiles)
+
+
+def _person_ssd(spec: StageSpec, env: StageEnv) -> Detector:
     from worker.detectors.ssd_person import SsdPersonNet
 
     net = SsdPersonNet(score_threshold=spec.args[0])
@@ -31,7 +140,7 @@ def _person(spec: StageSpec) -> Detector:
 
     def detect(image: np.ndarray) -> list[Detection]:
         with lock:
-            found = net.detect(image)
+            found = net.detect(image, letterbox=True)
         return [Detection("person", s, (x, y, w, h)) for s, x, y, w, h in found]
 
     return detect
@@ -40,7 +149,7 @@ def _person(spec: StageSpec) -> Detector:
 HOG_MAX_WIDTH = 640
 
 
-def _person_hog(spec: StageSpec) -> Detector:
+def _person_hog(spec: StageSpec, env: StageEnv) -> Detector:
     hog = cv2.HOGDescriptor()
     hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
     min_score = spec.args[0]
@@ -57,7 +166,7 @@ def _person_hog(spec: StageSpec) -> Detector:
     return detect
 
 
-def _face(spec: StageSpec) -> Detector:
+def _face(spec: StageSpec, env: StageEnv) -> Detector:
     path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
@@ -75,17 +184,20 @@ def _face(spec: StageSpec) -> Detector:
     return detect
 
 
-def _onnx(spec: StageSpec) -> Detector:
+def _onnx(spec: StageSpec, env: StageEnv) -> Detector:
     from worker.detectors.onnx_yolo import load
 
-    path, min_score, iou = spec.args
-    return load(path, min_score=min_score, iou=iou)  # locks its own net; runs cv2.dnn or onnxruntime
+    path, min_score, iou, device = spec.args
+    # locks its own net; runs cv2.dnn or onnxruntime (onnxruntime first when an accelerator is wanted)
+    return load(path, min_score=min_score, iou=iou, device=device or env.device, threads=env.threads)
 
 
-DETECTORS: dict[str, Callable[[StageSpec], Detector]] = {
+DETECTORS: dict[str, Callable[[StageSpec, StageEnv], Detector]] = {
     "person": _person,
+    "objects": _objects,
+    "person-ssd": _person_ssd,
     "person-hog": _person_hog,
     "face": _face,
     "onnx": _onnx,
-    "noop": lambda spec: lambda image: [],
+    "noop": lambda spec, env: lambda image: [],
 }

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from common.errors import PipelineSpecError
+from common.labels import COCO80
 from common.tasks import MAX_DETECTIONS, MAX_LABEL_CHARS, Detection
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,6 @@ SIDECAR_KEYS = {"names", "labels", "input_size", "min_score", "iou", "runtime"}
 
 V5, V8 = "v5", "v8"
 
-COCO80 = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,14 +348,18 @@ class CvRuntime:
 
 
 class OrtRuntime:
-    """onnxruntime on the CPU: runs what cv2.dnn cannot."""
+    """onnxruntime: runs what cv2.dnn cannot, and runs on an accelerator when the build has one."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int = 0) -> None:
         import onnxruntime
 
-        self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        from worker.detectors import providers
+
+        self.device, provider_list = providers.choose(device, providers.available_providers())
+        self._session = onnxruntime.InferenceSession(str(path), sess_options=providers.session_options(threads),
+                                                     providers=provider_list)
         self._input = self._session.get_inputs()[0].name
 
     def run(self, blob: np.ndarray) -> np.ndarray:
@@ -378,9 +371,17 @@ def have_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def _open_runtime(cfg: ModelConfig, output: str, warmup: np.ndarray) -> tuple[Runtime, np.ndarray]:
-    """The first runtime that loads the model and runs it once, with that run's output."""
+def _open_runtime(cfg: ModelConfig, output: str, warmup: np.ndarray, *, device: str = "auto",
+                  threads: int = 0) -> tuple[Runtime, np.ndarray]:
+    """The first runtime that loads the model and runs it once, with that run's output. With an
+    accelerator asked for (or found by `auto`), onnxruntime goes first: cv2.dnn here runs on the CPU."""
     errors = []
+    if cfg.runtime == "auto" and device != "cpu" and have_onnxruntime() and _accelerated(device):
+        try:
+            rt: Runtime = OrtRuntime(cfg.path, device=device, threads=threads)
+            return rt, rt.run(warmup)
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad graphs
+            errors.append(f"onnxruntime: {type(e).__name__}: {e}")
     if cfg.runtime in ("auto", "cv2"):
         try:
             rt: Runtime = CvRuntime(cfg.path, output)
@@ -394,11 +395,18 @@ def _open_runtime(cfg: ModelConfig, output: str, warmup: np.ndarray) -> tuple[Ru
             errors.append(f"onnxruntime is not installed ({ORT_INSTALL})")
         else:
             try:
-                rt = OrtRuntime(cfg.path)
+                rt = OrtRuntime(cfg.path, device=device, threads=threads)
                 return rt, rt.run(warmup)
             except Exception as e:  # onnxruntime raises its own untyped errors for bad graphs
                 errors.append(f"onnxruntime: {type(e).__name__}: {e}")
     raise PipelineSpecError(f"ONNX model {cfg.path}: no runtime can run it: {'; '.join(errors)}")
+
+
+def _accelerated(device: str) -> bool:
+    """Whether `device` resolves to an accelerator on this onnxruntime build."""
+    from worker.detectors import providers
+
+    return providers.choose(device, providers.available_providers())[0] != "cpu"
 
 
 def _cv_message(e: cv2.error) -> str:
@@ -414,7 +422,7 @@ def _cv_message(e: cv2.error) -> str:
 class OnnxYolo:
     """A loaded YOLO ONNX model: call it with a BGR frame to get detections in frame pixels."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, *, device: str = "auto", threads: int = 0) -> None:
         self.cfg = cfg
         try:
             data = cfg.path.read_bytes()
@@ -424,7 +432,7 @@ class OnnxYolo:
             raise PipelineSpecError(f"ONNX model {cfg.path}: not a readable ONNX model ({e})") from e
         self.input_wh = _input_wh(cfg, input_name, dims)
         blob = np.zeros((1, 3, self.input_wh[1], self.input_wh[0]), np.float32)
-        self._runtime, out = _open_runtime(cfg, output, blob)
+        self._runtime, out = _open_runtime(cfg, output, blob, device=device, threads=threads)
         try:
             self.layout, n_classes = choose_layout(out.shape, len(cfg.names), names_given=cfg.names_given)
         except ValueError as e:
@@ -459,6 +467,6 @@ def _input_wh(cfg: ModelConfig, name: str, dims: list[int | None]) -> tuple[int,
 
 
 def load(path: str | Path, *, min_score: float | None = None, iou: float | None = None,
-         runtime: str | None = None) -> OnnxYolo:
+         runtime: str | None = None, device: str = "auto", threads: int = 0) -> OnnxYolo:
     """Load a model with its sidecar files; PipelineSpecError naming the file when it cannot be used."""
-    return OnnxYolo(load_config(path, min_score=min_score, iou=iou, runtime=runtime))
+    return OnnxYolo(load_config(path, min_score=min_score, iou=iou, runtime=runtime), device=device, threads=threads)
