@@ -203,7 +203,12 @@ def _workers(workers: list[Mapping[str, Any]]) -> list[Metric]:
     cpu = _gauge("worker_cpu_ratio", "CPU used by the worker process (1.0 = one core), last heartbeat.", ["worker"])
     rss = _gauge("worker_resident_memory_bytes", "Resident memory of the worker process, last heartbeat.",
                  ["worker"])
+    stage = _gauge("worker_stage_seconds", "Moving average of one stage's time per frame on the worker.",
+                   ["worker", "stage", "device"])
     for w in workers:
+        caps = w.get("capabilities") or {}
+        for name, ms in (caps.get("ms") or {}).items():
+            stage.add_metric([str(w.get("worker_id", "")), name, caps.get("device", "")], float(ms) / 1000.0)
         wid, s = str(w.get("worker_id", "")), w.get("stats") or {}
         count[worker_state(w)] += 1
         done.add_metric([wid], float(w.get("tasks_done", 0)))
@@ -216,7 +221,7 @@ def _workers(workers: list[Mapping[str, Any]]) -> list[Metric]:
             rss.add_metric([wid], float(s["rss_mb"]) * 2**20)
     for state, n in count.items():
         states.add_metric([state], float(n))
-    return [states, done, failed, seen, busy, cpu, rss]
+    return [states, done, failed, seen, busy, cpu, rss, stage]
 
 
 def worker_state(w: Mapping[str, Any]) -> str:

@@ -75,12 +75,13 @@ def cameras_table(cameras: Sequence[Mapping[str, Any]]) -> Table:
 def workers_table(workers: Sequence[Mapping[str, Any]]) -> Table:
     t = Table(title="workers", title_justify="left")
     for c, j in (("worker", "left"), ("state", "left"), ("cpu %", "right"), ("ram MB", "right"), ("done", "right"),
-                 ("failed", "right"), ("seen", "right")):
+                 ("failed", "right"), ("seen", "right"), ("device", "left"), ("ms/frame", "left")):
         t.add_column(c, justify=j)
     for w in workers:
+        ms = " ".join(f"{k} {v:.0f}" for k, v in (w.get("stage_ms") or {}).items())
         t.add_row(w["name"] or w["id"], Text(w["state"], style=STATE_STYLE.get(w["state"], "")),
                   _n(w["cpu_percent"], "{:.0f}"), _n(w["rss_mb"], "{:.0f}"), _n(w["tasks_done"]),
-                  _n(w["tasks_failed"]), _n(w["last_seen_s"], "{:.1f} s"))
+                  _n(w["tasks_failed"]), _n(w["last_seen_s"], "{:.1f} s"), w.get("device") or "-", ms or "-")
     return t
 
 

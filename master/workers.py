@@ -5,6 +5,8 @@ Pure and thread-safe; `now` is passed in.
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
 import threading
 from collections.abc import Mapping
@@ -13,6 +15,33 @@ from typing import Any
 
 MAX_WORKERS = 1024
 MAX_STAT_KEYS = 32
+MAX_CAPABILITY_STAGES = 32
+MAX_STAGE_MS = 3_600_000.0  # an hour per frame: anything above is not a measurement
+_STAGE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_DEVICE_NAME = re.compile(r"[a-z0-9-]{1,16}")
+
+
+def clean_capabilities(raw: Any) -> dict[str, Any]:
+    """A worker's capability report, reduced to what is well formed and bounded ({} when none is):
+    stage names and a device that look like ours, and finite, non-negative ms figures."""
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    device, model = raw.get("device"), raw.get("model")
+    if isinstance(device, str) and _DEVICE_NAME.fullmatch(device):
+        out["device"] = device
+    if isinstance(model, str) and len(model) <= 64:
+        out["model"] = model
+    stages = raw.get("stages")
+    if isinstance(stages, list | tuple):
+        out["stages"] = sorted({s for s in stages[:MAX_CAPABILITY_STAGES]
+                                if isinstance(s, str) and _STAGE_NAME.fullmatch(s)})
+    ms = raw.get("ms")
+    if isinstance(ms, Mapping):
+        out["ms"] = {k: round(float(v), 2) for k, v in list(ms.items())[:MAX_CAPABILITY_STAGES]
+                     if isinstance(k, str) and _STAGE_NAME.fullmatch(k) and isinstance(v, int | float)
+                     and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= MAX_STAGE_MS}
+    return out
 
 
 @dataclass
@@ -27,6 +56,7 @@ class WorkerInfo:
     tasks_done: int = 0
     tasks_failed: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    capabilities: dict[str, Any] = field(default_factory=dict)
     internal: bool = False  # the master's own helper (the Celery dispatcher): not listed as a worker
 
 
@@ -62,6 +92,8 @@ class WorkerRegistry:
             if stats:
                 info.stats = {str(k)[:32]: v for k, v in list(stats.items())[:MAX_STAT_KEYS]
                               if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+                if "capabilities" in stats:
+                    info.capabilities = clean_capabilities(stats["capabilities"])
             return True
 
     def observe(self, worker_id: str, now: float, stats: Mapping[str, Any] | None = None, *,
@@ -108,5 +140,7 @@ class WorkerRegistry:
         with self._lock:
             return [{"worker_id": w.worker_id, "name": w.name, "alive": w.alive,
                      "last_seen_s": round(now - w.last_seen, 3), "tasks_done": w.tasks_done,
-                     "tasks_failed": w.tasks_failed, "stats": dict(w.stats)}
+                     "tasks_failed": w.tasks_failed, "stats": dict(w.stats),
+                     "capabilities": {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+                                      for k, v in w.capabilities.items()}}
                     for w in self._workers.values() if not w.internal]

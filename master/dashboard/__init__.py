@@ -123,7 +123,12 @@ def worker(w: Mapping[str, Any]) -> dict[str, Any]:
             "cpu_percent": s.get("cpu_percent"), "rss_mb": s.get("rss_mb"),
             "host_cpu_percent": s.get("host_cpu_percent"), "busy": s.get("busy", 0),
             "tasks_done": int(w.get("tasks_done", 0)), "tasks_failed": int(w.get("tasks_failed", 0)),
-            "last_seen_s": w.get("last_seen_s")}
+            "last_seen_s": w.get("last_seen_s"), **capability(w.get("capabilities") or {})}
+
+
+def capability(c: Mapping[str, Any]) -> dict[str, Any]:
+    """A worker's device, runnable stages and measured ms per frame, for its row."""
+    return {"device": c.get("device", ""), "stages": list(c.get("stages", [])), "stage_ms": dict(c.get("ms", {}))}
 
 
 def overview(svc: MasterService, history: History, now: float | None = None) -> dict[str, Any]:

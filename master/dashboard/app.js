@@ -96,9 +96,12 @@ function renderWorkers(workers) {
   const rows = workers.map((w) => el("tr", { "data-worker": w.id },
     el("td", { title: w.id }, w.name || w.id), el("td", { class: `state-${w.state}` }, w.state),
     el("td", {}, fmt.pct(w.cpu_percent)), el("td", {}, fmt.pct(w.host_cpu_percent)), el("td", {}, fmt.mb(w.rss_mb)),
-    el("td", {}, fmt.num(w.tasks_done)), el("td", {}, fmt.num(w.tasks_failed))));
+    el("td", {}, fmt.num(w.tasks_done)), el("td", {}, fmt.num(w.tasks_failed)),
+    el("td", { class: "device" }, w.device || "–"),
+    el("td", { class: "stage-ms", title: w.stages.length ? `can run: ${w.stages.join(", ")}` : "" },
+      Object.entries(w.stage_ms).map(([k, v]) => `${k} ${fmt.ms(v)}`).join(" · ") || "–")));
   $("workers").tBodies[0].replaceChildren(
-    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No workers yet."))]));
+    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 9, class: "empty" }, "No workers yet."))]));
 }
 
 function renderJobs(jobs) {

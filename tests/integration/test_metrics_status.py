@@ -123,6 +123,8 @@ def test_metrics_parse_have_the_families_and_count_the_traffic(traffic):
     assert done == out
     [rss] = after["framehive_worker_resident_memory_bytes"].values()
     assert rss > 10 * 2**20  # a worker with a loaded detector holds tens of MB
+    stage_s = {dict(labels)["stage"]: v for (_, labels), v in after["framehive_worker_stage_seconds"].items()}
+    assert 0 < stage_s["person"] < 5  # measured per frame on the worker, reported in its heartbeat
     fired = value(after, "framehive_events_fired", "framehive_events_fired_total", rule="anyone")
     assert fired >= 1, "the clip's people should fire the rule"
     assert value(after, "framehive_events_retained", "framehive_events_retained") == fired
@@ -142,6 +144,8 @@ def test_dashboard_document_describes_camera_workers_and_events(traffic):
     assert any(x["label"] == "person" for x in cam["detections"])
     [w] = d["workers"]
     assert w["name"] == "worker0" and w["tasks_done"] == cam["frames_out"] and w["rss_mb"] > 10
+    assert w["device"] == "cpu" and {"person", "objects", "person-ssd", "face", "canny"} <= set(w["stages"])
+    assert 0 < w["stage_ms"]["person"] < 5000
     assert d["events"]["recent"] and d["events"]["recent"][0]["rule"] == "anyone"
     assert get(cluster.master_port, f"/ports/{port}/latest.jpg")[1] == "image/jpeg"
 
