@@ -359,3 +359,18 @@ def test_a_dynamic_input_shape_needs_one_given():
 def test_not_a_graph_model():
     with pytest.raises(ModelFormatError, match="graph model"):
         read_graph(json.loads('{"format": "layers-model", "modelTopology": {}}'), [])
+
+
+def test_free_dims_keep_resize_ratios_at_other_sizes():
+    """Traced at 4x6, run at 8x10: the resize doubles whatever it is given, like the TF graph would."""
+    g = GraphBuilder()
+    g.input("x", [1, 4, 6, 2])
+    g.const("size", [8, 12], "int32")
+    g.op("y", "ResizeBilinear", ["x", "size"], half_pixel_centers={"b": True})
+    model_json, data = g.model(["y"])
+    model = convert(read_graph(model_json, [data]), free_dims=(1, 2))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for h, w in ((4, 6), (8, 10)):
+        x = RNG.standard_normal((1, h, w, 2))
+        (y,) = sess.run(None, {"x": x.astype(np.float32)})
+        np.testing.assert_allclose(y, resize_ref(x, 2 * h, 2 * w, "half_pixel"), atol=TOL)

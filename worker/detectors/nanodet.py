@@ -72,20 +72,32 @@ class Found:
 # Pure pre- and post-processing
 
 
+def input_size(frame_wh: tuple[int, int], size: int = INPUT) -> tuple[int, int]:
+    """The model input (w, h) for a frame: its longer side scaled to `size`, the other rounded up to
+    a multiple of the largest stride. The model is fully convolutional, so a 640x480 frame runs as
+    416x320 instead of 416x416 (a quarter less work) with the same picture in it."""
+    w, h = frame_wh
+    scale = size / max(w, h)
+    step = STRIDES[-1]
+    return (min(size, -(-round(w * scale) // step) * step), min(size, -(-round(h * scale) // step) * step))
+
+
 def preprocess(image: np.ndarray, size: int = INPUT) -> tuple[np.ndarray, Letterbox]:
-    """A BGR frame letterboxed into size x size (pad 0), normalised, as a [1, 3, size, size] blob."""
-    (nw, nh), lb = letterbox_geometry((image.shape[1], image.shape[0]), (size, size))
+    """A BGR frame letterboxed (aspect kept, padded with 0) and normalised as a [1, 3, h, w] blob, with
+    (w, h) from `input_size`."""
+    iw, ih = input_size((image.shape[1], image.shape[0]), size)
+    (nw, nh), lb = letterbox_geometry((image.shape[1], image.shape[0]), (iw, ih))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != image.shape[1::-1] else image
-    padded = cv2.copyMakeBorder(resized, lb.top, size - nh - lb.top, lb.left, size - nw - lb.left,
+    padded = cv2.copyMakeBorder(resized, lb.top, ih - nh - lb.top, lb.left, iw - nw - lb.left,
                                 cv2.BORDER_CONSTANT, value=(0, 0, 0))
     blob = (padded.astype(np.float32) - MEAN) / STD
     return blob.transpose(2, 0, 1)[None].copy(), lb
 
 
-def centres(stride: int, size: int = INPUT) -> np.ndarray:
-    """Cell centres (x, y) of one stride's feature map, rows in y * n + x order."""
-    n = -(-size // stride)
-    ys, xs = np.mgrid[0:n, 0:n]
+def centres(stride: int, hw: tuple[int, int] = (INPUT, INPUT)) -> np.ndarray:
+    """Cell centres (x, y) of one stride's feature map for an input of (h, w), rows in y * nx + x order."""
+    ny, nx = -(-hw[0] // stride), -(-hw[1] // stride)
+    ys, xs = np.mgrid[0:ny, 0:nx]
     return (np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32) + 0.5) * stride
 
 
@@ -99,9 +111,10 @@ def distances(dist: np.ndarray, stride: int) -> np.ndarray:
 
 
 def decode(scores: Sequence[np.ndarray], dists: Sequence[np.ndarray], thresholds: np.ndarray,
-           size: int = INPUT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           hw: tuple[int, int] = (INPUT, INPUT)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates of every stride over their class's threshold: (x0, y0, x1, y1) in input pixels,
-    score, class id. `thresholds` has one entry per class; a class left out has a threshold over 1."""
+    score, class id, for an input of (h, w). `thresholds` has one entry per class; a class left out
+    has a threshold over 1."""
     boxes, kept_scores, ids = [], [], []
     for stride, s, d in zip(STRIDES, scores, dists):
         s, d = s.reshape(-1, s.shape[-1]), d.reshape(-1, 4 * BINS)
@@ -110,7 +123,7 @@ def decode(scores: Sequence[np.ndarray], dists: Sequence[np.ndarray], thresholds
         rows = np.flatnonzero(best >= thresholds[cls])
         if not len(rows):
             continue
-        c = centres(stride, size)[rows]
+        c = centres(stride, hw)[rows]
         ltrb = distances(d[rows], stride)
         boxes.append(np.concatenate([c - ltrb[:, :2], c + ltrb[:, 2:]], axis=1))
         kept_scores.append(best[rows])
@@ -205,9 +218,11 @@ class NanoDet:
         log.info("NanoDet %s loaded on %s (%s)", path, self.device, ", ".join(self._session.get_providers()))
 
     def _output_order(self) -> tuple[list[int], list[int]]:
-        """Indices of the score and distance outputs, finest stride first (found by shape, not name)."""
-        shapes = [tuple(o.shape) for o in self._session.get_outputs()]
-        by_rows = {}
+        """Indices of the score and distance outputs, finest stride first, found from the shapes of one
+        run on a blank square input (not from names)."""
+        outs = self._session.run(None, {self._input: np.zeros((1, 3, INPUT, INPUT), np.float32)})
+        shapes = [tuple(o.shape) for o in outs]
+        by_rows: dict[int, dict[int, int]] = {}
         for i, shape in enumerate(shapes):
             by_rows.setdefault(shape[1], {})[shape[2]] = i
         expect = [(-(-INPUT // s)) ** 2 for s in STRIDES]
@@ -218,13 +233,15 @@ class NanoDet:
 
     @property
     def output_shapes(self) -> list[list[int]]:
-        """The model's output shapes (for `python -m worker.models check`)."""
-        return [list(o.shape) for o in self._session.get_outputs()]
+        """The model's output shapes for a square input (for `python -m worker.models check`)."""
+        outs = self._session.run(None, {self._input: np.zeros((1, 3, INPUT, INPUT), np.float32)})
+        return [list(o.shape) for o in outs]
 
     def _pass(self, image: np.ndarray, thresholds: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Found:
         blob, lb = preprocess(image)
         outs = self._session.run(None, {self._input: blob})
-        boxes, scores, ids = decode([outs[i] for i in self._order[0]], [outs[i] for i in self._order[1]], thresholds)
+        boxes, scores, ids = decode([outs[i] for i in self._order[0]], [outs[i] for i in self._order[1]], thresholds,
+                                    blob.shape[2:])
         corners = to_frame(boxes, lb, (image.shape[1], image.shape[0]), offset)
         return nms(Found(corners, scores, ids), NMS_IOU)
 

@@ -223,7 +223,7 @@ class ModelStore:
             raise ModelUnavailable(f"cannot convert {self.source.name}: {bad} missing or damaged in {self.dir}")
         model_json = json.loads(self.source_path(self.source.graph).read_text(encoding="utf-8"))
         graph = read_graph(model_json, [self.source_path(self.source.weights).read_bytes()])
-        model = convert(graph, name=self.source.name,
+        model = convert(graph, name=self.source.name, free_dims=(2, 3),  # any height and width a stride of 32 divides
                         metadata={"origin": self.source.origin, "licence": self.source.licence})
         data = model.SerializeToString(deterministic=True)
         _write_atomic(self.onnx_path, data)

@@ -34,7 +34,7 @@ from worker.models.tfjs import ModelFormatError, TfGraph, TfNode
 
 OPSET = 13
 IR_VERSION = 8  # what onnxruntime 1.x and OpenCV's importer both read
-CONVERTER_VERSION = 1  # bump when the output for the same input changes: caches rebuild
+CONVERTER_VERSION = 2  # bump when the output for the same input changes: caches rebuild
 
 _TO_NCHW, _TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
 _ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
@@ -79,6 +79,7 @@ class _Builder:
         self.initializers: dict[str, np.ndarray] = {}
         self._names: Counter[str] = Counter()
         self.consumers: Counter[tuple[str, int]] = Counter()  # how many nodes read each TF tensor
+        self.dynamic_hw = False  # resizes by scale, not to a size: the graph then takes other spatial sizes
 
     def fresh(self, hint: str) -> str:
         """A tensor name not used before."""
@@ -311,9 +312,12 @@ def _emit_resize(b: _Builder, node: TfNode, x: list[_Value]) -> list[_Value]:
     else:
         mode = "half_pixel" if node.attr_bool("half_pixel_centers") else "asymmetric"
     nchw = _transpose(b, x[0], _TO_NCHW, f"{node.name}_nchw")
-    sizes = b.init(np.asarray([n, c, oh, ow], np.int64), f"{node.name}_sizes")
-    resize = b.op("Resize", [nchw.name, "", "", sizes], node.name, mode="linear",
-                  coordinate_transformation_mode=mode)
+    if b.dynamic_hw:  # the same ratio at any input size (the traced size only fixes the ratio)
+        ratio = np.asarray([1.0, 1.0, oh / x[0].shape[1], ow / x[0].shape[2]], np.float32)
+        resize_inputs = [nchw.name, "", b.init(ratio, f"{node.name}_scales")]
+    else:
+        resize_inputs = [nchw.name, "", "", b.init(np.asarray([n, c, oh, ow], np.int64), f"{node.name}_sizes")]
+    resize = b.op("Resize", resize_inputs, node.name, mode="linear", coordinate_transformation_mode=mode)
     return [_transpose(b, _Value((n, c, oh, ow), x[0].dtype, name=resize.outputs[0]), _TO_NHWC, f"{node.name}_nhwc")]
 
 
@@ -397,9 +401,15 @@ def _convert_node(b: _Builder, node: TfNode, values: dict[tuple[str, int], _Valu
 
 
 def convert(graph: TfGraph, *, input_shape: Sequence[int] | None = None, name: str = "model",
-            metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-    """The ONNX model computing the same outputs as `graph` (its inputs keep their names)."""
+            metadata: dict[str, str] | None = None, free_dims: Sequence[int] = ()) -> onnx.ModelProto:
+    """The ONNX model computing the same outputs as `graph` (its inputs keep their names).
+
+    `free_dims`: input dimensions left free (e.g. (2, 3), an NCHW input's height and width), with
+    resizes keeping their ratio: a fully convolutional model then runs on a letterbox cut to the
+    frame's aspect instead of a square. The shapes traced here (the declared or given input shape)
+    fix the ratios only; the caller must feed sizes the model's strides divide."""
     b = _Builder()
+    b.dynamic_hw = bool(free_dims)
     out_names = {n: b.fresh(n) for n in graph.outputs}
     values: dict[tuple[str, int], _Value] = {}
     graph_inputs: list[_Value] = []
@@ -419,7 +429,7 @@ def convert(graph: TfGraph, *, input_shape: Sequence[int] | None = None, name: s
                 values[(node.name, i)] = v
     outputs = [_output(b, values[(n, 0)], n, out_names[n]) for n in graph.outputs]
     _tidy(b, {o.name for o in outputs})
-    return _build(b, graph_inputs, outputs, name, metadata or {})
+    return _build(b, graph_inputs, outputs, name, metadata or {}, tuple(free_dims))
 
 
 def _output(b: _Builder, v: _Value, tf_name: str, name: str) -> _Value:
@@ -509,12 +519,19 @@ def _drop_dead(b: _Builder, keep: set[str]) -> None:
 
 
 def _build(b: _Builder, inputs: list[_Value], outputs: list[_Value], name: str,
-           metadata: dict[str, str]) -> onnx.ModelProto:
+           metadata: dict[str, str], free_dims: tuple[int, ...]) -> onnx.ModelProto:
     nodes = [helper.make_node(op.op_type, op.inputs, op.outputs, name=op.outputs[0], **op.attrs) for op in b.ops]
     inits = [numpy_helper.from_array(a, k) for k, a in b.initializers.items()]
+
+    def in_dims(v: _Value) -> list[int | str]:
+        return [f"dim{i}" if i in free_dims else d for i, d in enumerate(v.shape)]
+
+    def out_dims(v: _Value) -> list[int | str]:  # with free inputs, any output dim may vary: all named
+        return [f"{v.name}_dim{i}" for i in range(v.rank)] if free_dims else list(v.shape)
+
     graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info(v.name, _ONNX_TYPES[v.dtype], list(v.shape)) for v in inputs],
-        [helper.make_tensor_value_info(v.name, _ONNX_TYPES[v.dtype], list(v.shape)) for v in outputs], inits)
+        nodes, name, [helper.make_tensor_value_info(v.name, _ONNX_TYPES[v.dtype], in_dims(v)) for v in inputs],
+        [helper.make_tensor_value_info(v.name, _ONNX_TYPES[v.dtype], out_dims(v)) for v in outputs], inits)
     model = helper.make_model(graph, producer_name="framehive", producer_version=str(CONVERTER_VERSION),
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
