@@ -38,7 +38,9 @@ from common.masterclient import MasterClient  # noqa: E402
 
 log = logging.getLogger("bench.e2e")
 
-PIPELINE = "person"
+# `--pipeline` reaches the spawned baseline loops through the environment (they import this module afresh)
+PIPELINE_ENV = "FRAMEHIVE_BENCH_PIPELINE"
+PIPELINE = os.environ.get(PIPELINE_ENV) or "person"
 WORKERS = 2
 PUBLISHERS = 2
 GOAL_RATIO = 0.85
@@ -283,8 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=0.0,
                    help=f"frames per second per publisher (0: {SATURATE:g} x the single-loop rate, so that "
                         "the publishers outrun the workers on any machine)")
+    p.add_argument("--pipeline", default=PIPELINE,
+                   help="what the workers run (default person; `person-ssd` is the SSDLite stage person used to be)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    if args.pipeline != PIPELINE:  # run again with it in place, for this process and its spawned loops
+        os.environ[PIPELINE_ENV] = args.pipeline
+        os.execv(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])])
     benchlib.setup_logging(args.log_level)
     machine = benchlib.machine()
     clip = benchlib.clip_path()

@@ -28,6 +28,7 @@ BENCHES: list[tuple[str, float, tuple[str, str]]] = [
     ("receiver_ingest", 180.0, ("zero_loss_fps", "frames_per_s")),
     ("cluster_e2e", 300.0, ("results_per_s", "ideal_results_per_s")),
     ("detector_accuracy", 180.0, ("f1", "f1")),
+    ("detector_eyes", 420.0, ("frames_with_person", "frames_with_person")),
     ("motion_gating", 300.0, ("cpu_s", "cpu_s")),
     ("file_jobs", 420.0, ("frames_per_s", "frames_per_s")),
 ]

@@ -71,10 +71,10 @@ def stage_env_from(env: Mapping[str, str]) -> StageEnv:
 
 # Thresholds for `objects` without a min_score, per class. NanoDet-g scores non-person classes lower
 # than people (bench/detector_eyes.py, docs/DETECTION.md). person: 0.5, under which it fires on cones
-# and posts. Vehicles: on the shared car clip (a road from above) 0.3 finds a car in 17 of 26 frames
-# that show one (0.4: 9) with no false box on its 50 empty frames, on 57 empty hall frames or on 6
+# and posts. Vehicles: on the shared car clip (a road from above) 0.3 finds a car in 18 of 26 frames
+# that show one (0.35: 9) with no false box on its 50 empty frames, on 57 empty hall frames or on 6
 # pictures with nobody, down to 0.25. Animals: no clip here to measure recall on; 0.35, where those
-# empty frames still show no false box.
+# empty frames show no false box (a bird fired once at 0.25).
 DEFAULT_OBJECTS: dict[str, float] = {
     "person": 0.5, "bicycle": 0.3, "car": 0.3, "motorcycle": 0.3, "bus": 0.35, "truck": 0.35,
     "cat": 0.35, "dog": 0.35, "bird": 0.35,
