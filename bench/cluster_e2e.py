@@ -85,10 +85,11 @@ def single_process_fps(jpegs: list[bytes], seconds: float, *, barrier: Any = Non
     """Decode + detect in a loop, one OpenCV thread: frames/s and the per-stage times."""
     import cv2
 
+    from worker.detectors import StageEnv
     from worker.pipeline import StageCache, process_payload
 
     cv2.setNumThreads(1)
-    stages = StageCache()
+    stages = StageCache(StageEnv(threads=1))  # onnxruntime on one thread too, as `--threads 1` workers
     for jpeg in jpegs[:3]:  # load the model and warm up
         process_payload(PIPELINE, jpeg, stages)
     if barrier is not None:  # concurrent loops start measuring together
