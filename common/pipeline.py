@@ -112,6 +112,9 @@ STAGES: dict[str, StageInfo] = {
                                    Param("iou", float, None, 0.0, 1.0), _DEVICE),
                       "your own YOLOv5/v8/v11 ONNX export: onnx:<path>[:<min_score>[:<iou>]] (docs/DETECTION.md)"),
     "noop": StageInfo("detector", (), "decodes the frame and finds nothing: measures the transport alone"),
+    "sleep": StageInfo("detector", (Param("ms", int, 50, 0, 60_000),),
+                       "holds the task sleep:MS milliseconds without using the CPU and finds nothing: a detector "
+                       "of known duration for tests and scaling benchmarks"),
     # filters: image -> image (file jobs tile them without seams; see worker/filters.py)
     "canny": StageInfo("filter", (Param("low", int, 100, 0, 1000), Param("high", int, 200, 0, 1000)),
                        "edges, OpenCV Canny (canny[:low:high])",

@@ -117,17 +117,16 @@ def test_sigterm_finishes_in_hand_and_hands_back_the_rest(person_frames):
 
 
 def test_a_slow_task_is_reported_before_the_rest_of_its_batch(master, stages, person_frames):
-    """Batch 2 of `person` frames from two cameras: the first camera's result must not wait for the
-    second camera's detector (a task over EARLY_REPORT_S is reported at once)."""
-    stages.get(parse_stage("person"))  # loaded before the clock starts
+    """Batch 2 from two cameras, each task held 300 ms by the `sleep` stage: the first camera's result
+    must not wait for the second's (a task over EARLY_REPORT_S is reported at once). The second task
+    starts after the first is reported and sleeps 300 ms, so the two are stored at least that far apart
+    however loaded the machine; reported together they would be stored in the same instant."""
     payload = jpeg(person_frames[0])
-    add(master.url, [payload], port=5100)
-    add(master.url, [payload], port=5101)
+    add(master.url, [payload], port=5100, pipeline="sleep:300")
+    add(master.url, [payload], port=5101, pipeline="sleep:300")
     with Worker(WorkerConfig(master_url=master.url, name="early", batch=2, wait_s=0.2), stages=stages):
         wait_until(lambda: results(master.url, 5100) and results(master.url, 5101), 60)
     [a], [b] = results(master.url, 5100), results(master.url, 5101)
     first, second = sorted((a, b), key=lambda r: r["completed_at"])
-    assert first["worker"] == second["worker"]
-    # stored apart by about the second frame's detector time, not together in one report
-    assert second["completed_at"] - first["completed_at"] >= 0.5 * second["stages_ms"]["work"] / 1000
-    assert first["stages_ms"]["dispatch"] < first["stages_ms"]["work"], first["stages_ms"]
+    assert first["worker"] == second["worker"] and first["status"] == second["status"] == "ok"
+    assert second["completed_at"] - first["completed_at"] >= 0.3

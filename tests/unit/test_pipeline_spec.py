@@ -37,7 +37,7 @@ def test_canonical_form(spec, canonical):
 @pytest.mark.parametrize("spec,words", [
     ("", "empty"),
     ("cat", "unknown stage 'cat'; known stages: blur, canny, face, gaussian, motion, noop, objects, person, "
-            "person-hog, person-ssd, sobel, threshold, onnx:<path>"),
+            "person-hog, person-ssd, sleep, sobel, threshold, onnx:<path>"),
     ("person:abc", "min_score must be float"),
     ("person:2", "min_score must be in"),
     ("face:1:2", "at most 1 plain argument"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,4 +201,5 @@ DETECTORS: dict[str, Callable[[StageSpec, StageEnv], Detector]] = {
     "face": _face,
     "onnx": _onnx,
     "noop": lambda spec, env: lambda image: [],
+    "sleep": lambda spec, env: lambda image: time.sleep(int(spec.args[0]) / 1000.0) or [],
 }
