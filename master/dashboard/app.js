@@ -99,7 +99,8 @@ function renderWorkers(workers) {
     el("td", {}, fmt.num(w.tasks_done)), el("td", {}, fmt.num(w.tasks_failed)),
     el("td", { class: "device" }, w.device || "–"),
     el("td", { class: "stage-ms", title: w.stages.length ? `can run: ${w.stages.join(", ")}` : "" },
-      Object.entries(w.stage_ms).map(([k, v]) => `${k} ${fmt.ms(v)}`).join(" · ") || "–")));
+      ...(Object.entries(w.stage_ms).map(([k, v]) => el("span", {}, `${k} ${fmt.ms(v)}`))),
+      Object.keys(w.stage_ms).length ? "" : "–")));
   $("workers").tBodies[0].replaceChildren(
     ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 9, class: "empty" }, "No workers yet."))]));
 }
