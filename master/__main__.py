@@ -12,6 +12,7 @@ from pathlib import Path
 from common import auth
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S, redis_url
 from common.errors import ConfigError
+from common.imageinfo import MAX_IMAGE_PIXELS
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from master.celerybackend import CeleryDispatcher
 from master.httpserver import DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
@@ -35,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="allow binding a non-loopback address without a token")
     p.add_argument("--lease-s", type=float, default=StoreConfig.lease_s, help="task lease before requeue")
     p.add_argument("--max-attempts", type=int, default=StoreConfig.max_attempts, help="leases per task")
+    p.add_argument("--max-worker-deaths", type=int, default=StoreConfig.max_worker_deaths,
+                   help="a task whose workers died holding it this many times is failed (quarantined), not retried")
+    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="frames claiming more pixels (read from their header) are never decoded by the master")
     p.add_argument("--max-pending-per-port", type=int, default=StoreConfig.max_pending_per_port,
                    help="live frames waiting per camera; older ones are dropped")
     p.add_argument("--max-frame-age-s", type=float, default=StoreConfig.max_frame_age_s,
@@ -80,13 +85,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> ServiceConfig:
     """Turn flags into a validated ServiceConfig (ValueError names the bad setting)."""
-    store = StoreConfig(lease_s=args.lease_s, max_attempts=args.max_attempts,
+    store = StoreConfig(lease_s=args.lease_s, max_attempts=args.max_attempts, max_worker_deaths=args.max_worker_deaths,
                         max_pending_per_port=args.max_pending_per_port, max_frame_age_s=args.max_frame_age_s,
                         results_per_port=args.results_per_port)
     if args.worker_timeout_s <= 0:
         raise ValueError("worker_timeout_s must be > 0")
     rules = tuple(load_rules(args.rules)) if args.rules else ()
-    return ServiceConfig(store=store, worker_timeout_s=args.worker_timeout_s, rules=rules)
+    if args.max_image_pixels < 1:
+        raise ValueError("max_image_pixels must be >= 1")
+    return ServiceConfig(store=store, worker_timeout_s=args.worker_timeout_s, rules=rules,
+                         max_image_pixels=args.max_image_pixels)
 
 
 def main(argv: list[str] | None = None) -> int:

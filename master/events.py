@@ -7,13 +7,18 @@ pixels (OpenCV), to draw an event's boxes on the frame that fired it.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from common.errors import DecodeError
+from common.imageinfo import MAX_IMAGE_PIXELS, check_image
 from common.tasks import SEQ_WIRE_MASK, Detection
+
+log = logging.getLogger(__name__)
 
 EVENTS_KEPT = 1000  # ring behind get_events
 SNAPSHOTS_KEPT = 200  # the newest events keep their JPEG snapshot; older ones lose it
@@ -136,8 +141,9 @@ _GREEN, _RED, _BLACK, _WHITE = (0, 200, 0), (0, 0, 255), (0, 0, 0), (255, 255, 2
 
 def annotate(jpeg: bytes, detections: Iterable[Mapping[str, Any] | Detection],
              highlight: Iterable[Mapping[str, Any] | Detection] | Mapping[str, Any] | Detection | None = None,
-             ) -> bytes | None:
-    """Draw boxes and labels on a JPEG and re-encode it (quality 85); None if it does not decode.
+             *, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes | None:
+    """Draw boxes and labels on a JPEG and re-encode it (quality 85); None if it does not decode, or
+    claims more than `max_pixels` (checked from its header before decoding).
 
     Detections in `highlight` (one or several, compared by label and box) are drawn thick in red,
     the others thin in green. The image keeps its size.
@@ -146,7 +152,12 @@ def annotate(jpeg: bytes, detections: Iterable[Mapping[str, Any] | Detection],
     import cv2
     import numpy as np
 
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) if jpeg else None
+    try:
+        check_image(jpeg, max_pixels)
+    except DecodeError as e:
+        log.warning("not drawing on a frame: %s", e)
+        return None
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         return None
     marked = {_key(d) for d in _as_list(highlight)}

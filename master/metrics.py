@@ -31,11 +31,13 @@ STORE_COUNTERS: dict[str, tuple[str, str]] = {
     "stale_completions": ("stale_completions", "Completions refused: wrong token or lease already gone."),
     "worker_failures": ("worker_failures", "Tasks a worker reported it could not process."),
     "rejected_full": ("tasks_rejected_full", "Tasks refused because the store was full."),
+    "quarantined": ("tasks_quarantined", "Tasks failed without retry: workers kept dying while holding them."),
 }
 # Per-port store counters that are not drops.
 PORT_FLOWS = {"added": "frames_in", "completed": "frames_out", "failed": "frames_failed", "skipped": "frames_skipped"}
 # Receiver per-port counters that are drops, with the reason label they get.
-RECEIVER_DROPS = {"frames_incomplete": "incomplete", "malformed": "malformed", "refused": "refused"}
+RECEIVER_DROPS = {"frames_incomplete": "incomplete", "malformed": "malformed", "refused": "refused",
+                  "refused_image": "image_refused"}
 RECEIVER_COUNTERS: dict[str, tuple[str, str]] = {
     "datagrams": ("receiver_datagrams", "Datagrams received."),
     "bytes": ("receiver_bytes", "Bytes received."),
@@ -203,10 +205,13 @@ def _workers(workers: list[Mapping[str, Any]]) -> list[Metric]:
     cpu = _gauge("worker_cpu_ratio", "CPU used by the worker process (1.0 = one core), last heartbeat.", ["worker"])
     rss = _gauge("worker_resident_memory_bytes", "Resident memory of the worker process, last heartbeat.",
                  ["worker"])
+    refused = _counter("worker_images_refused", "Frames a worker refused unread: their header claims too many "
+                       "pixels.", ["worker"])
     stage = _gauge("worker_stage_seconds", "Moving average of one stage's time per frame on the worker.",
                    ["worker", "stage", "device"])
     for w in workers:
         caps = w.get("capabilities") or {}
+        refused.add_metric([str(w.get("worker_id", ""))], float((w.get("stats") or {}).get("images_refused", 0)))
         for name, ms in (caps.get("ms") or {}).items():
             stage.add_metric([str(w.get("worker_id", "")), name, caps.get("device", "")], float(ms) / 1000.0)
         wid, s = str(w.get("worker_id", "")), w.get("stats") or {}
@@ -221,7 +226,7 @@ def _workers(workers: list[Mapping[str, Any]]) -> list[Metric]:
             rss.add_metric([wid], float(s["rss_mb"]) * 2**20)
     for state, n in count.items():
         states.add_metric([state], float(n))
-    return [states, done, failed, seen, busy, cpu, rss, stage]
+    return [states, done, failed, seen, busy, cpu, rss, refused, stage]
 
 
 def worker_state(w: Mapping[str, Any]) -> str:

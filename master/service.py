@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import FramehiveError, QueueFull, TaskError, UnknownWorker
+from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jpeginfo import jpeg_size
 from common.tasks import Detection, Lease, Outcome, TaskSpec
 from master.events import EventLog, annotate
@@ -41,6 +42,7 @@ class ServiceConfig:
     heartbeat_s: float = 1.0  # how often workers are asked to heartbeat
     worker_timeout_s: float = 5.0  # a worker silent this long is dead; its leases are requeued
     rules: tuple[Rule, ...] = ()  # alert rules: results -> events
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # frames claiming more are never decoded here (snapshots, latest)
 
 
 class MasterService:
@@ -100,7 +102,7 @@ class MasterService:
         now = self.clock()
         n = self.store.expire(now)
         for worker in self.workers.newly_dead(now):
-            lost = self.store.expire(now, worker=worker)
+            lost = self.store.expire(now, worker=worker, died=True)
             log.warning("worker %s silent for %.1fs: requeued %d task(s)", worker,
                         self.config.worker_timeout_s, lost)
             n += lost
@@ -235,8 +237,9 @@ class MasterService:
                 # the event's box is where the person is in the picture users get
                 highlight = rule.matching(result["detections"], size)
                 here = max(highlight, key=lambda d: d["score"])
+                snapshot = annotate(payload, result["detections"], highlight, max_pixels=self.config.max_image_pixels)
                 event = dataclasses.replace(
-                    event, snapshot=annotate(payload, result["detections"], highlight), task_id=result["task_id"],
+                    event, snapshot=snapshot, task_id=result["task_id"],
                     best=Detection(here["label"], float(here["score"]), tuple(here["box"])))
             self.events.add(event)
             if rule is None or rule.log:
@@ -271,7 +274,7 @@ class MasterService:
     def latest_frame(self, port: int) -> bytes | None:
         """The newest processed frame of a camera with its detections drawn (JPEG), if any."""
         latest = self.store.latest(port)
-        return annotate(latest[1], latest[0]["detections"]) if latest else None
+        return annotate(latest[1], latest[0]["detections"], max_pixels=self.config.max_image_pixels) if latest else None
 
     def stats(self) -> dict[str, Any]:
         """A wire-safe snapshot of the whole master."""

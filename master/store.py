@@ -36,6 +36,7 @@ class StoreConfig:
     lease_s: float = 10.0  # a lease not renewed or completed within this is requeued
     max_hold_s: float = 120.0  # renewals never keep one task leased longer than this
     max_attempts: int = 3  # leases per task before it is FAILED
+    max_worker_deaths: int = 2  # a task held by this many workers that died is quarantined (FAILED, not retried)
     max_pending_per_port: int = 8  # live frames waiting per camera; the oldest is dropped beyond
     max_frame_age_s: float = 30.0  # a live frame older than this (since received) is never handed out
     max_tasks: int = 20_000  # pending + in progress, all kinds
@@ -48,7 +49,8 @@ class StoreConfig:
         for name in ("lease_s", "max_hold_s", "max_frame_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("max_attempts", "max_pending_per_port", "max_tasks", "max_ports", "results_per_port"):
+        for name in ("max_attempts", "max_pending_per_port", "max_tasks", "max_ports", "results_per_port",
+                     "max_worker_deaths"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
@@ -64,6 +66,7 @@ class _Record:
     first_leased: float = 0.0
     leased_at: float = 0.0
     not_before: float = 0.0  # a retried tile is not handed out before this (backoff)
+    deaths: int = 0  # workers that died while holding it
 
     @property
     def spec(self) -> TaskSpec:
@@ -297,8 +300,9 @@ class TaskStore:
                     n += 1
         return n
 
-    def expire(self, now: float, *, worker: str | None = None) -> int:
-        """Requeue (or fail) leases past their deadline, or every lease of a dead `worker`."""
+    def expire(self, now: float, *, worker: str | None = None, died: bool = False) -> int:
+        """Requeue (or fail) leases past their deadline, or every lease of `worker`. `died`: that
+        worker went silent holding them, so each is suspect (see `_after_death`)."""
         n = 0
         with self._lock:
             for rec in list(self._tasks.values()):
@@ -306,9 +310,28 @@ class TaskStore:
                     continue
                 if (worker is not None and rec.worker == worker) or (worker is None and rec.deadline <= now):
                     self.counters["lease_expired"] += 1
-                    self._retry_or_fail(rec, f"lease expired on worker {rec.worker!r}", now)
+                    if died:
+                        self._after_death(rec, now)
+                    else:
+                        self._retry_or_fail(rec, f"lease expired on worker {rec.worker!r}", now)
                     n += 1
         return n
+
+    def _after_death(self, rec: _Record, now: float) -> None:
+        """A task whose worker died holding it may be what killed it (an image that crashes a decoder):
+        it runs last in its lane, and after `max_worker_deaths` deaths it is failed, not retried, so
+        one poison task cannot take down the whole pool."""
+        rec.deaths += 1
+        if rec.deaths < self.config.max_worker_deaths and rec.attempts < self.config.max_attempts:
+            self._requeue(rec, back=True)
+            self.counters["retried"] += 1
+            return
+        del self._tasks[rec.task.id]
+        self.counters["quarantined"] += 1
+        error = (f"quarantined: {rec.deaths} workers died while holding this task (last {rec.worker!r}); "
+                 "not retried, in case it is what kills them")
+        self._store_result(rec, Outcome(rec.task.id, rec.token, error=error), rec.worker, "failed", now)
+        self._count(rec.spec.port, "failed")
 
     def _leased(self, task_id: str, token: str) -> _Record:
         rec = self._tasks.get(task_id)
@@ -334,10 +357,13 @@ class TaskStore:
         self._count(rec.spec.port, "failed")
         return TaskState.FAILED
 
-    def _requeue(self, rec: _Record) -> None:
+    def _requeue(self, rec: _Record, *, back: bool = False) -> None:
         rec.state, rec.token, rec.worker = TaskState.PENDING, "", ""
         lane = self._lanes.setdefault(rec.lane, deque())
-        lane.appendleft(rec.task.id)
+        if back:
+            lane.append(rec.task.id)
+        else:
+            lane.appendleft(rec.task.id)
         # A requeued frame was already accepted and started once: keep it (a crashed worker must not
         # turn into a lost result) and let the cap take the newest waiting frame instead.
         if rec.spec.kind is TaskKind.FRAME and len(lane) > self.config.max_pending_per_port:

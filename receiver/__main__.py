@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from common import auth
 from common.errors import ConfigError
+from common.imageinfo import MAX_IMAGE_PIXELS
 from common.masterclient import parse_master_url
 from common.pipeline import normalize_pipeline
 from common.protocol import KEY_ENV, key_from
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs-root", default="",
                    help="folder whose files clients may name with --protocol file (default: none allowed)")
     p.add_argument("--backlog", type=int, default=4, help="frames buffered per camera while the master is busy")
+    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="frames claiming more pixels (read from their JPEG header) are refused and counted")
     p.add_argument("--rcvbuf-kb", type=int, default=DEFAULT_RCVBUF_BYTES // 1024, help="UDP receive buffer asked for")
     p.add_argument("--name", default="", help="receiver name in the master's stats (default receiver@host)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"receiver@{socket.gethostname()}"
     report_jobs = (lambda: {"jobs": jobs.server.report()}) if jobs else None  # file jobs on the master's dashboard
     forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies,
-                          report_extra=report_jobs)
+                          report_extra=report_jobs, max_image_pixels=args.max_image_pixels)
     producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else []) + ([preview] if preview else [])
     for part in [forwarder, *producers]:
         part.start()

@@ -7,7 +7,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from common.errors import BadRequest, MasterUnavailable, QueueFull
+from common.errors import BadRequest, DecodeError, MasterUnavailable, QueueFull
+from common.imageinfo import MAX_IMAGE_PIXELS, check_image
 from common.masterclient import MasterClient
 from common.runtime import Component
 from common.tasks import TaskSpec
@@ -29,8 +30,10 @@ class Forwarder(Component):
     def __init__(self, buffer: FrameBuffer, master_url: str, *, name: str,
                  counters: Callable[[], dict], batch_max: int = BATCH_MAX,
                  policies: Mapping[int, GatePolicy] | None = None,
-                 report_extra: Callable[[], dict] | None = None) -> None:
+                 report_extra: Callable[[], dict] | None = None,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.buffer = buffer
         self.policies = dict(policies or {})
         self.gates: dict[int, MotionGate] = {}
@@ -64,7 +67,7 @@ class Forwarder(Component):
 
     def forward_once(self, timeout: float) -> int:
         """Send one batch (waiting up to `timeout` for frames); returns frames accepted."""
-        frames = self.buffer.take(self.batch_max, timeout)
+        frames = [f for f in self.buffer.take(self.batch_max, timeout) if self._is_image(f)]
         now = time.monotonic()
         report = now - self._last_report >= REPORT_EVERY_S
         if not frames and not report:
@@ -81,6 +84,19 @@ class Forwarder(Component):
             self._last_report = now
         self._recovered()
         return self._tally(frames, reply)
+
+    def _is_image(self, f: ReadyFrame) -> bool:
+        """Whether a frame is a JPEG (or PNG) of an acceptable size, read from its header: a frame that
+        claims 20000x20000 pixels in a few hundred bytes never reaches a decoder, here or downstream."""
+        try:
+            check_image(f.data, self.max_image_pixels)
+            return True
+        except DecodeError as e:
+            c = self.port_stats.setdefault(f.port, Counter())
+            c["refused_image"] += 1
+            if c["refused_image"] in (1, 10, 100, 1000) or c["refused_image"] % 10_000 == 0:
+                log.warning("port %d: refused frame %d (%d so far): %s", f.port, f.seq, c["refused_image"], e)
+            return False
 
     def _gated(self, f: ReadyFrame, now: float) -> tuple[TaskSpec, bytes]:
         """The task for a frame: its bytes for a detector, or just a skip record (and no bytes)."""

@@ -34,6 +34,7 @@ import psutil
 
 from common import jobproto
 from common.errors import DecodeError, FramehiveError, MasterUnavailable, QueueFull
+from common.imageinfo import check_image
 from common.jobproto import Handshake, ProtocolError
 from common.masterclient import MasterClient
 from common.pipeline import STAGES, StageSpec, needs_previous, pipeline_halo
@@ -103,6 +104,11 @@ def encode_tile_bytes(pixels: np.ndarray, tile_format: str) -> bytes:
 def decode_tile_bytes(data: bytes) -> np.ndarray | None:
     """A processed tile from a worker (raw tile bytes or PNG); None if the bytes are not an image."""
     if not data:
+        return None
+    try:
+        check_image(data)
+    except DecodeError as e:
+        log.info("a worker sent back a tile that is not a tile: %s", e)
         return None
     if is_raw_tile(data):
         try:

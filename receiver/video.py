@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from common.errors import DecodeError
+from common.imageinfo import MAX_IMAGE_PIXELS, ImageTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +172,27 @@ def probe(source: Source) -> VideoInfo:
         return VideoInfo(stream.width, stream.height, Fraction(rate), stream.frames or 0, codec)
 
 
-def iter_frames(source: Source) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(source: Source, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[tuple[int, np.ndarray]]:
     """Decode `source` (a path or a binary file object) to (index, BGR frame) pairs, one at a time.
 
-    Raises DecodeError for a non-video input, a corrupt stream, or a file that ends before the
-    number of frames its header announces (truncated).
+    Raises DecodeError for a non-video input, a corrupt stream, a file that ends before the number
+    of frames its header announces (truncated), or a stream whose declared frame size is over
+    `max_pixels` (ImageTooLarge, before any frame is decoded).
     """
     name = _name(source)
     with _open(source) as container:
         stream = _video_stream(container, name)
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if w * h > max_pixels:
+            raise ImageTooLarge(f"{name}: frames of {w}x{h} pixels are over the limit of {max_pixels} pixels")
         stream.thread_type = "AUTO"
         announced = stream.frames or 0
         index = 0
         try:
             for frame in container.decode(stream):
+                if frame.width * frame.height > max_pixels:  # a stream may change size mid-way
+                    raise ImageTooLarge(f"{name}: frame {index} is {frame.width}x{frame.height} pixels, over "
+                                        f"the limit of {max_pixels}")
                 yield index, frame.to_ndarray(format="bgr24")
                 index += 1
         except av.error.FFmpegError as e:

@@ -11,6 +11,7 @@ import cv2
 
 from common import auth
 from common.errors import ConfigError, PipelineSpecError
+from common.imageinfo import MAX_IMAGE_PIXELS
 from common.masterclient import parse_master_url
 from common.pipeline import DEVICES, STAGES, parse_pipeline
 from common.runtime import setup_logging, stop_on_signals
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, default=None,
                    help=f"model cache (default: ${MODEL_DIR_ENV}, else {default_model_dir()}); "
                         "fill it with `python -m worker.models`")
+    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="frames claiming more pixels (read from their header) are refused unread, as an error result")
     p.add_argument("--processes", type=int, default=0,
                    help="run each batch's tasks in a local pool of this many processes (CPU-heavy stages); "
                         "0 or 1: in this process. Use with --batch at least as large")
@@ -56,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     if args.threads < 0:
         p.error("--threads must be >= 0")
+    if args.max_image_pixels < 1:
+        p.error("--max-image-pixels must be >= 1")
     return args
 
 
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         cv2.setNumThreads(args.threads)
     stop = stop_on_signals()
-    stages = StageCache(StageEnv(device=args.device, threads=args.threads, model_dir=args.model_dir))
+    stages = StageCache(StageEnv(device=args.device, threads=args.threads, model_dir=args.model_dir,
+                                 max_image_pixels=args.max_image_pixels))
     try:
         for spec in parse_pipeline(args.preload) if args.preload else ():
             stages.get(spec)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from concurrent.futures import Future
 
 import psutil
 
 from common.errors import DecodeError, PipelineSpecError
+from common.imageinfo import ImageTooLarge
 from common.tasks import Lease, Outcome, TaskKind
 from worker.pipeline import StageCache, run_task
 
@@ -35,7 +37,11 @@ def execute(lease: Lease, stages: StageCache | None = None,
             task.spec.pipeline, task.payload, task.spec.kind is TaskKind.TILE,
             bool(task.spec.meta.get("stacked")), stages)
     except (DecodeError, PipelineSpecError) as e:
-        log.info("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
+        if isinstance(e, ImageTooLarge):
+            REFUSED["images_too_large"] += 1
+            log.warning("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
+        else:
+            log.info("task %s (port %d seq %d): %s", task.id, task.spec.port, task.spec.seq, e)
         return Outcome(task.id, lease.token, error=str(e), started_ns=started, finished_ns=time.time_ns()), ""
     except Exception as e:  # a detector crash: let the master retry it, maybe elsewhere
         log.exception("task %s failed in its pipeline", task.id)
@@ -43,6 +49,7 @@ def execute(lease: Lease, stages: StageCache | None = None,
     return Outcome(task.id, lease.token, detections, timings, "", started, time.time_ns(), image), ""
 
 
+REFUSED: Counter[str] = Counter()  # inputs this process refused unread, by reason (told in heartbeats)
 _PROCESS: psutil.Process | None = None  # kept: cpu_percent measures since the previous call on the same object
 
 
@@ -55,4 +62,5 @@ def process_stats(done: int, failed: int, busy: bool) -> dict[str, float | int |
     proc = _PROCESS
     return {"cpu_percent": proc.cpu_percent(None), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
             "host_cpu_percent": psutil.cpu_percent(None), "tasks_done": done,
-            "tasks_failed": failed, "busy": int(busy), "pid": os.getpid()}
+            "tasks_failed": failed, "busy": int(busy), "pid": os.getpid(),
+            "images_refused": REFUSED["images_too_large"]}

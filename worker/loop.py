@@ -93,7 +93,7 @@ class Worker:
         env = self.stages.env
         self._pool = ProcessPoolExecutor(config.processes, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=init_pool_process,
-                                         initargs=(env.device, env.threads, env.model_dir)) \
+                                         initargs=(env.device, env.threads, env.model_dir, env.max_image_pixels)) \
             if config.processes > 1 else None
 
     # ----- lifecycle ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from common.errors import DecodeError
+from common.imageinfo import MAX_IMAGE_PIXELS, check_image
 from common.pipeline import STAGES, StageSpec, parse_pipeline
 from common.tasks import Detection
 from common.tiling import decode_raw_tile, encode_raw_tile, is_raw_tile
@@ -52,10 +53,11 @@ BUILDERS: dict[str, Callable[[StageSpec, StageEnv], Stage]] = {**DETECTORS, **FI
 _CHILD_STAGES: StageCache | None = None  # stages of a pool process, built on its first task
 
 
-def init_pool_process(device: str, threads: int, model_dir: Path | None) -> None:
-    """A local pool process's stages use its parent worker's device, threads and model cache."""
+def init_pool_process(device: str, threads: int, model_dir: Path | None, max_image_pixels: int) -> None:
+    """A local pool process's stages use its parent worker's device, threads, model cache and image cap."""
     global _CHILD_STAGES
-    _CHILD_STAGES = StageCache(StageEnv(device=device, threads=threads, model_dir=model_dir))
+    _CHILD_STAGES = StageCache(StageEnv(device=device, threads=threads, model_dir=model_dir,
+                                        max_image_pixels=max_image_pixels))
 
 
 def run_task(pipeline: str, payload: bytes, tile: bool, stacked: bool,
@@ -96,9 +98,11 @@ def encode_tile(image: np.ndarray, *, raw: bool = True) -> bytes:
     return data.tobytes()
 
 
-def decode_image(payload: bytes) -> np.ndarray:
+def decode_image(payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode JPEG/PNG or raw tile bytes to a BGR image (gray HxW for a 1-channel raw tile: the job
-    server sends those to pipelines that start from intensity); DecodeError if they are not an image."""
+    server sends those to pipelines that start from intensity); DecodeError if they are not an image,
+    ImageTooLarge (a DecodeError) if their header claims more than `max_pixels`: checked before decoding."""
+    check_image(payload, max_pixels)
     if is_raw_tile(payload):
         return _decode_raw(payload)
     image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
@@ -166,7 +170,7 @@ def process_payload(spec: str, payload: bytes, stages: StageCache, *, keep_image
     `stacked`: the payload holds the previous frame above the current one (same size), for `motion`.
     """
     t0 = time.perf_counter()
-    image = decode_image(payload)
+    image = decode_image(payload, stages.env.max_image_pixels)
     previous = None
     if stacked:
         if image.shape[0] % 2:

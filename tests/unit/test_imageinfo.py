@@ -57,7 +57,7 @@ def test_normal_frames_pass_and_the_cap_is_configurable():
 
 
 def test_anything_else_is_not_an_image():
-    with pytest.raises(DecodeError, match="not a JPEG, PNG or raw tile"):
+    with pytest.raises(DecodeError, match="not a decodable JPEG, PNG or raw tile"):
         check_image(b"\x00" * 100)
     with pytest.raises(DecodeError):
         check_image(b"\xff\xd8\xff\xda" + b"\0" * 10)  # a scan before any frame header

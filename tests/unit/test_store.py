@@ -225,3 +225,33 @@ def test_failed_tiles_back_off_exponentially_before_a_retry_while_frames_retry_a
     s.fail(tile, again.token, "boom", T0 + 1.0)
     assert s.request("w", 1, T0 + 1.99) == []  # 1..2 s after the second
     assert [x.task.id for x in s.request("w", 1, T0 + 3.0)] == [tile]
+
+
+def test_a_task_whose_workers_die_runs_last_then_is_quarantined():
+    """A task held by a worker that died goes to the back of its lane (not the front, where it would
+    kill the next worker at once); a second death while holding it fails it visibly, not retried."""
+    s = make(max_pending_per_port=16)
+    poison = s.add(spec(seq=0), b"crasher", T0)
+    other = s.add(spec(seq=1), b"fine", T0)
+    [first] = s.request("w1", 1, T0)
+    assert first.task.id == poison
+    assert s.expire(T0 + 1, worker="w1", died=True) == 1
+    [next_up] = s.request("w2", 1, T0 + 1)
+    assert next_up.task.id == other  # the suspect waits behind the lane's other work
+    s.complete(other, next_up.token, ok(next_up), "w2", T0 + 1.1)
+    [again] = s.request("w2", 1, T0 + 1.2)
+    assert again.task.id == poison and again.attempt == 2
+    assert s.expire(T0 + 2, worker="w2", died=True) == 1
+    assert s.state_of(poison) is None and s.request("w3", 1, T0 + 2.1) == []
+    [r] = [x for x in s.results(5000, 0, 10)["results"] if x["seq"] == 0]
+    assert r["status"] == "failed" and "quarantined" in r["error"] and "2 workers died" in r["error"]
+    assert s.counters["quarantined"] == 1 and s.port_counters[5000]["failed"] == 1
+
+
+def test_an_expired_lease_of_a_living_worker_is_not_a_death():
+    s = make(lease_s=5, max_attempts=5)
+    tid = s.add(spec(), b"x", T0)
+    for i in range(3):  # slow, not dead: plain retries up to the attempt cap, never quarantine
+        s.request(f"w{i}", 1, T0 + 10 * i)
+        assert s.expire(T0 + 10 * i + 5) == 1
+    assert s.state_of(tid) is TaskState.PENDING and s.counters["quarantined"] == 0

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from common.errors import ConfigError, PipelineSpecError
+from common.imageinfo import MAX_IMAGE_PIXELS
 from common.pipeline import StageSpec
 from common.tasks import Detection
 
@@ -35,6 +36,7 @@ class StageEnv:
     device: str = "auto"
     threads: int = 0  # onnxruntime intra-op threads; 0: one per core
     model_dir: Path | None = None  # None: worker.models' default cache
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # payloads claiming more are refused before decoding
     _shared: dict[Any, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -54,20 +56,23 @@ class StageEnv:
             return True
 
 
-DEVICE_ENV, THREADS_ENV = "FRAMEHIVE_DEVICE", "FRAMEHIVE_ONNX_THREADS"
+DEVICE_ENV, THREADS_ENV, PIXELS_ENV = "FRAMEHIVE_DEVICE", "FRAMEHIVE_ONNX_THREADS", "FRAMEHIVE_MAX_IMAGE_PIXELS"
 
 
 def stage_env_from(env: Mapping[str, str]) -> StageEnv:
-    """A StageEnv from FRAMEHIVE_DEVICE and FRAMEHIVE_ONNX_THREADS (for Celery workers, whose command
-    line belongs to Celery); ConfigError on a bad value."""
+    """A StageEnv from FRAMEHIVE_DEVICE, FRAMEHIVE_ONNX_THREADS and FRAMEHIVE_MAX_IMAGE_PIXELS (for
+    Celery workers, whose command line belongs to Celery); ConfigError on a bad value."""
     from common.pipeline import DEVICES
 
     device, threads = env.get(DEVICE_ENV) or "auto", env.get(THREADS_ENV) or "0"
+    pixels = env.get(PIXELS_ENV) or str(MAX_IMAGE_PIXELS)
     if device not in DEVICES:
         raise ConfigError(f"{DEVICE_ENV} must be one of {', '.join(DEVICES)}, got {device!r}")
     if not threads.isdigit() or int(threads) > 256:
         raise ConfigError(f"{THREADS_ENV} must be an integer 0..256, got {threads!r}")
-    return StageEnv(device=device, threads=int(threads))
+    if not pixels.isdigit() or int(pixels) < 1:
+        raise ConfigError(f"{PIXELS_ENV} must be a positive integer, got {pixels!r}")
+    return StageEnv(device=device, threads=int(threads), max_image_pixels=int(pixels))
 
 
 # Thresholds for `objects` without a min_score, per class. NanoDet-g scores non-person classes lower
