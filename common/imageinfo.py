@@ -44,7 +44,8 @@ def check_image(data: bytes | memoryview, max_pixels: int = MAX_IMAGE_PIXELS) ->
     PNG or raw tile, ImageTooLarge for one over `max_pixels` (or MAX_IMAGE_SIDE on a side)."""
     size = image_size(data)
     if size is None:
-        raise DecodeError(f"payload of {len(data)} bytes is not a decodable JPEG, PNG or raw tile (no readable size header)")
+        raise DecodeError(f"payload of {len(data)} bytes is not a decodable JPEG, PNG or raw tile "
+                          "(no readable size header)")
     w, h, kind = size
     if w * h > max_pixels or max(w, h) > MAX_IMAGE_SIDE:
         raise ImageTooLarge(f"{kind} of {w}x{h} pixels is over this process's limit of {max_pixels} pixels "

@@ -6,8 +6,13 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+EXIT_CRASHED = 70  # a part of the process died: the process stops with this, so a supervisor restarts it
+
+_crashed = threading.Event()
+_stop_events: list[threading.Event] = []
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -28,7 +33,33 @@ def stop_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    _stop_events.append(stop)
     return stop
+
+
+def fatal(what: str, exc: BaseException) -> None:
+    """A part of this process died: say so loudly and stop the whole process (its main returns
+    EXIT_CRASHED), rather than leave a half-alive service that nobody restarts."""
+    logging.getLogger("framehive").critical("%s died: %s: %s; stopping the process", what, type(exc).__name__, exc,
+                                            exc_info=exc)
+    _crashed.set()
+    for stop in _stop_events:
+        stop.set()
+
+
+def guarded(what: str, fn: Callable[[], object]) -> Callable[[], None]:
+    """`fn` as a thread target whose escaping exception stops the process (see `fatal`)."""
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - a thread that must not end ended
+            fatal(what, e)
+    return run
+
+
+def exit_code() -> int:
+    """What a role's main returns once it has shut down: 0, or EXIT_CRASHED after a `fatal`."""
+    return EXIT_CRASHED if _crashed.is_set() else 0
 
 
 def is_loopback(host: str) -> bool:
@@ -55,8 +86,15 @@ class Component:
 
     def start(self) -> None:
         """Start the thread."""
-        self._thread = threading.Thread(target=self.run, name=self.thread_name)
+        self._thread = threading.Thread(target=self._run_guarded, name=self.thread_name)
         self._thread.start()
+
+    def _run_guarded(self) -> None:
+        """`run`, and if it raises, the process goes down with it (common.runtime.fatal)."""
+        try:
+            self.run()
+        except BaseException as e:  # noqa: BLE001 - any escape from a loop that must not end is fatal
+            fatal(f"{type(self).__name__} thread {self.thread_name!r}", e)
 
     def stop(self) -> None:
         """Ask the thread to finish; returns at once."""

@@ -13,7 +13,7 @@ from common import auth
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S, redis_url
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
-from common.runtime import is_loopback, setup_logging, stop_on_signals
+from common.runtime import exit_code, guarded, is_loopback, setup_logging, stop_on_signals
 from master.celerybackend import CeleryDispatcher
 from master.httpserver import DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
 from master.journal import SqliteJournal
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.server_address[:2]
     log.info("master listening on http://%s:%d (XML-RPC at /RPC2), %s", host if ":" not in host else f"[{host}]", port,
              "token required" if args.token else "no authentication")
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http")
+    serving = threading.Thread(target=guarded("the HTTP server", lambda: server.serve_forever(poll_interval=0.2)),
+                               name="http")
     serving.start()
     stop.wait()
     log.info("stopping: closing the HTTP port")
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if journal is not None:
         journal.close()
     log.info("stopped")
-    return 0
+    return exit_code()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from celery import Celery, states
 
 from common.celeryconf import QUEUES, TASK_NAMES, lease_message, outcome_from_result, settings
 from common.errors import FramehiveError
+from common.runtime import guarded
 from common.tasks import Lease, Outcome
 from master.service import MasterService
 
@@ -75,7 +76,7 @@ class CeleryDispatcher:
     def start(self) -> None:
         self.worker_id = self.service.register_worker("celery-dispatcher", internal=True)["worker_id"]
         for name, target in (("celery-send", self._send_loop), ("celery-collect", self._collect_loop)):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            t = threading.Thread(target=guarded(f"the Celery {name}", target), name=name, daemon=True)
             t.start()
             self._threads.append(t)
         log.info("Celery backend: dispatching to %s (at most %d tasks in flight)", redact(self.url), self.in_flight)

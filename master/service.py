@@ -17,6 +17,7 @@ from typing import Any
 from common.errors import FramehiveError, QueueFull, TaskError, UnknownWorker
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jpeginfo import jpeg_size
+from common.runtime import guarded
 from common.tasks import Detection, Lease, Outcome, TaskSpec
 from master.events import EventLog, annotate
 from master.rules import Rule, RuleEngine
@@ -71,7 +72,8 @@ class MasterService:
 
     def start(self) -> None:
         """Start the monitor thread that requeues expired leases and dead workers' tasks."""
-        self._monitor = threading.Thread(target=self._monitor_loop, name="lease-monitor", daemon=True)
+        self._monitor = threading.Thread(target=guarded("the lease monitor", self._monitor_loop), name="lease-monitor",
+                                         daemon=True)
         self._monitor.start()
         if self.webhooks:
             self.webhooks.start()

@@ -18,7 +18,7 @@ from common.imageinfo import MAX_IMAGE_PIXELS
 from common.masterclient import parse_master_url
 from common.pipeline import normalize_pipeline
 from common.protocol import KEY_ENV, key_from
-from common.runtime import is_loopback, setup_logging, stop_on_signals
+from common.runtime import exit_code, is_loopback, setup_logging, stop_on_signals
 from receiver.buffer import FrameBuffer
 from receiver.forward import Forwarder
 from receiver.motion import GatePolicy, parse_policy
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             from receiver.zmqhub import ZmqHub
 
             hub = ZmqHub(args.host, args.zmq_port, buffer, pipelines=args.pipelines,
-                         default_pipeline=args.default_pipeline, key=args.key)
+                         default_pipeline=args.default_pipeline, key=args.key, ports=set(args.port_list))
     except OSError as e:
         print(f"python -m receiver: error: cannot listen: {e}", file=sys.stderr)
         return 1
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     forwarder.stop()
     forwarder.join(10)
     log.info("stopped")
-    return 0
+    return exit_code()
 
 
 if __name__ == "__main__":

@@ -70,6 +70,15 @@ class ReplayGuard:
         return ""
 
 
+def _wire_int(v: object, name: str, lo: int, hi: int) -> int:
+    """A whole number in lo..hi from JSON (an int, or a float with no fraction: never 1e400 or NaN)."""
+    if isinstance(v, float) and v.is_integer() and lo <= v <= hi:
+        return int(v)
+    if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
+        return v
+    raise ValueError(f"{name} must be a whole number in {lo}..{hi}, got {str(v)[:40]}")
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -134,7 +143,8 @@ class ZmqHub(Component):
             self._sock.send(reply)
 
     def handle(self, parts: list[bytes]) -> bytes:
-        """Turn one request into a buffered frame; the reply says OK or what was wrong."""
+        """Turn one request into a buffered frame; the reply says OK or what was wrong. No request,
+        however malformed, gets past this method: every one is answered and counted."""
         try:
             frame = self._frame(parts)
         except Refused as e:
@@ -145,6 +155,11 @@ class ZmqHub(Component):
             self.counters["malformed"] += 1
             log.debug("zmq hub: %s", e)
             return f"ERR {e}".encode()
+        except Exception as e:  # a request we failed to foresee: refuse it, count it, serve the next
+            self.counters["errors"] += 1
+            if self.counters["errors"] in (1, 10, 100) or self.counters["errors"] % 1000 == 0:
+                log.exception("zmq hub: request %d that could not be handled", self.counters["errors"])
+            return f"ERR could not handle the request ({type(e).__name__})".encode()
         self.buffer.put(frame)
         self.counters["frames_complete"] += 1
         return b"OK"
@@ -205,12 +220,13 @@ class ZmqHub(Component):
         if isinstance(msg, str) and msg.startswith("{"):
             try:
                 d = json.loads(msg)
-                port, seq, cap = int(d["port"]), int(d["seq"]), int(d["capture_ns"])
+                port, seq = _wire_int(d["port"], "port", 1, 65535), _wire_int(d["seq"], "seq", 0, 2**63 - 1)
+                cap = _wire_int(d["capture_ns"], "capture_ns", 0, 2**63 - 1)
                 name = str(d.get("name", ""))[:64]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"framehive metadata is incomplete: {e}") from e
-            if not 0 < port < 65536 or (self.allowed_ports is not None and port not in self.allowed_ports):
-                raise ValueError(f"port {port} is not served by this receiver")
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
+                raise ValueError(f"framehive metadata is incomplete or out of range: {e}") from e
+            if self.allowed_ports is not None and port not in self.allowed_ports:
+                raise Refused("refused_port", f"port {port} is not served by this receiver")
             return port, seq & 0x7FFFFFFF, cap, name
         self._seq += 1
         return self.port, self._seq & 0x7FFFFFFF, time.time_ns(), str(msg)[:64]

@@ -14,7 +14,7 @@ from common.errors import ConfigError, PipelineSpecError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.masterclient import parse_master_url
 from common.pipeline import DEVICES, STAGES, parse_pipeline
-from common.runtime import setup_logging, stop_on_signals
+from common.runtime import exit_code, setup_logging, stop_on_signals
 from worker.detectors import StageEnv
 from worker.loop import Worker, WorkerConfig
 from worker.models.store import MODEL_DIR_ENV, default_model_dir
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping: finishing the task in hand, handing back the rest")
     worker.stop()
     worker.join(60)
-    return 0
+    return exit_code()
 
 
 if __name__ == "__main__":

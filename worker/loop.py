@@ -15,6 +15,7 @@ from typing import Any
 
 from common.errors import BadRequest, MasterUnavailable, QueueFull, Unauthorized
 from common.masterclient import MasterClient
+from common.runtime import guarded
 from common.tasks import Lease, Outcome, TaskKind
 from worker.capability import Capabilities
 from worker.execute import execute, process_stats
@@ -100,8 +101,9 @@ class Worker:
 
     def start(self) -> None:
         """Run the pull loop and the heartbeat in background threads."""
-        self._threads = [threading.Thread(target=self.run, name="pull"),
-                         threading.Thread(target=self._heartbeat_loop, name="heartbeat")]
+        self._threads = [threading.Thread(target=guarded("the worker's pull loop", self.run), name="pull"),
+                         threading.Thread(target=guarded("the worker's heartbeat", self._heartbeat_loop),
+                                          name="heartbeat")]
         for t in self._threads:
             t.start()
 

@@ -261,3 +261,28 @@ def test_receiver_listens_beyond_loopback_with_a_key_and_refuses_without(tmp_pat
     assert args.key == KEY
     with pytest.raises(SystemExit):
         parse_args(["--host", "0.0.0.0"])
+
+
+def test_hub_answers_hostile_numbers_and_unknown_ports_and_keeps_serving():
+    """`seq: 1e400` used to raise OverflowError out of the hub thread and silence every zmq camera."""
+    buf = FrameBuffer(per_port=100)
+    port = free_port()
+    hub = ZmqHub("127.0.0.1", port, buf, pipelines={7000: "face"}, default_pipeline="person", ports={7000})
+    hub.start()
+    jpg = cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes()
+
+    def ask(**fields) -> bytes:
+        msg = json.dumps({"port": 7000, "seq": 1, "capture_ns": 1, **fields})
+        return raw_request(port, [json.dumps({"msg": msg}).encode(), jpg])
+
+    try:
+        for bad in ({"seq": 1e400}, {"port": 1e400}, {"capture_ns": float("nan")}, {"seq": -1}, {"port": "7000"},
+                    {"seq": True}, {"port": 7000.5}):
+            assert ask(**bad).startswith(b"ERR "), bad
+        assert b"port 7001 is not served by this receiver" in ask(port=7001)
+        assert ask(seq=2) == b"OK" and ask(seq=3.0) == b"OK"
+        assert [(f.port, f.seq) for f in drain(buf, 2)] == [(7000, 2), (7000, 3)]
+        assert hub.counters["malformed"] == 7 and hub.counters["refused_port"] == 1
+    finally:
+        hub.stop()
+        hub.join(5)
