@@ -15,6 +15,7 @@ from typing import Any
 
 from common.errors import BadRequest
 from common.pipeline import normalize_pipeline
+from common.wiredata import META, clean
 
 MAX_PORT = 65535
 SEQ_WIRE_MASK = 0x7FFFFFFF  # XML-RPC ints are signed 32-bit
@@ -135,6 +136,7 @@ def spec_from_wire(d: Any) -> TaskSpec:
     meta = d.get("meta", {})
     if not isinstance(meta, Mapping):
         raise BadRequest("'meta' must be a struct/dict")
+    meta = clean(dict(meta), META, what="meta")  # finite numbers, short strings, shallow: safe in every reply
     return TaskSpec(
         port=_int(d, "port", 0, MAX_PORT),
         seq=_int(d, "seq", 0, SEQ_WIRE_MASK),
@@ -143,7 +145,7 @@ def spec_from_wire(d: Any) -> TaskSpec:
         received_ns=_int(d, "received_ns", 0, 2**63 - 1) if "received_ns" in d else 0,
         kind=kind,
         job_id=_str(d, "job_id", 128, ""),
-        meta=dict(meta),
+        meta=meta,
     )
 
 

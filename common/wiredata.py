@@ -32,7 +32,7 @@ class Limits:
 
 STATS = Limits(depth=4, items=256, text=128, key=64)  # a worker heartbeat
 REPORT = Limits(depth=6, items=8192, text=256, key=64)  # a receiver's counters and its file jobs
-META = Limits(depth=3, items=64, text=256, key=32)  # a task's metadata
+META = Limits(depth=3, items=256, text=256, key=32)  # a task's metadata (motion regions: 8 lists of 4)
 
 
 def clean(value: Any, limits: Limits = REPORT, *, what: str = "value") -> Any:

@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token-file", default="",
                    help="file holding the shared token every client must present (default: $FRAMEHIVE_TOKEN; "
                         "none: no authentication, loopback only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="without a token, requests must name this machine in their Host header (localhost, "
+                        "127.x, ::1); add another name you reach the master by (repeatable)")
     p.add_argument("--insecure", action="store_true",
                    help="allow binding a non-loopback address without a token")
     p.add_argument("--lease-s", type=float, default=StoreConfig.lease_s, help="task lease before requeue")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     service = MasterService(config, store=TaskStore(config.store, journal=journal))
     try:
         server = MasterHTTPServer((args.host, args.port), service,
-                                  max_request_bytes=int(args.max_request_mb * 2**20), token=args.token)
+                                  max_request_bytes=int(args.max_request_mb * 2**20), token=args.token,
+                                  allowed_hosts=args.allowed_host)
     except OSError as e:
         print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1

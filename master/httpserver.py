@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import HTTPServer
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -22,6 +22,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler
 
 from common import auth
 from common.errors import BadRequest, DecodeError, FramehiveError, QueueFull
+from common.runtime import is_loopback
 from master import dashboard, metrics, taskapi
 from master.rpc import MasterRpc, RpcDispatcher
 from master.service import MasterService
@@ -44,6 +45,17 @@ POST_ROUTES: dict[str, Route] = {
     "/api/v1/jobs/take": taskapi.job_take,
     "/api/v1/jobs/cancel": taskapi.job_cancel,
 }
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, lower case, without its port or IPv6 brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header[1:]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class MasterHandler(SimpleXMLRPCRequestHandler):
@@ -97,9 +109,22 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         self._send(403, "text/plain", b"cross-origin requests are refused\n", close=True)
         return False
 
+    def _host_allowed(self) -> bool:
+        """On a tokenless loopback master, refuse a Host that is not this machine (DNS rebinding)."""
+        if not self.server.host_check:
+            return True
+        host = host_name(self.headers.get("Host", ""))
+        if host in self.server.allowed_hosts or host.startswith("127."):
+            return True
+        self.server.service.errors["bad_host"] += 1
+        self._send(421, "text/plain", f"this master answers to localhost only, not {host[:60]!r} "
+                   "(start it with --allowed-host NAME, or with a token)\n".encode(), close=True)
+        return False
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         path = urlsplit(self.path).path
-        if not self._same_origin() or not self._authorized() or not self._body_allowed():
+        if (not self._host_allowed() or not self._same_origin() or not self._authorized()
+                or not self._body_allowed()):
             return
         if path in self.rpc_paths:
             super().do_POST()
@@ -119,7 +144,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         svc = self.server.service
         if url.path == "/healthz":
             self._send(200, "text/plain", b"ok\n")
-        elif not self._authorized():
+        elif not self._host_allowed() or not self._authorized():
             return
         elif url.path == "/api/v1/stats":
             self._json(200, svc.stats())
@@ -196,7 +221,13 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
             self._send(200, *found)
 
     def _json(self, status: int, obj: Any) -> None:
-        self._send(status, "application/json", json.dumps(obj).encode())
+        try:  # strict JSON: NaN or Infinity would make the dashboard's JSON.parse fail
+            body = json.dumps(obj, allow_nan=False).encode()
+        except (TypeError, ValueError) as e:
+            self.server.service.errors["unserialisable"] += 1
+            log.exception("a read-out could not be serialised")
+            status, body = 500, json.dumps({"error": f"read-out not serialisable: {e}"}).encode()
+        self._send(status, "application/json", body)
 
     def _send(self, status: int, ctype: str, body: bytes, *, close: bool = False) -> None:
         self.send_response(status)
@@ -223,10 +254,15 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
 
     def __init__(self, address: tuple[str, int], service: MasterService, *,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, token: str | None = None) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, token: str | None = None,
+                 allowed_hosts: Iterable[str] = ()) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.service = service
         self.token = token  # None: no authentication (loopback, or --insecure)
+        # Without a token on loopback, the Host header must name this machine (or a name given with
+        # --allowed-host): a page on a DNS-rebound name of an attacker's then cannot talk to us.
+        self.host_check = token is None and is_loopback(address[0])
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) | LOOPBACK_NAMES
         self.max_request_bytes = max_request_bytes
         self.dispatcher = RpcDispatcher(MasterRpc(service), service.errors)
         self.history = dashboard.History()

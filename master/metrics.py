@@ -7,6 +7,7 @@ families out); `ServiceCollector` only calls it with a fresh snapshot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -74,13 +75,13 @@ def _job_servers(sources: Mapping[str, Any]) -> list[Metric]:
         if not isinstance(report, Mapping):
             continue
         for event, n in sorted(report.get("counters", {}).items()):
-            events.add_metric([name, event], float(n))
+            events.add_metric([name, event], _f(n))
         jobs = [j for j in report.get("jobs", []) if isinstance(j, Mapping) and j.get("state") == "running"]
-        running.add_metric([name], float(len(jobs)))
+        running.add_metric([name], _f(len(jobs)))
         for j in jobs:
             for stage in ("total", "in", "out"):
-                frames.add_metric([name, str(j.get("job_id")), stage], float(j.get(f"frames_{stage}", 0)))
-            fallback.add_metric([name, str(j.get("job_id"))], float(j.get("fallback_tiles", 0)))
+                frames.add_metric([name, str(j.get("job_id")), stage], _f(j.get(f"frames_{stage}", 0)))
+            fallback.add_metric([name, str(j.get("job_id"))], _f(j.get("fallback_tiles", 0)))
     return [events, running, frames, fallback]
 
 
@@ -105,6 +106,14 @@ def _latency(latency: Mapping[str, Any]) -> list[Metric]:
     return [stage, e2e]
 
 
+def _f(value: Any) -> float:
+    """A number from a report as a sample value; anything that is not a finite number counts as 0, so
+    one odd entry never breaks the scrape."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return 0.0
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
@@ -119,23 +128,23 @@ def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily
 
 def _service(stats: Mapping[str, Any]) -> list[Metric]:
     uptime = _gauge("uptime_seconds", "Seconds since the master started.")
-    uptime.add_metric([], float(stats.get("uptime_s", 0.0)))
+    uptime.add_metric([], _f(stats.get("uptime_s", 0.0)))
     tasks = _gauge("tasks", "Tasks held by the master, by state (pending is the queue depth).", ["state"])
     for state in ("pending", "in_progress"):
-        tasks.add_metric([state], float(stats.get(state, 0)))
+        tasks.add_metric([state], _f(stats.get(state, 0)))
     fams: list[Metric] = [uptime, tasks]
     counters = dict(stats.get("counters", {}))
     for key, (name, doc) in STORE_COUNTERS.items():
         fam = _counter(name, doc)
-        fam.add_metric([], float(counters.pop(key, 0)))
+        fam.add_metric([], _f(counters.pop(key, 0)))
         fams.append(fam)
     other = _counter("task_events", "Other task-store totals, by event.", ["event"])
     for key, value in sorted(counters.items()):
         if not key.startswith("dropped_") and key not in ("skipped", "cancelled"):
-            other.add_metric([key], float(value))
+            other.add_metric([key], _f(value))
     rejected = _counter("rejected_requests", "HTTP/RPC requests refused, by reason.", ["reason"])
     for reason, n in sorted(stats.get("rejected_requests", {}).items()):
-        rejected.add_metric([reason], float(n))
+        rejected.add_metric([reason], _f(n))
     return [*fams, other, rejected]
 
 
@@ -148,14 +157,14 @@ def _ports(ports: Mapping[str, Any], sources: Mapping[str, Any]) -> list[Metric]
                      ["stage", "port", "reason"])
     for port, c in sorted(ports.items()):
         for key, fam in flows.items():
-            fam.add_metric([port], float(c.get(key, 0)))
-        depth.add_metric([port], float(c.get("pending", 0)))
-        results.add_metric([port], float(c.get("results", 0)))
+            fam.add_metric([port], _f(c.get(key, 0)))
+        depth.add_metric([port], _f(c.get("pending", 0)))
+        results.add_metric([port], _f(c.get("results", 0)))
         for key, value in sorted(c.items()):
             if key.startswith("dropped_") or key == "cancelled":
-                drops.add_metric(["master", port, key.removeprefix("dropped_")], float(value))
+                drops.add_metric(["master", port, key.removeprefix("dropped_")], _f(value))
     for port, reason, value in _receiver_drops(sources):
-        drops.add_metric(["receiver", port, reason], float(value))
+        drops.add_metric(["receiver", port, reason], _f(value))
     return [*flows.values(), depth, results, drops]
 
 
@@ -167,7 +176,7 @@ def _receiver_drops(sources: Mapping[str, Any]) -> list[tuple[str, str, float]]:
             for key, value in c.items():
                 reason = RECEIVER_DROPS.get(key) or _prefixed(key, ("dropped_", "skipped_"))
                 if reason:
-                    total[port, reason] = total.get((port, reason), 0.0) + float(value)
+                    total[port, reason] = total.get((port, reason), 0.0) + _f(value)
     return [(p, r, v) for (p, r), v in sorted(total.items())]
 
 
@@ -187,11 +196,11 @@ def _sources(sources: Mapping[str, Any]) -> list[Metric]:
     age = _gauge("source_report_age_seconds", "Seconds since a receiver last reported its counters.", ["source"])
     fams = {key: _counter(name, doc, ["source", "port"]) for key, (name, doc) in RECEIVER_COUNTERS.items()}
     for name, src in sorted(sources.items()):
-        age.add_metric([name], float(src.get("age_s", 0.0)))
+        age.add_metric([name], _f(src.get("age_s", 0.0)))
         for port, c in sorted(_source_ports(src).items()):
             for key, fam in fams.items():
                 if key in c:
-                    fam.add_metric([name, port], float(c[key]))
+                    fam.add_metric([name, port], _f(c[key]))
     return [age, *fams.values()]
 
 
@@ -211,21 +220,21 @@ def _workers(workers: list[Mapping[str, Any]]) -> list[Metric]:
                    ["worker", "stage", "device"])
     for w in workers:
         caps = w.get("capabilities") or {}
-        refused.add_metric([str(w.get("worker_id", ""))], float((w.get("stats") or {}).get("images_refused", 0)))
+        refused.add_metric([str(w.get("worker_id", ""))], _f((w.get("stats") or {}).get("images_refused", 0)))
         for name, ms in (caps.get("ms") or {}).items():
-            stage.add_metric([str(w.get("worker_id", "")), name, caps.get("device", "")], float(ms) / 1000.0)
+            stage.add_metric([str(w.get("worker_id", "")), name, caps.get("device", "")], _f(ms) / 1000.0)
         wid, s = str(w.get("worker_id", "")), w.get("stats") or {}
         count[worker_state(w)] += 1
-        done.add_metric([wid], float(w.get("tasks_done", 0)))
-        failed.add_metric([wid], float(w.get("tasks_failed", 0)))
-        seen.add_metric([wid], float(w.get("last_seen_s", 0.0)))
-        busy.add_metric([wid], float(s.get("busy", 0)))
+        done.add_metric([wid], _f(w.get("tasks_done", 0)))
+        failed.add_metric([wid], _f(w.get("tasks_failed", 0)))
+        seen.add_metric([wid], _f(w.get("last_seen_s", 0.0)))
+        busy.add_metric([wid], _f(s.get("busy", 0)))
         if "cpu_percent" in s:
-            cpu.add_metric([wid], float(s["cpu_percent"]) / 100.0)
+            cpu.add_metric([wid], _f(s["cpu_percent"]) / 100.0)
         if "rss_mb" in s:
-            rss.add_metric([wid], float(s["rss_mb"]) * 2**20)
+            rss.add_metric([wid], _f(s["rss_mb"]) * 2**20)
     for state, n in count.items():
-        states.add_metric([state], float(n))
+        states.add_metric([state], _f(n))
     return [states, done, failed, seen, busy, cpu, rss, refused, stage]
 
 

@@ -14,11 +14,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import FramehiveError, QueueFull, TaskError, UnknownWorker
+from common.errors import BadRequest, FramehiveError, QueueFull, TaskError, UnknownWorker
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jpeginfo import jpeg_size
 from common.runtime import guarded
 from common.tasks import Detection, Lease, Outcome, TaskSpec
+from common.wiredata import REPORT, STATS, clean
 from master.events import EventLog, annotate
 from master.rules import Rule, RuleEngine
 from master.store import StoreConfig, TaskStore
@@ -33,6 +34,14 @@ MAX_WAIT_S = 5.0  # longest a request may long-poll for work
 MAX_BATCH = 256  # most tasks one request may lease
 MAX_RESULTS_PAGE = 1000
 LOST_LEASE_GRACE_S = 3.0  # a lease younger than this may still be on its way to the worker
+
+
+SOURCE_TTL_S = 60.0  # a receiver that has not reported for this long is left out of stats
+MAX_SOURCES = 64
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class MasterService:
         self.store = store or TaskStore(self.config.store)
         self.workers = WorkerRegistry(self.config.worker_timeout_s)
         self.sources: dict[str, dict[str, Any]] = {}  # receivers' own counters, by name
+        self._sources_lock = threading.Lock()
         self.errors: Counter[str] = Counter()  # rejected requests by kind
         self.rules = RuleEngine(list(self.config.rules)) if self.config.rules else None
         self.events = EventLog()
@@ -137,9 +147,25 @@ class MasterService:
         return ids
 
     def report_source(self, name: str, counters: Mapping[str, Any]) -> None:
-        """Keep a receiver's own counters (frames complete, malformed, ...) for stats."""
-        if len(self.sources) < 64 or name in self.sources:
-            self.sources[str(name)[:64]] = {"at": self.clock(), "counters": dict(counters)}
+        """Keep a receiver's own counters (frames complete, malformed, ...) for stats. A report that is
+        not well formed is refused whole (BadRequest); a source silent for SOURCE_TTL_S is forgotten,
+        and when MAX_SOURCES report at once the stalest gives way, so names cannot pile up."""
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise BadRequest("a source name must be a string of 1..64 characters")
+        if not isinstance(counters, Mapping):
+            raise BadRequest("counters must be a struct")
+        counters = clean(dict(counters), REPORT, what="counters")
+        ports = counters.get("ports", {})
+        if not isinstance(ports, dict) or not all(
+                isinstance(c, dict) and all(_is_number(v) for v in c.values()) for c in ports.values()):
+            raise BadRequest("counters.ports must map each port to {counter: number}")
+        now = self.clock()
+        with self._sources_lock:
+            for stale in [k for k, v in self.sources.items() if now - v["at"] > SOURCE_TTL_S]:
+                del self.sources[stale]
+            if name not in self.sources and len(self.sources) >= MAX_SOURCES:
+                del self.sources[min(self.sources, key=lambda k: self.sources[k]["at"])]
+            self.sources[name] = {"at": now, "counters": counters}
 
     # ----- workers -----------------------------------------------------------------------------
 
@@ -155,6 +181,7 @@ class MasterService:
         """A worker is alive: renew its leases (those it lists in `held`, when it lists them; the
         others are requeued). `known` False means register again."""
         now = self.clock()
+        stats = clean(stats, STATS, what="stats") if stats is not None else None
         if not self.workers.seen(worker_id, now, stats):
             return {"known": False, "renewed": 0}
         lost = 0
@@ -278,12 +305,17 @@ class MasterService:
         latest = self.store.latest(port)
         return annotate(latest[1], latest[0]["detections"], max_pixels=self.config.max_image_pixels) if latest else None
 
+    def _sources_snapshot(self, now: float) -> dict[str, Any]:
+        with self._sources_lock:
+            return {k: {**v["counters"], "age_s": round(now - v["at"], 3)} for k, v in self.sources.items()
+                    if now - v["at"] <= SOURCE_TTL_S}
+
     def stats(self) -> dict[str, Any]:
         """A wire-safe snapshot of the whole master."""
         now = self.clock()
         snap = self.store.snapshot()
         return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
-                "sources": {k: {"age_s": round(now - v["at"], 3), **v["counters"]} for k, v in self.sources.items()},
+                "sources": self._sources_snapshot(now),
                 "rejected_requests": dict(self.errors),
                 "latency": {"buckets_s": list(BUCKETS_S), "ports": self.latency.snapshot(),
                             "stages": {k: {"what": v[0], "clocks": v[1]} for k, v in STAGES.items()}},

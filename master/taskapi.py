@@ -42,8 +42,13 @@ def add(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     tasks = _list(meta, "tasks")
     if len(tasks) != len(blobs):
         raise BadRequest(f"{len(tasks)} tasks but {len(blobs)} payload blobs")
-    if isinstance(meta.get("source"), str) and isinstance(meta.get("counters"), dict):
-        svc.report_source(meta["source"], meta["counters"])
+    report_error = ""
+    if "source" in meta or "counters" in meta:
+        try:  # a bad report is refused on its own: the frames that came with it are still taken
+            svc.report_source(meta.get("source"), meta.get("counters"))
+        except BadRequest as e:
+            svc.errors["bad_report"] += 1
+            report_error = str(e)
     good, errors = [], []
     for i, (t, blob) in enumerate(zip(tasks, blobs)):
         try:
@@ -56,7 +61,7 @@ def add(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
             ids[i] = task_id
     if errors:
         svc.errors["bad_task"] += len(errors)
-    return _json({"ids": ids, "errors": errors})
+    return _json({"ids": ids, "errors": errors, **({"report_error": report_error} if report_error else {})})
 
 
 def lease(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:

@@ -35,10 +35,12 @@ MAX_PORTS = 1024
 
 
 def _ns(value: Any) -> int:
+    """A nanosecond time from metadata; 0 (unknown) for anything that is not one (1e400, NaN, text)."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        ns = int(value)
+    except (TypeError, ValueError, OverflowError):
         return 0
+    return ns if 0 <= ns < 2**63 else 0
 
 
 def frame_stages(*, captured_ns: int, received_ns: int, meta: Mapping[str, Any], queued_ns: int,

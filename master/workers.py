@@ -13,8 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import QueueFull
+
 MAX_WORKERS = 1024
 MAX_STAT_KEYS = 32
+MAX_STAT_TEXT = 128
+DEAD_FORGET_S = 600.0  # a dead worker is listed this long, then forgotten
 MAX_CAPABILITY_STAGES = 32
 MAX_STAGE_MS = 3_600_000.0  # an hour per frame: anything above is not a measurement
 _STAGE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -77,6 +81,8 @@ class WorkerRegistry:
         with self._lock:
             if len(self._workers) >= MAX_WORKERS:
                 self._forget_dead()
+                if len(self._workers) >= MAX_WORKERS:
+                    raise QueueFull(f"{MAX_WORKERS} workers are registered and alive: no room for {name[:48]!r}")
             self._serial += 1
             worker_id = f"{name[:48]}#{self._instance}{self._serial}"
             self._workers[worker_id] = WorkerInfo(worker_id, name[:48], now, now, internal=internal)
@@ -90,8 +96,10 @@ class WorkerRegistry:
                 return False
             info.last_seen, info.alive = now, True
             if stats:
-                info.stats = {str(k)[:32]: v for k, v in list(stats.items())[:MAX_STAT_KEYS]
-                              if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+                info.stats = {str(k)[:32]: (v[:MAX_STAT_TEXT] if isinstance(v, str) else v)
+                              for k, v in list(stats.items())[:MAX_STAT_KEYS]
+                              if isinstance(v, int | float | str) and not isinstance(v, bool)
+                              and (not isinstance(v, float) or math.isfinite(v))}
                 if "capabilities" in stats:
                     info.capabilities = clean_capabilities(stats["capabilities"])
             return True
@@ -129,6 +137,8 @@ class WorkerRegistry:
             dead = [w for w in self._workers.values() if w.alive and now - w.last_seen > self.timeout_s]
             for w in dead:
                 w.alive = False
+            for w in [w for w in self._workers.values() if not w.alive and now - w.last_seen > DEAD_FORGET_S]:
+                del self._workers[w.worker_id]
             return [w.worker_id for w in dead]
 
     def _forget_dead(self) -> None:

@@ -125,6 +125,8 @@ class Forwarder(Component):
             ok += bool(task_id)
         for err in reply.get("errors", []):
             log.warning("master refused a frame: %s", err.get("error"))
+        if reply.get("report_error"):
+            log.warning("master refused this receiver's counters: %s", reply["report_error"])
         return ok
 
     def _failed(self, frames: list[ReadyFrame], e: Exception) -> None:

@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import threading
 import time
+import xmlrpc.client
 from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -524,14 +525,14 @@ class TileRunner:
 
     def _worker_stats(self) -> list[dict[str, Any]]:
         """CPU and RSS of each live worker, from their last heartbeat to the master."""
-        try:
+        try:  # a read-out, never a reason to fail the job
             workers = self.client.get_stats()["workers"]
-        except (FramehiveError, OSError) as e:
+            keys = ("cpu_percent", "rss_mb", "tasks_done", "pid")
+            return [{"worker": str(w["worker_id"]), **{k: w["stats"][k] for k in keys if k in w["stats"]}}
+                    for w in workers if w.get("alive")]
+        except (FramehiveError, OSError, xmlrpc.client.Fault, KeyError, TypeError, AttributeError) as e:
             log.info("job %s: no worker stats: %s", self.job.id, e)
             return []
-        keys = ("cpu_percent", "rss_mb", "tasks_done", "pid")
-        return [{"worker": w["worker_id"], **{k: w["stats"][k] for k in keys if k in w["stats"]}}
-                for w in workers if w["alive"]]
 
 
 class JobServer:

@@ -118,12 +118,16 @@ def stage_medians(results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def worker(w: Mapping[str, Any]) -> dict[str, Any]:
     """One row of the workers table."""
-    s = w.get("stats") or {}
+    s = {k: v for k, v in (w.get("stats") or {}).items() if _number(v)}
     return {"id": w.get("worker_id", ""), "name": w.get("name", ""), "state": worker_state(w),
             "cpu_percent": s.get("cpu_percent"), "rss_mb": s.get("rss_mb"),
             "host_cpu_percent": s.get("host_cpu_percent"), "busy": s.get("busy", 0),
             "tasks_done": int(w.get("tasks_done", 0)), "tasks_failed": int(w.get("tasks_failed", 0)),
             "last_seen_s": w.get("last_seen_s"), **capability(w.get("capabilities") or {})}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def capability(c: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""Calls that used to blind or bloat the master: poisoned heartbeats and receiver reports, XML entity
+expansion, DNS rebinding, poisoned task metadata, unbounded multicalls and registrations. Each is refused
+with a clear Fault (or HTTP status) and counted, and every read-out stays valid afterwards."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from master.rpc import FAULT_BAD_ARGS
+from master.workers import MAX_WORKERS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rpc(master) -> xmlrpc.client.ServerProxy:
+    return xmlrpc.client.ServerProxy(f"{master.url}/RPC2", allow_none=False)
+
+
+def get(master, path: str, host: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", master.port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host or f"127.0.0.1:{master.port}"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def read_outs_are_valid(master) -> dict:
+    """Every read-out parses: /api/v1/stats and the dashboard as strict JSON, /metrics as Prometheus
+    text, get_stats over XML-RPC, and the terminal status command prints its table."""
+    status, body = get(master, "/api/v1/stats")
+    assert status == 200, body[:300]
+    stats = json.loads(body, parse_constant=lambda c: pytest.fail(f"{c} in /api/v1/stats"))
+    status, body = get(master, "/api/v1/dashboard")
+    assert status == 200 and json.loads(body, parse_constant=lambda c: pytest.fail(c))
+    status, body = get(master, "/metrics")
+    assert status == 200 and list(text_string_to_metric_families(body.decode()))
+    assert rpc(master).get_stats()["uptime_s"] >= 0
+    out = subprocess.run([sys.executable, "-m", "master.status", "--master", master.url], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "workers" in out.stdout, out.stderr[-2000:]
+    return stats
+
+
+def deep(n: int) -> dict:
+    node: dict = {"x": 1}
+    for _ in range(n):
+        node = {"a": node}
+    return node
+
+
+def deep_xml(verb: str, first: str, n: int) -> bytes:
+    """An XML-RPC call whose second argument is a struct nested n deep (too deep for xmlrpc.client to
+    write, so written here), first argument a string."""
+    value = "<value><int>1</int></value>"
+    for _ in range(n):
+        value = f"<value><struct><member><name>a</name>{value}</member></struct></value>"
+    return (f"<?xml version='1.0'?><methodCall><methodName>{verb}</methodName><params>"
+            f"<param><value><string>{first}</string></value></param><param>{value}</param>"
+            "</params></methodCall>").encode()
+
+
+def post_rpc(master, body: bytes) -> object:
+    conn = http.client.HTTPConnection("127.0.0.1", master.port, timeout=30)
+    try:
+        conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+        (result,), _ = xmlrpc.client.loads(conn.getresponse().read())
+        return result
+    finally:
+        conn.close()
+
+
+POISON = [
+    {"cpu_percent": float("nan")},
+    {"cpu_percent": float("inf")},
+    {"when": xmlrpc.client.DateTime("20260101T00:00:00")},
+    deep(300),
+    {"name": "x" * 10_000},
+]
+
+
+@pytest.mark.parametrize("stats", POISON, ids=["nan", "inf", "datetime", "deep", "long-string"])
+def test_a_poisoned_heartbeat_is_refused_and_read_outs_stay_valid(master, stats):
+    proxy = rpc(master)
+    wid = proxy.register_worker("w")["worker_id"]
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy.heartbeat(wid, stats)
+    assert e.value.faultCode == FAULT_BAD_ARGS and "heartbeat: stats" in e.value.faultString  # names the path
+    proxy.heartbeat(wid, {"cpu_percent": "high", "rss_mb": 10})  # wrong type, but well formed: kept
+    read_outs_are_valid(master)
+
+
+@pytest.mark.parametrize("counters", [{"ports": {"5000": {"frames": float("nan")}}},
+                                      {"ports": {"5000": {"frames": "many"}}},
+                                      {"ports": [1, 2]}, deep(300),
+                                      {"jobs": {"jobs": [{"started_at": xmlrpc.client.DateTime()}]}}])
+def test_a_poisoned_receiver_report_is_refused(master, counters):
+    with pytest.raises(xmlrpc.client.Fault):
+        rpc(master).report_source("receiver", counters)
+    read_outs_are_valid(master)
+
+
+def test_nesting_3000_deep_is_refused(master):
+    wid = rpc(master).register_worker("w")["worker_id"]
+    for verb, first in (("heartbeat", wid), ("report_source", "receiver")):
+        with pytest.raises(xmlrpc.client.Fault, match="nested deeper than"):
+            post_rpc(master, deep_xml(verb, first, 3000))
+    read_outs_are_valid(master)
+
+
+def test_bogus_source_names_cannot_hide_a_real_receiver(master):
+    proxy = rpc(master)
+    for i in range(200):
+        proxy.report_source(f"bogus-{i}", {"ports": {}})
+    proxy.report_source("real", {"ports": {"5000": {"frames_complete": 3}}})
+    stats = read_outs_are_valid(master)
+    assert "real" in stats["sources"] and len(stats["sources"]) <= 64
+
+
+def test_xml_entity_declarations_are_refused_before_parsing(master):
+    body = (b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+            b'<methodCall><methodName>get_stats</methodName><params/></methodCall>')
+    conn = http.client.HTTPConnection("127.0.0.1", master.port, timeout=10)
+    conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+    reply = conn.getresponse().read()
+    conn.close()
+    with pytest.raises(xmlrpc.client.Fault, match="must not declare a DOCTYPE or entities"):
+        xmlrpc.client.loads(reply)
+    assert rpc(master).get_stats()["rejected_requests"]["xml_declaration"] == 1
+
+
+def test_a_tokenless_loopback_master_answers_only_to_its_own_names(master):
+    assert get(master, "/api/v1/stats", host="attacker.example")[0] == 421
+    assert get(master, "/api/v1/stats", host=f"attacker.example:{master.port}")[0] == 421
+    for host in (f"localhost:{master.port}", f"127.0.0.1:{master.port}", f"[::1]:{master.port}", "localhost"):
+        assert get(master, "/api/v1/stats", host=host)[0] == 200, host
+    assert get(master, "/healthz", host="attacker.example")[0] == 200  # health checks stay open
+
+
+def task(**meta) -> dict:
+    now = str(time.time_ns())
+    return {"port": 5000, "seq": 1, "pipeline": "noop", "captured_ns": now, "meta": meta,
+            "payload": xmlrpc.client.Binary(b"\xff\xd8jpeg")}
+
+
+@pytest.mark.parametrize("meta", [{"when": xmlrpc.client.DateTime()}, {"forwarded_ns": 1e400},
+                                  {"regions": deep(10)}, {"note": "x" * 1000}])
+def test_poisoned_task_metadata_is_refused_at_the_door(master, meta):
+    with pytest.raises(xmlrpc.client.Fault, match="meta"):
+        rpc(master).add_task(task(**meta))
+    assert rpc(master).get_stats()["pending"] == 0
+
+
+def test_multicall_is_bounded(master):
+    proxy = rpc(master)
+    many = xmlrpc.client.MultiCall(proxy)
+    for _ in range(33):
+        many.get_stats()
+    with pytest.raises(xmlrpc.client.Fault, match="at most 32 calls"):
+        many()
+    waits = xmlrpc.client.MultiCall(proxy)
+    waits.request_tasks("w", 1, 5.0)
+    with pytest.raises(xmlrpc.client.Fault, match="request_tasks cannot be called inside"):
+        waits()
+    adds = xmlrpc.client.MultiCall(proxy)
+    for _ in range(20):
+        adds.add_tasks([task() for _ in range(60)])
+    with pytest.raises(xmlrpc.client.Fault, match="1200 items in all"):
+        adds()
+    ok = xmlrpc.client.MultiCall(proxy)
+    ok.get_stats()
+    ok.add_task(task())
+    assert len(list(ok())) == 2
+
+
+def test_registrations_are_capped(master):
+    proxy = rpc(master)
+    for i in range(MAX_WORKERS):
+        proxy.register_worker(f"w{i}")
+    with pytest.raises(xmlrpc.client.Fault, match="workers are registered and alive"):
+        proxy.register_worker("one-too-many")
+    assert len(proxy.get_stats()["workers"]) == MAX_WORKERS
