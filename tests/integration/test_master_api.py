@@ -95,7 +95,7 @@ def test_oversized_body_is_refused_before_reading():
     m = RunningMaster(max_request_bytes=1024).start()
     try:
         with socket.create_connection(("127.0.0.1", m.port), timeout=5) as s:
-            s.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+            s.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999\r\n\r\n")
             reply = s.recv(4096)
         assert reply.startswith(b"HTTP/1.1 413") and b"over the limit" in reply
         assert proxy(m).get_stats()["rejected_requests"]["too_large"] == 1
@@ -112,14 +112,14 @@ def test_garbage_bodies(master):
     status, _ = raw_post(master, "/api/v1/nope", b"")
     assert status == 404
     with socket.create_connection(("127.0.0.1", master.port), timeout=5) as s:
-        s.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert s.recv(4096).startswith(b"HTTP/1.1 411")
     assert proxy(master).get_stats()["pending"] == 0
 
 
 def test_truncated_upload_does_not_block_others(master):
     s = socket.create_connection(("127.0.0.1", master.port), timeout=5)
-    s.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nonly a little")
+    s.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\nonly a little")
     try:
         assert proxy(master).get_stats()["pending"] == 0  # another client is served meanwhile
     finally:
