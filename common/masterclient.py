@@ -180,8 +180,11 @@ class MasterClient:
             return self.call("heartbeat", worker_id, dict(stats))
         return self.call("heartbeat", worker_id, dict(stats), list(held))
 
-    def get_results(self, port: int, since: int = 0, limit: int = 100) -> dict[str, Any]:
-        """One page of a camera's results: {results, next, missed}."""
+    def get_results(self, port: int, since: int = 0, limit: int = 100, incarnation: str = "") -> dict[str, Any]:
+        """One page of a camera's results: {results, next, missed, incarnation[, restarted]}; pass the
+        previous page's `incarnation` to learn of a master restart instead of skipping results."""
+        if incarnation:
+            return self.call("get_results", port, since, limit, incarnation)
         return self.call("get_results", port, since, limit)
 
     def get_stats(self) -> dict[str, Any]:

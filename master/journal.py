@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS job_results (
 CREATE INDEX IF NOT EXISTS job_results_by_job ON job_results (job_id, n);
 CREATE TABLE IF NOT EXISTS results (
     port INTEGER NOT NULL, cursor INTEGER NOT NULL, result TEXT NOT NULL, PRIMARY KEY (port, cursor));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 PRUNE_EVERY = 64  # results written to a port between two deletions of those past its ring
 
@@ -75,6 +77,10 @@ class NullJournal:
 
     def restore(self) -> Restored:
         return Restored([], [], {})
+
+    def incarnation(self) -> str:
+        """Which life of the master's results this is: a new one at every start when nothing is kept."""
+        return secrets.token_hex(6)
 
     def close(self) -> None:
         pass
@@ -132,6 +138,16 @@ class SqliteJournal(NullJournal):
         with self._tx() as db:
             db.execute("DELETE FROM tiles WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM job_results WHERE job_id = ?", (job_id,))
+
+    def incarnation(self) -> str:
+        """The results' incarnation, kept in the file: cursors stay valid across restarts with it."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()
+            if row:
+                return str(row[0])
+            value = secrets.token_hex(6)
+            db.execute("INSERT INTO meta (key, value) VALUES ('incarnation', ?)", (value,))
+            return value
 
     def restore(self) -> Restored:
         with self._lock:

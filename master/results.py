@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError) as e:
         p.error(str(e))
     stop = stop_on_signals()
-    cursor = args.since
+    cursor, incarnation = args.since, ""
     with MasterClient(args.master) as client:
         while True:
             try:
-                page = client.get_results(args.port, cursor, 1000)
+                page = client.get_results(args.port, cursor, 1000, incarnation)
             except MasterUnavailable as e:
                 print(f"master unreachable: {e}", file=sys.stderr)
                 if not args.follow:
@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             except Unauthorized as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
+            if page.get("restarted"):
+                print("(the master restarted and kept no results from before: reading from its first)",
+                      file=sys.stderr)
             if page["missed"]:
                 print(f"({page['missed']} older results were no longer kept)", file=sys.stderr)
+            incarnation = page.get("incarnation", "")
             for r in page["results"]:
                 print(json.dumps(r) if args.json else describe(r), flush=True)
             cursor = page["next"]

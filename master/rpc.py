@@ -135,10 +135,14 @@ class MasterRpc:
                  for x in _items(leases, "leases") if isinstance(x, dict)]
         return self._svc.release(_text(worker_id, "worker_id"), pairs)
 
-    def get_results(self, port: int, since: int = 0, limit: int = 100) -> dict:
-        """Results of one camera port after cursor `since`: {results, next, missed}."""
+    def get_results(self, port: int, since: int = 0, limit: int = 100, incarnation: str = "") -> dict:
+        """Results of one camera port after cursor `since`: {results, next, missed, incarnation}. Pass
+        back the `incarnation` of the page your cursor came from: if the master restarted without its
+        state since, you are read from its first result, with `restarted` true."""
+        if not isinstance(incarnation, str) or len(incarnation) > 64:
+            raise BadRequest("incarnation must be the string a previous page returned")
         return self._svc.results(_int(port, "port", 0, 65535), _int(since, "since", 0, 2**31 - 1),
-                                 _int(limit, "limit", 1, 1000))
+                                 _int(limit, "limit", 1, 1000), incarnation)
 
     def get_events(self, since: int = 0, limit: int = 100) -> dict:
         """Events fired by the alert rules after cursor `since`: {events, next, missed}."""

@@ -280,9 +280,9 @@ class MasterService:
 
     # ----- users -------------------------------------------------------------------------------
 
-    def results(self, port: int, since: int, limit: int) -> dict[str, Any]:
-        """A page of results for one camera port."""
-        return self.store.results(port, since, max(1, min(limit, MAX_RESULTS_PAGE)))
+    def results(self, port: int, since: int, limit: int, incarnation: str = "") -> dict[str, Any]:
+        """A page of results for one camera port (see TaskStore.results for `incarnation`)."""
+        return self.store.results(port, since, max(1, min(limit, MAX_RESULTS_PAGE)), incarnation)
 
     def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0) -> list[tuple[dict[str, Any], bytes]]:
         """Finished tiles of a file job (removed as they are taken), waiting up to `wait_s` for one."""

@@ -128,6 +128,7 @@ class TaskStore:
         self.counters: Counter[str] = Counter()
         self.port_counters: dict[int, Counter[str]] = {}
         self.journal = journal or NullJournal()  # what survives a restart (master/journal.py)
+        self.incarnation = self.journal.incarnation()  # which numbering of result cursors this is
         self._restore(self.journal.restore())
 
     def _restore(self, saved: Restored) -> None:
@@ -439,14 +440,23 @@ class TaskStore:
             self.journal.job_cancelled(job_id)
             return len(doomed)
 
-    def results(self, port: int, since: int, limit: int) -> dict[str, Any]:
-        """Results of `port` after cursor `since`: {"results", "next", "missed"}."""
+    def results(self, port: int, since: int, limit: int, incarnation: str = "") -> dict[str, Any]:
+        """Results of `port` after cursor `since`: {"results", "next", "missed", "incarnation"}.
+
+        Cursors belong to one incarnation of the results (a master restarted without --state-dir starts
+        a new one, counting from 1 again). A reader that names the incarnation its cursor came from and
+        finds another is read from the start, with `restarted` true: it never skips the new results
+        its old cursor number would have passed over."""
+        restarted = bool(incarnation) and incarnation != self.incarnation
+        since = 0 if restarted else since
         with self._lock:
             ring = self._rings.get(port)
             if ring is None:
-                return {"results": [], "next": max(0, since), "missed": 0}
-            chunk, nxt, missed = ring.since(since, limit)
-            return {"results": chunk, "next": nxt, "missed": missed}
+                page = {"results": [], "next": max(0, since), "missed": 0}
+            else:
+                chunk, nxt, missed = ring.since(since, limit)
+                page = {"results": chunk, "next": nxt, "missed": missed}
+        return {**page, "incarnation": self.incarnation, **({"restarted": True} if restarted else {})}
 
     # ----- introspection -----------------------------------------------------------------------
 

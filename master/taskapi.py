@@ -155,13 +155,14 @@ def events_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, st
 
 
 def results_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
-    """GET /api/v1/results?port=5000&since=0&limit=100 (the same page as get_results)."""
+    """GET /api/v1/results?port=5000&since=0&limit=100[&incarnation=...] (the same page as get_results)."""
     try:
         port = int(query["port"][0])
         since = int(query.get("since", ["0"])[0])
         limit = int(query.get("limit", ["100"])[0])
     except (KeyError, ValueError) as e:
         raise BadRequest("use ?port=N[&since=CURSOR][&limit=N]") from e
-    if not 0 <= port <= 65535 or since < 0 or not 1 <= limit <= 1000:
-        raise BadRequest("port must be 0..65535, since >= 0, limit 1..1000")
-    return _json(svc.results(port, since, limit))
+    incarnation = query.get("incarnation", [""])[0]
+    if not 0 <= port <= 65535 or since < 0 or not 1 <= limit <= 1000 or len(incarnation) > 64:
+        raise BadRequest("port must be 0..65535, since >= 0, limit 1..1000, incarnation a page's own")
+    return _json(svc.results(port, since, limit, incarnation))

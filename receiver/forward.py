@@ -22,6 +22,23 @@ TAKE_TIMEOUT_S = 0.2
 REPORT_EVERY_S = 1.0
 
 
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # payload per request: half the master's default request limit
+
+
+def split_by_bytes(frames: list[ReadyFrame], limit: int) -> list[list[ReadyFrame]]:
+    """Consecutive groups of frames whose payloads add up to at most `limit` bytes (a frame bigger
+    than that goes alone)."""
+    groups: list[list[ReadyFrame]] = []
+    size = limit + 1
+    for f in frames:
+        if size + len(f.data) > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(f)
+        size += len(f.data)
+    return groups
+
+
 class Forwarder(Component):
     """Moves frames from a FrameBuffer to the master; frames are never decoded or re-encoded here."""
 
@@ -66,12 +83,20 @@ class Forwarder(Component):
             self.forward_once(0.0)
 
     def forward_once(self, timeout: float) -> int:
-        """Send one batch (waiting up to `timeout` for frames); returns frames accepted."""
+        """Send what is buffered (waiting up to `timeout` for frames), in requests of at most
+        MAX_BATCH_BYTES of payload, so one camera's big frames never get another's refused with them
+        by the master's request-size limit; returns frames accepted."""
         frames = [f for f in self.buffer.take(self.batch_max, timeout) if self._is_image(f)]
         now = time.monotonic()
         report = now - self._last_report >= REPORT_EVERY_S
         if not frames and not report:
             return 0
+        accepted = 0
+        for i, part in enumerate(split_by_bytes(frames, MAX_BATCH_BYTES) or [[]]):
+            accepted += self._send(part, now, report=report and i == 0)
+        return accepted
+
+    def _send(self, frames: list[ReadyFrame], now: float, *, report: bool) -> int:
         extra = self._report_extra() if self._report_extra and report else {}
         counters = {"ports": self.counters(), **extra} if report else None
         items = [self._gated(f, now) for f in frames]

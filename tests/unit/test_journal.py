@@ -70,3 +70,15 @@ def test_results_are_pruned_to_the_ring_size(tmp_path):
         finish(store, 1)
     store.journal.close()
     assert dict(iter_tables(path))["results"] <= 10 + 64, "pruned every 64 writes"
+
+
+def test_the_incarnation_is_kept_with_the_results(tmp_path):
+    from master.journal import NullJournal, SqliteJournal
+
+    first = SqliteJournal(tmp_path / "m.sqlite3")
+    value = first.incarnation()
+    first.close()
+    again = SqliteJournal(tmp_path / "m.sqlite3")
+    assert again.incarnation() == value == again.incarnation()
+    again.close()
+    assert NullJournal().incarnation() != NullJournal().incarnation()

@@ -38,3 +38,15 @@ def test_buffer_take_wakes_when_a_frame_arrives():
     buf = FrameBuffer()
     threading.Timer(0.05, lambda: buf.put(frame(1, 1))).start()
     assert [f.seq for f in buf.take(5, 5.0)] == [1]
+
+
+def test_forwarded_batches_are_split_under_the_request_limit():
+    from receiver.buffer import ReadyFrame
+    from receiver.forward import split_by_bytes
+
+    def frame(n: int) -> ReadyFrame:
+        return ReadyFrame(5000, 0, 0, 0, b"x" * n, "person", {})
+
+    sizes = [[len(f.data) for f in g] for g in split_by_bytes([frame(6), frame(5), frame(1), frame(12), frame(3)], 10)]
+    assert sizes == [[6], [5, 1], [12], [3]]
+    assert split_by_bytes([], 10) == []

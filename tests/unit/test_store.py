@@ -156,12 +156,12 @@ def test_result_cursor_ring_and_missed_count():
         s.complete(lease.task.id, lease.token, ok(lease), "w", T0)
     page = s.results(5000, 0, 10)
     assert [r["seq"] for r in page["results"]] == [2, 3, 4] and page["missed"] == 2 and page["next"] == 5
-    assert s.results(5000, 5, 10) == {"results": [], "next": 5, "missed": 0}
+    assert s.results(5000, 5, 10) == {"results": [], "next": 5, "missed": 0, "incarnation": s.incarnation}
     page = s.results(5000, 3, 1)
     assert [r["cursor"] for r in page["results"]] == [4] and page["next"] == 4
     # a cursor from before a master restart reads from the oldest kept result
     assert [r["cursor"] for r in s.results(5000, 999, 10)["results"]] == [3, 4, 5]
-    assert s.results(6000, 0, 10) == {"results": [], "next": 0, "missed": 0}
+    assert s.results(6000, 0, 10) == {"results": [], "next": 0, "missed": 0, "incarnation": s.incarnation}
 
 
 def test_too_many_ports_refused():
@@ -255,3 +255,25 @@ def test_an_expired_lease_of_a_living_worker_is_not_a_death():
         s.request(f"w{i}", 1, T0 + 10 * i)
         assert s.expire(T0 + 10 * i + 5) == 1
     assert s.state_of(tid) is TaskState.PENDING and s.counters["quarantined"] == 0
+
+
+def test_a_cursor_from_another_incarnation_reads_from_the_start():
+    """A master restarted without --state-dir numbers results from 1 again: a reader that names the
+    incarnation of its cursor 76 gets the new master's results from the first, told it restarted."""
+    old = make()
+    for i in range(3):
+        tid = old.add(spec(seq=i), b"x", T0)
+        [lease] = old.request("w", 1, T0)
+        old.complete(tid, lease.token, ok(lease), "w", T0)
+    page = old.results(5000, 0, 100)
+    assert page["next"] == 3 and "restarted" not in page
+    new = make()
+    assert new.incarnation != old.incarnation
+    for i in range(2):
+        tid = new.add(spec(seq=10 + i), b"x", T0)
+        [lease] = new.request("w", 1, T0)
+        new.complete(tid, lease.token, ok(lease), "w", T0)
+    stale = new.results(5000, 76, 100, incarnation=page["incarnation"])
+    assert stale["restarted"] is True and [r["seq"] for r in stale["results"]] == [10, 11]
+    same = new.results(5000, 1, 100, incarnation=new.incarnation)
+    assert "restarted" not in same and [r["seq"] for r in same["results"]] == [11]
