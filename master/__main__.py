@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="live frames waiting per camera; older ones are dropped")
     p.add_argument("--max-frame-age-s", type=float, default=StoreConfig.max_frame_age_s,
                    help="live frames older than this are dropped, never processed")
+    p.add_argument("--max-queued-mb", type=float, default=StoreConfig.max_bytes / 2**20,
+                   help="payload bytes the master holds for waiting and running tasks: beyond it the oldest live "
+                        "frames are dropped (dropped_bytes) and file-job tiles wait")
     p.add_argument("--results-per-port", type=int, default=StoreConfig.results_per_port,
                    help="results kept per camera for get_results")
     p.add_argument("--worker-timeout-s", type=float, default=ServiceConfig.worker_timeout_s,
@@ -90,7 +93,7 @@ def build_config(args: argparse.Namespace) -> ServiceConfig:
     """Turn flags into a validated ServiceConfig (ValueError names the bad setting)."""
     store = StoreConfig(lease_s=args.lease_s, max_attempts=args.max_attempts, max_worker_deaths=args.max_worker_deaths,
                         max_pending_per_port=args.max_pending_per_port, max_frame_age_s=args.max_frame_age_s,
-                        results_per_port=args.results_per_port)
+                        results_per_port=args.results_per_port, max_bytes=int(args.max_queued_mb * 2**20))
     if args.worker_timeout_s <= 0:
         raise ValueError("worker_timeout_s must be > 0")
     rules = tuple(load_rules(args.rules)) if args.rules else ()

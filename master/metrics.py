@@ -132,7 +132,11 @@ def _service(stats: Mapping[str, Any]) -> list[Metric]:
     tasks = _gauge("tasks", "Tasks held by the master, by state (pending is the queue depth).", ["state"])
     for state in ("pending", "in_progress"):
         tasks.add_metric([state], _f(stats.get(state, 0)))
-    fams: list[Metric] = [uptime, tasks]
+    held = _gauge("payload_bytes", "Payload bytes the master holds for waiting and running tasks, and its cap.",
+                  ["what"])
+    held.add_metric(["held"], _f(stats.get("payload_bytes", 0)))
+    held.add_metric(["max"], _f(stats.get("max_payload_bytes", 0)))
+    fams: list[Metric] = [uptime, tasks, held]
     counters = dict(stats.get("counters", {}))
     for key, (name, doc) in STORE_COUNTERS.items():
         fam = _counter(name, doc)

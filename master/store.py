@@ -40,6 +40,7 @@ class StoreConfig:
     max_pending_per_port: int = 8  # live frames waiting per camera; the oldest is dropped beyond
     max_frame_age_s: float = 30.0  # a live frame older than this (since received) is never handed out
     max_tasks: int = 20_000  # pending + in progress, all kinds
+    max_bytes: int = 512 * 2**20  # payload bytes held (pending + in progress): live frames give way, tiles wait
     max_ports: int = 1024
     results_per_port: int = 1000  # ring size behind get_results
     retry_backoff_s: float = 0.5  # a failed tile waits ~this, doubling per attempt (with jitter), before a retry
@@ -50,7 +51,7 @@ class StoreConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("max_attempts", "max_pending_per_port", "max_tasks", "max_ports", "results_per_port",
-                     "max_worker_deaths"):
+                     "max_worker_deaths", "max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
@@ -120,6 +121,7 @@ class TaskStore:
         self._next_id = 0
         self._lock = threading.Lock()
         self._tasks: dict[str, _Record] = {}
+        self._bytes = 0  # payload bytes of the tasks in _tasks
         self._lanes: dict[Hashable, deque[str]] = {}
         self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
         self._rings: dict[int, _Ring] = {}
@@ -137,6 +139,7 @@ class TaskStore:
             for task in saved.tiles:
                 rec = _Record(task)
                 self._tasks[task.id] = rec
+                self._bytes += len(task.payload)
                 self._lanes.setdefault(rec.lane, deque()).append(task.id)
                 self._ready(rec.lane)
             for job_id, result, image in saved.job_results:
@@ -173,13 +176,30 @@ class TaskStore:
             if spec.kind is TaskKind.FRAME:
                 while len(lane) >= self.config.max_pending_per_port:
                     self._drop(lane.popleft(), "dropped_overflow")
+            self._make_room(spec, len(task.payload))
             self._tasks[task.id] = rec
+            self._bytes += len(task.payload)
             lane.append(task.id)
             self._ready(rec.lane)
             self._count(spec.port, "added")
             if spec.kind is TaskKind.TILE:
                 self.journal.tile_added(task)
             return task.id
+
+    def _make_room(self, spec: TaskSpec, size: int) -> None:
+        """Keep payload bytes under max_bytes: a live frame makes room by dropping the oldest waiting
+        frames of any camera (counted dropped_bytes); a tile, or a frame when no frame is waiting, is
+        refused with QueueFull (the job server backs off and retries: back-pressure)."""
+        while self._bytes + size > self.config.max_bytes and spec.kind is TaskKind.FRAME:
+            heads = [(self._tasks[lane[0]].task.queued_ns, key) for key, lane in self._lanes.items()
+                     if key[0] == "port" and lane and lane[0] in self._tasks]
+            if not heads:
+                break
+            self._drop(self._lanes[min(heads)[1]].popleft(), "dropped_bytes")
+        if self._bytes + size > self.config.max_bytes:
+            self.counters["rejected_bytes"] += 1
+            raise QueueFull(f"the master holds {self._bytes >> 20} MiB of payloads (max "
+                            f"{self.config.max_bytes >> 20} MiB): try again when workers have caught up")
 
     def _admit(self, spec: TaskSpec, *, queued: bool = True) -> None:
         if spec.port not in self.port_counters and len(self.port_counters) >= self.config.max_ports:
@@ -241,7 +261,7 @@ class TaskStore:
         """Store a worker's result; a stale or unknown lease raises and stores nothing."""
         with self._lock:
             rec = self._leased(task_id, token)
-            del self._tasks[task_id]
+            self._forget(task_id)
             status = "error" if outcome.error else "ok"
             result = self._store_result(rec, outcome, worker, status, now)
             self._count(rec.spec.port, "completed")
@@ -327,7 +347,7 @@ class TaskStore:
             self._requeue(rec, back=True)
             self.counters["retried"] += 1
             return
-        del self._tasks[rec.task.id]
+        self._forget(rec.task.id)
         self.counters["quarantined"] += 1
         error = (f"quarantined: {rec.deaths} workers died while holding this task (last {rec.worker!r}); "
                  "not retried, in case it is what kills them")
@@ -352,7 +372,7 @@ class TaskStore:
             self._requeue(rec)
             self.counters["retried"] += 1
             return TaskState.PENDING
-        del self._tasks[rec.task.id]
+        self._forget(rec.task.id)
         self._store_result(rec, Outcome(rec.task.id, rec.token, error=f"failed after {rec.attempts} "
                                         f"attempts: {error}"), rec.worker, "failed", now)
         self._count(rec.spec.port, "failed")
@@ -376,8 +396,14 @@ class TaskStore:
             self._turn.append(lane_key)
 
     def _drop(self, task_id: str, reason: str) -> None:
-        rec = self._tasks.pop(task_id)
+        rec = self._forget(task_id)
         self._count(rec.spec.port, reason)
+
+    def _forget(self, task_id: str) -> _Record:
+        """Take a task out of the store, and its payload out of the byte count."""
+        rec = self._tasks.pop(task_id)
+        self._bytes -= len(rec.task.payload)
+        return rec
 
     def _count(self, port: int, what: str) -> None:
         self.counters[what] += 1
@@ -472,6 +498,7 @@ class TaskStore:
             }
             return {"pending": states.get(TaskState.PENDING.value, 0),
                     "in_progress": states.get(TaskState.IN_PROGRESS.value, 0),
+                    "payload_bytes": self._bytes, "max_payload_bytes": self.config.max_bytes,
                     "counters": dict(self.counters), "ports": ports}
 
     def state_of(self, task_id: str) -> TaskState | None:

@@ -277,3 +277,21 @@ def test_a_cursor_from_another_incarnation_reads_from_the_start():
     assert stale["restarted"] is True and [r["seq"] for r in stale["results"]] == [10, 11]
     same = new.results(5000, 1, 100, incarnation=new.incarnation)
     assert "restarted" not in same and [r["seq"] for r in same["results"]] == [11]
+
+
+def test_payload_bytes_are_bounded_frames_give_way_tiles_wait():
+    s = make(max_bytes=1000, max_pending_per_port=100)
+    a = [s.add(spec(port=5000, seq=i), b"f" * 100, T0 + i) for i in range(5)]   # 500 bytes
+    b = [s.add(spec(port=6000, seq=i), b"g" * 100, T0 + 10 + i) for i in range(5)]  # 1000: full
+    assert s.snapshot()["payload_bytes"] == 1000
+    s.add(spec(port=6000, seq=9), b"h" * 250, T0 + 20)  # the 3 oldest frames (port 5000) give way
+    assert [s.state_of(t) for t in a] == [None, None, None, TaskState.PENDING, TaskState.PENDING]
+    assert s.port_counters[5000]["dropped_bytes"] == 3 and s.snapshot()["payload_bytes"] == 950
+    with pytest.raises(QueueFull, match="MiB of payloads"):
+        s.add(spec(port=7000, kind=TaskKind.TILE, job="j"), b"t" * 100, T0 + 21)  # tiles never push frames out
+    assert all(s.state_of(t) is TaskState.PENDING for t in b)
+    [lease] = s.request("w", 1, T0 + 22)
+    s.complete(lease.task.id, lease.token, ok(lease), "w", T0 + 23)
+    assert s.snapshot()["payload_bytes"] == 850
+    s.add(spec(port=7000, kind=TaskKind.TILE, job="j"), b"t" * 100, T0 + 24)  # room again
+    assert s.counters["rejected_bytes"] == 1
