@@ -15,7 +15,7 @@ from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.runtime import exit_code, guarded, is_loopback, setup_logging, stop_on_signals
 from master.celerybackend import CeleryDispatcher
-from master.httpserver import DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
+from master.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
 from master.journal import SqliteJournal
 from master.rules import load_rules
 from master.service import MasterService, ServiceConfig
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="results kept per camera for get_results")
     p.add_argument("--worker-timeout-s", type=float, default=ServiceConfig.worker_timeout_s,
                    help="a worker silent this long is dead and its tasks requeued")
+    p.add_argument("--max-connections-per-host", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_HOST,
+                   help="connections one client address may hold open at once (of 256)")
     p.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
                    help="largest request body accepted")
     p.add_argument("--state-dir", default="",
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = MasterHTTPServer((args.host, args.port), service,
                                   max_request_bytes=int(args.max_request_mb * 2**20), token=args.token,
-                                  allowed_hosts=args.allowed_host)
+                                  allowed_hosts=args.allowed_host,
+                                  max_connections_per_host=args.max_connections_per_host)
     except OSError as e:
         print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1

@@ -7,12 +7,14 @@ a cap on concurrent connections, and an idle timeout so a silent client cannot h
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from http.server import HTTPServer
 from socketserver import ThreadingMixIn
@@ -31,7 +33,30 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS_PER_HOST = 64  # one host's share of the slots (a host runs a few workers, each 1-2)
 IDLE_TIMEOUT_S = 60.0
+HEAD_TIMEOUT_S = 15.0  # a kept-alive connection's wait for its next request, and that request's whole head
+BODY_TIMEOUT_S = 60.0  # a request's whole body (32 MiB at half a MB/s)
+
+
+class _DeadlineReader(socket.SocketIO):
+    """A connection's reading side with one deadline for a whole stage (head, then body): a client
+    sending a byte every few seconds can no longer hold a slot for ever, only until the deadline."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock, "rb")
+        self.deadline: float | None = None
+
+    def readinto(self, b: Any) -> int | None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request took too long to arrive")
+            self._sock.settimeout(min(left, IDLE_TIMEOUT_S))
+        try:
+            return super().readinto(b)
+        finally:
+            self._sock.settimeout(IDLE_TIMEOUT_S)  # writes keep the plain per-operation timeout
 
 EVENT_SNAPSHOT = re.compile(r"/events/([A-Za-z0-9_.-]{1,64})/snapshot\.jpg")
 LATEST_FRAME = re.compile(r"/ports/(\d{1,5})/latest\.jpg")
@@ -68,6 +93,20 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
     server: MasterHTTPServer
 
     _date: tuple[int, str] = (0, "")
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.deadline = time.monotonic() + self.server.head_timeout_s
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._reader.deadline = time.monotonic() + self.server.body_timeout_s  # the head is in: the body's turn
+        return ok
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The Date header, formatted once per second (formatting it costs ~7% of a request)."""
@@ -255,7 +294,8 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
     def __init__(self, address: tuple[str, int], service: MasterService, *,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, token: str | None = None,
-                 allowed_hosts: Iterable[str] = ()) -> None:
+                 allowed_hosts: Iterable[str] = (),
+                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.service = service
         self.token = token  # None: no authentication (loopback, or --insecure)
@@ -269,6 +309,9 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         self.metrics = metrics.registry_for(service.stats)
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections_per_host = max_connections_per_host
+        self.head_timeout_s, self.body_timeout_s = HEAD_TIMEOUT_S, BODY_TIMEOUT_S
+        self._per_host: Counter[str] = Counter()
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, MasterHandler)
@@ -277,12 +320,29 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         return self.dispatcher._marshaled_dispatch(data, dispatch_method, path)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        host = str(client_address[0])
+        with self._open_lock:
+            crowded = self._per_host[host] >= self.max_connections_per_host
+            if not crowded:
+                self._per_host[host] += 1
+        if crowded:
+            self.service.errors["too_many_connections_per_host"] += 1
+            log.warning("refused %s: it has %d connections open already", host, self.max_connections_per_host)
+            self.shutdown_request(request)
+            return
         if not self._slots.acquire(blocking=False):
+            self._host_done(host)
             self.service.errors["too_many_connections"] += 1
             log.warning("refused %s: %d connections open already", client_address, self.max_connections)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _host_done(self, host: str) -> None:
+        with self._open_lock:
+            self._per_host[host] -= 1
+            if self._per_host[host] <= 0:
+                del self._per_host[host]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -293,6 +353,7 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
             with self._open_lock:
                 self._open.discard(request)
             self._slots.release()
+            self._host_done(str(client_address[0]))
 
     def server_close(self) -> None:
         """Close the listening socket and every open keep-alive connection."""

@@ -1,0 +1,79 @@
+"""Slow and greedy clients against the master's connection slots: a request head that trickles in is
+cut at its deadline, and one address cannot hold more than its share of the slots."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import RunningMaster, wait_until
+
+
+@pytest.fixture
+def small_master():
+    m = RunningMaster(max_connections=32, max_connections_per_host=8)
+    m.server.head_timeout_s = 1.0
+    m.start()
+    yield m
+    m.stop()
+
+
+def connect(master, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", master.port))
+    return s
+
+
+def closed_by_peer(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        s.setblocking(True)
+
+
+def test_a_trickled_request_head_is_cut_at_its_deadline(small_master):
+    """A byte every 0.2 s keeps a per-read timeout happy for ever (the whole head here would take
+    50 s); the head deadline (1 s here) ends it long before."""
+    s = connect(small_master)
+    started, cut_after = time.monotonic(), None
+    try:
+        for b in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 200:
+            if closed_by_peer(s):
+                cut_after = time.monotonic() - started
+                break
+            s.send(bytes([b]))
+            time.sleep(0.2)
+    except (BrokenPipeError, ConnectionResetError):
+        cut_after = time.monotonic() - started
+    finally:
+        s.close()
+    assert cut_after is not None and cut_after < 20, cut_after
+
+
+def test_one_address_cannot_take_every_slot(small_master):
+    hogs = [connect(small_master) for _ in range(8)]  # idle connections from 127.0.0.1
+    try:
+        extra = connect(small_master)
+        extra.settimeout(5)
+        assert extra.recv(1) == b""  # the ninth from the same address is closed at once
+        extra.close()
+        other = connect(small_master, "127.0.0.2")  # another client is served meanwhile
+        other.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert other.recv(1024).startswith(b"HTTP/1.1 200")
+        other.close()
+        assert small_master.service.errors["too_many_connections_per_host"] >= 1
+    finally:
+        for h in hogs:
+            h.close()
+    # the hogs' slots come back: the same address is served again
+    wait_until(lambda: urllib.request.urlopen(f"{small_master.url}/healthz", timeout=5).status == 200, 10)
