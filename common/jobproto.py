@@ -31,7 +31,7 @@ MAX_NAME_CHARS = 255
 
 ERROR_CODES = frozenset({
     "bad_handshake", "bad_tiles", "unknown_filter", "bad_codec", "too_large",
-    "checksum", "not_video", "path_refused", "internal", "unauthorized",
+    "checksum", "not_video", "path_refused", "internal", "unauthorized", "busy", "idle",
 })
 PROTOCOLS = ("stream", "file")
 CODECS = ("h264",)

@@ -99,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="file-job address: localhost (127.0.0.1 and ::1), or :: for every IPv6 and IPv4 address")
     p.add_argument("--jobs-http-port", type=int, default=0,
                    help="HTTP preview of file jobs (progress, /metrics, /frame/<n>, /gif) on this port; 0: off")
+    p.add_argument("--jobs-max", type=int, default=8, help="file jobs at once; more are told 'busy'")
+    p.add_argument("--jobs-max-spool-gb", type=float, default=8.0,
+                   help="bytes of running uploads the job server spools at once (each at most 4 GiB)")
     p.add_argument("--jobs-root", default="",
                    help="folder whose files clients may name with --protocol file (default: none allowed)")
     p.add_argument("--backlog", type=int, default=4, help="frames buffered per camera while the master is busy")
@@ -121,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
     if not 0 <= args.jobs_port < 65536 or not 0 <= args.jobs_http_port < 65536:
         p.error("--jobs-port and --jobs-http-port must be 0..65535")
+    if args.jobs_max < 1 or args.jobs_max_spool_gb <= 0:
+        p.error("--jobs-max must be >= 1 and --jobs-max-spool-gb > 0")
     if args.jobs_http_port and not args.jobs_port:
         p.error("--jobs-http-port needs --jobs-port")
     if (args.jobs_port and args.jobs_host != "localhost" and not is_loopback(args.jobs_host) and not args.insecure
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         from receiver.jobs import JobConfig, JobServerThread
 
         jobs = JobServerThread(args.jobs_host, args.jobs_port, JobConfig(
-            master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None, token=args.token))
+            master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None, token=args.token,
+            max_jobs=args.jobs_max, max_spool_bytes=int(args.jobs_max_spool_gb * 1024**3)))
         jobs.start()
         jobs.ready.wait(10)
         if jobs.error is not None:

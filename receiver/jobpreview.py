@@ -103,11 +103,26 @@ class PreviewServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], jobs: JobServer) -> None:
+    def __init__(self, address: tuple[str, int], jobs: JobServer, *, max_connections: int = 32) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.jobs = jobs
+        self.refused = 0
+        self._slots = threading.BoundedSemaphore(max_connections)  # a page and its GIF: a few per viewer
         super().__init__(address, PreviewHandler)
         self._thread: threading.Thread | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="preview")

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import secrets
+import shutil
 import socket
 import statistics
 import tempfile
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0  # an upload that sends nothing for this long is abandoned
+UPLOAD_STALL_S = 60.0  # an upload whose byte count does not grow for this long is refused ("idle"), however
+#                        many empty messages keep its connection busy
+SPOOL_FREE_RESERVE_BYTES = 256 * 1024**2  # an upload is refused ("busy") unless this much disk stays free
 OUT_CHUNK_BYTES = 1024 * 1024
 MAX_THUMBNAILS = 60  # per job, for the preview page and GIF
 THUMBNAIL_EVERY = 5  # frames between thumbnails
@@ -65,7 +69,9 @@ class JobConfig:
     master_url: str = "http://127.0.0.1:8000"
     root: Path | None = None  # `file` protocol: paths must lie under this folder (None: refused)
     spool_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
-    max_upload_bytes: int = 4 * 1024**3
+    max_upload_bytes: int = 4 * 1024**3  # one job's upload
+    max_spool_bytes: int = 8 * 1024**3  # all running uploads together (what their handshakes announced)
+    max_jobs: int = 8  # jobs at once; a further handshake is answered "busy"
     window_tiles: int = 64  # tiles of frames decoded and not yet written, per job: backpressure on decoding
     window_frames: int = 16  # and at most this many such frames (whole-frame jobs hold big frames)
     tile_timeout_s: float = 60.0  # a tile not back by then is replaced by the original
@@ -544,9 +550,27 @@ class JobServer:
         self.jobs: dict[str, Job] = {}
         self.recent: deque[Job] = deque(maxlen=RECENT_JOBS)  # finished jobs, for the preview page
         self._server: asyncio.base_events.Server | None = None
+        self.spool = Path(config.spool_dir)  # made per port once listening (_clean_spool)
+
+    def _clean_spool(self) -> None:
+        """This server's spool folder (one per port) emptied of what a killed predecessor left."""
+        self.spool = Path(self.config.spool_dir) / f"framehive-jobs-{self.port}"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        left = [p for p in self.spool.glob("framehive-*") if p.is_file()]
+        for p in left:
+            p.unlink(missing_ok=True)
+        if left:
+            log.info("job server: removed %d spool file(s) left by a previous run in %s", len(left), self.spool)
 
     async def start(self) -> None:
         """Listen. "localhost" means 127.0.0.1 and ::1; "::" one dual-stack socket for every address."""
+        try:
+            await self._listen()
+        finally:
+            if self.port:
+                self._clean_spool()
+
+    async def _listen(self) -> None:
         if self.host == "localhost":
             self._server = await asyncio.start_server(self.handle, host=["127.0.0.1", "::1"], port=self.port,
                                                       reuse_address=True)
@@ -593,7 +617,7 @@ class JobServer:
             await self._send(writer, jobproto.error_message(e.code, str(e)))
             return None
         job_id = f"job-{secrets.token_hex(4)}"
-        out = Path(self.config.spool_dir) / f"framehive-{job_id}-out.mp4"
+        out = self.spool / f"framehive-{job_id}-out.mp4"
         job = Job(job_id, hs, source, total, out)
         if hs.protocol == "stream":
             source.touch()
@@ -613,12 +637,30 @@ class JobServer:
             raise ProtocolError("this job server wants the cluster's token in the handshake: set $FRAMEHIVE_TOKEN "
                                 "or --token-file", "unauthorized")
 
+    def _admit(self, hs: Handshake) -> None:
+        """Refuse ("busy") a job beyond the concurrent-jobs cap, or an upload the spool cannot hold now."""
+        running = [j for j in self.jobs.values() if not j.done.is_set()]
+        if len(running) >= self.config.max_jobs:
+            raise ProtocolError(f"{len(running)} jobs are running (max {self.config.max_jobs}): try again later",
+                                "busy")
+        if hs.protocol != "stream":
+            return
+        if hs.size > self.config.max_upload_bytes:
+            raise ProtocolError(f"upload of {hs.size} bytes is over the limit of {self.config.max_upload_bytes}",
+                                "too_large")
+        spooled = sum(j.total for j in running if j.handshake.protocol == "stream")
+        if spooled + hs.size > self.config.max_spool_bytes:
+            raise ProtocolError(f"running uploads hold {spooled} bytes; {hs.size} more would pass the spool's "
+                                f"{self.config.max_spool_bytes}: try again later", "busy")
+        free = shutil.disk_usage(self.spool).free
+        if free - hs.size < SPOOL_FREE_RESERVE_BYTES:
+            raise ProtocolError(f"the server's spool disk has {free} bytes free, too few for {hs.size}: try again "
+                                "later", "busy")
+
     def _source(self, hs: Handshake) -> tuple[Path, int]:
+        self._admit(hs)
         if hs.protocol == "stream":
-            if hs.size > self.config.max_upload_bytes:
-                raise ProtocolError(f"upload of {hs.size} bytes is over the limit of {self.config.max_upload_bytes}",
-                                    "too_large")
-            return Path(self.config.spool_dir) / f"framehive-{secrets.token_hex(6)}-in", hs.size
+            return self.spool / f"framehive-{secrets.token_hex(6)}-in", hs.size
         root = self.config.root
         path = Path(hs.path).resolve()
         if root is None or not path.is_relative_to(Path(root).resolve()) or not path.is_file():
@@ -644,6 +686,7 @@ class JobServer:
 
     async def _upload(self, job: Job, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         digest, received, last = hashlib.sha256(), 0, 0.0
+        grew_at = time.monotonic()
         with open(job.source, "r+b") as out:
             while True:
                 msg = await asyncio.wait_for(jobproto.read_message(reader), IDLE_TIMEOUT_S)
@@ -653,8 +696,16 @@ class JobServer:
                 chunk = await asyncio.wait_for(jobproto.read_data(reader, size), IDLE_TIMEOUT_S)
                 if received + len(chunk) > job.total:
                     return await self._refuse(job, writer, "too_large", "more bytes than the handshake announced")
-                out.write(chunk)
-                out.flush()
+                if chunk:
+                    grew_at = time.monotonic()
+                elif time.monotonic() - grew_at > UPLOAD_STALL_S:
+                    return await self._refuse(job, writer, "idle", f"no upload bytes for {UPLOAD_STALL_S:.0f} s")
+                try:
+                    out.write(chunk)
+                    out.flush()
+                except OSError as e:  # ENOSPC and friends: this job fails, the server goes on
+                    log.warning("job %s: cannot spool the upload: %s", job.id, e)
+                    return await self._refuse(job, writer, "busy", f"the server cannot store the upload now ({e})")
                 digest.update(chunk)
                 received += len(chunk)
                 job.spool.grew(received)
