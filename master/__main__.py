@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a worker silent this long is dead and its tasks requeued")
     p.add_argument("--max-connections-per-host", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_HOST,
                    help="connections one client address may hold open at once (of 256)")
+    p.add_argument("--job-idle-s", type=float, default=ServiceConfig.job_idle_s,
+                   help="a file job no job server has added to or taken from for this long is cancelled "
+                        "(its receiver died): its tiles are freed")
     p.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
                    help="largest request body accepted")
     p.add_argument("--state-dir", default="",
@@ -101,8 +104,10 @@ def build_config(args: argparse.Namespace) -> ServiceConfig:
     rules = tuple(load_rules(args.rules)) if args.rules else ()
     if args.max_image_pixels < 1:
         raise ValueError("max_image_pixels must be >= 1")
+    if args.job_idle_s <= 0:
+        raise ValueError("job_idle_s must be > 0")
     return ServiceConfig(store=store, worker_timeout_s=args.worker_timeout_s, rules=rules,
-                         max_image_pixels=args.max_image_pixels)
+                         max_image_pixels=args.max_image_pixels, job_idle_s=args.job_idle_s)
 
 
 def main(argv: list[str] | None = None) -> int:

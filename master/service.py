@@ -53,6 +53,7 @@ class ServiceConfig:
     worker_timeout_s: float = 5.0  # a worker silent this long is dead; its leases are requeued
     rules: tuple[Rule, ...] = ()  # alert rules: results -> events
     max_image_pixels: int = MAX_IMAGE_PIXELS  # frames claiming more are never decoded here (snapshots, latest)
+    job_idle_s: float = 300.0  # a file job nobody adds to or takes from for this long is cancelled
 
 
 class MasterService:
@@ -118,6 +119,9 @@ class MasterService:
             log.warning("worker %s silent for %.1fs: requeued %d task(s)", worker,
                         self.config.worker_timeout_s, lost)
             n += lost
+        for job_id, dropped in self.store.expire_jobs(now, self.config.job_idle_s):
+            log.warning("file job %s: no job server has touched it for %.0f s (its receiver is gone?); "
+                        "cancelled, %d tile(s) dropped", job_id, self.config.job_idle_s, dropped)
         if n:
             self._signal()
         return n
@@ -288,7 +292,7 @@ class MasterService:
         """Finished tiles of a file job (removed as they are taken), waiting up to `wait_s` for one."""
         max_n = max(1, min(int(max_n), MAX_BATCH))
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
-        return self._long_poll(lambda: self.store.take_job_results(job_id, max_n), deadline)
+        return self._long_poll(lambda: self.store.take_job_results(job_id, max_n, self.clock()), deadline)
 
     def cancel_job(self, job_id: str) -> int:
         """Drop everything of a file job (its client went away); returns tasks dropped."""

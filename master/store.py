@@ -122,6 +122,7 @@ class TaskStore:
         self._lock = threading.Lock()
         self._tasks: dict[str, _Record] = {}
         self._bytes = 0  # payload bytes of the tasks in _tasks
+        self._job_seen: dict[str, float] = {}  # when each file job last added or took tiles
         self._lanes: dict[Hashable, deque[str]] = {}
         self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
         self._rings: dict[int, _Ring] = {}
@@ -179,6 +180,8 @@ class TaskStore:
             self._make_room(spec, len(task.payload))
             self._tasks[task.id] = rec
             self._bytes += len(task.payload)
+            if spec.kind is TaskKind.TILE:
+                self._job_seen[spec.job_id] = now
             lane.append(task.id)
             self._ready(rec.lane)
             self._count(spec.port, "added")
@@ -443,9 +446,11 @@ class TaskStore:
             self.journal.result_stored(spec.port, result["cursor"], result, ring.size)
         return result
 
-    def take_job_results(self, job_id: str, max_n: int) -> list[tuple[dict[str, Any], bytes]]:
+    def take_job_results(self, job_id: str, max_n: int, now: float | None = None) -> list[tuple[dict[str, Any], bytes]]:
         """Remove and return up to `max_n` finished tiles of a job (ok, error or failed), oldest first."""
         with self._lock:
+            if now is not None:
+                self._job_seen[job_id] = now
             queue = self._job_results.get(job_id)
             out = [queue.popleft() for _ in range(min(max_n, len(queue)))] if queue else []
             if queue is not None and not queue:
@@ -453,9 +458,26 @@ class TaskStore:
             self.journal.job_results_taken([r["task_id"] for r, _ in out])
             return out
 
+    def expire_jobs(self, now: float, idle_s: float) -> list[tuple[str, int]]:
+        """Cancel file jobs whose job server has neither added nor taken a tile for `idle_s` (its receiver
+        died mid-job): their queued tiles and finished ones would otherwise be kept for ever. Returns
+        (job id, tiles dropped) of each. A job first seen here (restored from the journal) starts its
+        clock now."""
+        with self._lock:
+            known = {key[1] for key in self._lanes if key[0] == "job"} | set(self._job_results)
+            for job_id in known - self._job_seen.keys():
+                self._job_seen[job_id] = now
+            stale = [j for j, at in self._job_seen.items() if now - at > idle_s]
+        out = []
+        for job_id in stale:
+            out.append((job_id, self.cancel_job(job_id)))
+            self.counters["jobs_expired"] += 1
+        return out
+
     def cancel_job(self, job_id: str) -> int:
         """Forget a job: its pending tiles, its finished tiles; leased ones are fenced off. Returns tasks dropped."""
         with self._lock:
+            self._job_seen.pop(job_id, None)
             self._job_results.pop(job_id, None)
             doomed = [t for t, r in self._tasks.items() if r.spec.kind is TaskKind.TILE and r.spec.job_id == job_id]
             for task_id in doomed:

@@ -295,3 +295,21 @@ def test_payload_bytes_are_bounded_frames_give_way_tiles_wait():
     assert s.snapshot()["payload_bytes"] == 850
     s.add(spec(port=7000, kind=TaskKind.TILE, job="j"), b"t" * 100, T0 + 24)  # room again
     assert s.counters["rejected_bytes"] == 1
+
+
+def test_a_file_job_nobody_touches_expires():
+    """A receiver killed mid-job leaves tiles queued and finished on the master: after the idle time
+    with no tile added or taken, the job is cancelled and its memory returned."""
+    s = make()
+    s.add(spec(port=0, kind=TaskKind.TILE, job="dead"), b"t" * 100, T0)
+    tid = s.add(spec(port=0, seq=1, kind=TaskKind.TILE, job="dead"), b"t" * 100, T0)
+    s.add(spec(port=0, kind=TaskKind.TILE, job="alive"), b"t" * 100, T0)
+    [lease] = s.request("w", 1, T0 + 1)
+    assert lease.task.spec.job_id == "dead"
+    s.complete(lease.task.id, lease.token, ok(lease), "w", T0 + 2)
+    assert s.expire_jobs(T0 + 100, idle_s=300) == []
+    s.take_job_results("alive", 10, now=T0 + 250)
+    s.add(spec(port=0, seq=2, kind=TaskKind.TILE, job="alive"), b"t" * 100, T0 + 290)
+    assert s.expire_jobs(T0 + 301, idle_s=300) == [("dead", 1)]
+    assert s.state_of(tid) is None and s.counters["jobs_expired"] == 1
+    assert s.take_job_results("dead", 10) == [] and s.snapshot()["payload_bytes"] == 200
