@@ -151,9 +151,11 @@ class MasterClient:
         reply, blobs = batch.unpack(data)
         return reply, [lease_from_wire(t, bytes(b)) for t, b in zip(reply.pop("tasks", []), blobs)]
 
-    def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0) -> list[tuple[dict[str, Any], bytes]]:
-        """Finished tiles of a file job with their output images, waiting up to `wait_s` for one."""
-        body = json.dumps({"job_id": job_id, "max": max_n, "wait_s": wait_s}).encode()
+    def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0,
+                         ack: Sequence[str] = ()) -> list[tuple[dict[str, Any], bytes]]:
+        """Finished tiles of a file job with their output images, waiting up to `wait_s` for one. `ack`:
+        the task ids the previous call returned (the master keeps them until acknowledged)."""
+        body = json.dumps({"job_id": job_id, "max": max_n, "wait_s": wait_s, "ack": list(ack)}).encode()
         status, _, data = self._request("/api/v1/jobs/take", body, "application/json",
                                         timeout_s=self.timeout_s + wait_s)
         self._check(status, data)

@@ -288,10 +288,13 @@ class MasterService:
         """A page of results for one camera port (see TaskStore.results for `incarnation`)."""
         return self.store.results(port, since, max(1, min(limit, MAX_RESULTS_PAGE)), incarnation)
 
-    def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0) -> list[tuple[dict[str, Any], bytes]]:
+    def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0,
+                         ack: Collection[str] = ()) -> list[tuple[dict[str, Any], bytes]]:
         """Finished tiles of a file job (removed as they are taken), waiting up to `wait_s` for one."""
         max_n = max(1, min(int(max_n), MAX_BATCH))
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
+        if ack:
+            self.store.ack_job_results(list(ack))
         return self._long_poll(lambda: self.store.take_job_results(job_id, max_n, self.clock()), deadline)
 
     def cancel_job(self, job_id: str) -> int:

@@ -455,8 +455,12 @@ class TaskStore:
             out = [queue.popleft() for _ in range(min(max_n, len(queue)))] if queue else []
             if queue is not None and not queue:
                 del self._job_results[job_id]
-            self.journal.job_results_taken([r["task_id"] for r, _ in out])
-            return out
+            return out  # still in the journal until acknowledged: a reply lost with a crashed master is sent again
+
+    def ack_job_results(self, task_ids: list[str]) -> None:
+        """The job server has these finished tiles (it names them in its next take): forget them for good."""
+        with self._lock:
+            self.journal.job_results_taken(list(task_ids))
 
     def expire_jobs(self, now: float, idle_s: float) -> list[tuple[str, int]]:
         """Cancel file jobs whose job server has neither added nor taken a tile for `idle_s` (its receiver

@@ -130,10 +130,16 @@ def _json_body(body: bytes) -> dict:
 
 
 def job_take(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
-    """POST /api/v1/jobs/take: JSON {job_id, max, wait_s} -> a batch of finished tiles with their images."""
+    """POST /api/v1/jobs/take: JSON {job_id, max, wait_s, ack} -> a batch of finished tiles with their images.
+
+    `ack`: the task ids of the tiles the previous reply carried. Until then they stay in the master's
+    journal, so a reply lost when the master is killed is sent again after its restart."""
     req = _json_body(body)
     max_n, wait_s = _lease_args(req)
-    items = svc.take_job_results(_job_id(req), max(1, max_n), wait_s)
+    ack = req.get("ack", [])
+    if not isinstance(ack, list) or len(ack) > 1024 or not all(isinstance(t, str) and len(t) <= 64 for t in ack):
+        raise BadRequest("'ack' must be a list of at most 1024 task ids")
+    items = svc.take_job_results(_job_id(req), max(1, max_n), wait_s, ack)
     return 200, batch.CONTENT_TYPE, batch.pack({"results": [r for r, _ in items]}, [img for _, img in items])
 
 

@@ -242,6 +242,7 @@ class TileRunner:
         self._outbox: queue.Queue[list | None] = queue.Queue()  # tiles to submit (bounded by the window)
         self._complete: queue.Queue[tuple[int, _Frame] | None] = queue.Queue()  # frames to write, in order
         self.latencies: deque[float] = deque(maxlen=MAX_LATENCY_SAMPLES)  # bounded for hour-long videos
+        self._unacked: list[str] = []  # task ids of the tiles the last take brought: acknowledged by the next
         self.writer: H264Writer | None = None
         self.stacked = needs_previous(hs.stages)  # `motion`: each tile carries the previous frame's tile
         self.gray = jobproto.gray_tiles(hs.stages, hs.tile_format)  # tiles as one channel (same pixels)
@@ -313,8 +314,7 @@ class TileRunner:
         finally:
             if self.writer is not None:
                 self.writer.close()
-            if job.error:
-                self._cancel_on_master()
+            self._cancel_on_master()  # done or failed: the master frees the job's tiles and journal rows
             self.client.close()
             job.done.set()
 
@@ -423,7 +423,8 @@ class TileRunner:
     def _collect(self, client: MasterClient) -> None:
         try:
             with self._timed("take"):
-                got = client.take_job_results(self.job.id, 256, wait_s=0.5)
+                got = client.take_job_results(self.job.id, 256, wait_s=0.5, ack=self._unacked)
+            self._unacked = [str(r.get("task_id", "")) for r, _ in got]
             self.job.counters["take_requests"] += 1
             if got:  # let the next tiles gather: fewer, fuller requests (the window covers the wait)
                 self.job.cancelled.wait(TAKE_LINGER_S)

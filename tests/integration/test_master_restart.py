@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -22,7 +23,21 @@ def clip(tmp_path) -> str:
     return cut_clip(packaged_clip("bikes.mp4"), tmp_path / "in.mp4", 0, FRAMES)
 
 
-def test_file_job_and_results_survive_a_master_kill(tmp_path, clip, person_clip):
+@pytest.mark.parametrize("at", [0.2, 0.5, 0.8])
+def test_file_job_and_results_survive_a_master_kill(tmp_path, clip, person_clip, at):
+    kill_master_mid_job(tmp_path, clip, person_clip, at)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(3))
+@pytest.mark.parametrize("at", [0.05, 0.15, 0.3, 0.45, 0.6, 0.7, 0.9, 0.97])
+def test_file_job_survives_master_kills_at_many_points(tmp_path, clip, person_clip, at, run):
+    kill_master_mid_job(tmp_path, clip, person_clip, at)
+
+
+def kill_master_mid_job(tmp_path, clip, person_clip, at: float) -> None:
+    """SIGKILL the master when a share `at` of the job's tiles are done, restart it on its state: the
+    job must finish with every tile processed (none replaced by its original) and results kept."""
     state = tmp_path / "state"
     with LocalCluster(log_dir=tmp_path / "logs") as c:
         master = c.start_master("--state-dir", str(state))
@@ -45,7 +60,7 @@ def test_file_job_and_results_survive_a_master_kill(tmp_path, clip, person_clip)
             with c.client(timeout_s=2) as m:
                 return m.get_stats()["counters"].get("completed", 0) - len(before)
 
-        wait_until(lambda: tiles_done() >= 3 * FRAMES, 90, 0.05)  # about a third of the job's tiles
+        wait_until(lambda: tiles_done() >= int(at * 9 * FRAMES), 90, 0.02)
         master.popen.send_signal(signal.SIGKILL)
         master.popen.wait(10)
         restarted = c.start_master("--state-dir", str(state))
@@ -58,6 +73,7 @@ def test_file_job_and_results_survive_a_master_kill(tmp_path, clip, person_clip)
             after = m.get_results(cam, 0, 1000)["results"]
             assert [r["cursor"] for r in after[:len(before)]] == [r["cursor"] for r in before]
             assert [r["task_id"] for r in after[:len(before)]] == [r["task_id"] for r in before]
-            restored = m.get_stats()["counters"].get("restored_tiles", 0)
-        assert "tile(s) to queue again" in restarted.log_text()
-        assert restored > 0, "the kill came after the job was done: the test proved nothing"
+        log = restarted.log_text()
+        assert "tile(s) to queue again" in log
+        queued, finished = (int(x) for x in re.search(r"(\d+) tile\(s\) to queue again, (\d+) finished", log).groups())
+        assert queued + finished > 0, "the kill came after the job was done: the test proved nothing"
