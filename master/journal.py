@@ -16,6 +16,7 @@ order. `NullJournal` keeps nothing: the default.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS results (
     port INTEGER NOT NULL, cursor INTEGER NOT NULL, result TEXT NOT NULL, PRIMARY KEY (port, cursor));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+DURABLE_AGAIN_AFTER = 16  # consecutive good writes before a journal that failed counts as durable again
 PRUNE_EVERY = 64  # results written to a port between two deletions of those past its ring
 
 
@@ -56,6 +58,11 @@ class Restored:
 
 class NullJournal:
     """Keeps nothing (the master without --state-dir)."""
+
+    enabled = False
+    durable = True
+    write_errors = 0
+    last_error = ""
 
     def tile_added(self, task: Task) -> None:
         pass
@@ -87,7 +94,14 @@ class NullJournal:
 
 
 class SqliteJournal(NullJournal):
-    """The journal in one SQLite file; every method is one transaction."""
+    """The journal in one SQLite file; every method is one transaction.
+
+    A write that fails (a full disk, an I/O error) never fails the master's call: the journal says it
+    is not durable (once, loudly, in the log; `durable` false in stats, /metrics and the dashboard),
+    the master keeps serving from memory, and every later write tries again, so it is durable again by
+    itself once there is room."""
+
+    enabled = True
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -96,6 +110,7 @@ class SqliteJournal(NullJournal):
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._writes: dict[int, int] = {}
+        self._good_writes = 0
         with self._lock:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -103,26 +118,46 @@ class SqliteJournal(NullJournal):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._tx() as db:
+                yield db
+        except (sqlite3.Error, OSError) as e:
+            self.write_errors += 1
+            self.last_error = str(e)[:200]
+            self._good_writes = 0
+            if self.durable:
+                self.durable = False
+                log.error("journal %s: cannot write (%s): results and file-job tiles are NOT durable until it "
+                          "can; the master goes on from memory", self.path, e)
+            return
+        self._good_writes += 1
+        if not self.durable and self._good_writes >= DURABLE_AGAIN_AFTER:  # not on one lucky delete
+            self.durable = True
+            log.warning("journal %s: writing again after %d failed write(s): durable again", self.path,
+                        self.write_errors)
+
     def _tx(self) -> _Tx:
         return _Tx(self._db, self._lock)
 
     def tile_added(self, task: Task) -> None:
-        with self._tx() as db:
+        with self._write() as db:
             db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)",
                        (task.id, task.spec.job_id, json.dumps(spec_to_wire(task.spec)), task.payload, task.queued_ns))
 
     def tile_dropped(self, task_id: str) -> None:
-        with self._tx() as db:
+        with self._write() as db:
             db.execute("DELETE FROM tiles WHERE task_id = ?", (task_id,))
 
     def tile_done(self, task_id: str, job_id: str, result: dict[str, Any], image: bytes) -> None:
-        with self._tx() as db:
+        with self._write() as db:
             db.execute("DELETE FROM tiles WHERE task_id = ?", (task_id,))
             db.execute("INSERT OR REPLACE INTO job_results (task_id, job_id, result, image) VALUES (?, ?, ?, ?)",
                        (task_id, job_id, json.dumps(result), image))
 
     def result_stored(self, port: int, cursor: int, result: dict[str, Any], ring_size: int) -> None:
-        with self._tx() as db:
+        with self._write() as db:
             db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", (port, cursor, json.dumps(result)))
             n = self._writes.get(port, 0) + 1
             self._writes[port] = n
@@ -131,11 +166,11 @@ class SqliteJournal(NullJournal):
 
     def job_results_taken(self, task_ids: list[str]) -> None:
         if task_ids:
-            with self._tx() as db:
+            with self._write() as db:
                 db.executemany("DELETE FROM job_results WHERE task_id = ?", [(t,) for t in task_ids])
 
     def job_cancelled(self, job_id: str) -> None:
-        with self._tx() as db:
+        with self._write() as db:
             db.execute("DELETE FROM tiles WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM job_results WHERE job_id = ?", (job_id,))
 
@@ -181,9 +216,23 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         try:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except sqlite3.Error:  # a full disk fails the COMMIT: leave no transaction open
+                    _rollback(self.db)
+                    raise
+            _rollback(self.db)
         finally:
             self.lock.release()
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # nothing was begun, or the failure already ended it
 
 
 def iter_tables(path: Path) -> Iterator[tuple[str, int]]:

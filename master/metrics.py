@@ -136,7 +136,13 @@ def _service(stats: Mapping[str, Any]) -> list[Metric]:
                   ["what"])
     held.add_metric(["held"], _f(stats.get("payload_bytes", 0)))
     held.add_metric(["max"], _f(stats.get("max_payload_bytes", 0)))
-    fams: list[Metric] = [uptime, tasks, held]
+    journal = stats.get("journal", {})
+    durable = _gauge("journal_durable", "1 when the --state-dir journal is being written (or there is none), "
+                     "0 while its writes fail (a full disk): results and tiles are then in memory only.")
+    durable.add_metric([], 1.0 if journal.get("durable", True) else 0.0)
+    journal_errors = _counter("journal_write_errors", "Journal writes that failed (each is retried by the next).")
+    journal_errors.add_metric([], _f(journal.get("write_errors", 0)))
+    fams: list[Metric] = [uptime, tasks, held, durable, journal_errors]
     counters = dict(stats.get("counters", {}))
     for key, (name, doc) in STORE_COUNTERS.items():
         fam = _counter(name, doc)

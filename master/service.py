@@ -327,5 +327,8 @@ class MasterService:
                 "latency": {"buckets_s": list(BUCKETS_S), "ports": self.latency.snapshot(),
                             "stages": {k: {"what": v[0], "clocks": v[1]} for k, v in STAGES.items()}},
                 "backend": self.backend.stats() if self.backend is not None else {"name": "builtin"},
+                "journal": {"enabled": self.store.journal.enabled, "durable": self.store.journal.durable,
+                            "write_errors": self.store.journal.write_errors,
+                            "last_error": self.store.journal.last_error},
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}

@@ -149,6 +149,7 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
     c = stats.get("counters", {})
     return {
         "now": now, "uptime_s": stats.get("uptime_s", 0.0),
+        "durable": bool(stats.get("journal", {}).get("durable", True)),
         "queue": {"pending": stats.get("pending", 0), "in_progress": stats.get("in_progress", 0),
                   "completed": c.get("completed", 0), "failed": c.get("failed", 0),
                   "retried": c.get("retried", 0), "lease_expired": c.get("lease_expired", 0)},

@@ -179,8 +179,9 @@ async function poll() {
     renderEvents(d.events);
     renderJobs(d.jobs || []);
     renderChart(d.throughput);
-    $("status").dataset.state = "live";
-    $("status").textContent = `live · ${fmt.clock(d.now)}`;
+    $("status").dataset.state = d.durable === false ? "degraded" : "live";
+    $("status").textContent = `live · ${fmt.clock(d.now)}` +
+      (d.durable === false ? " · NOT DURABLE: the state dir cannot be written (disk full?)" : "");
   } catch (e) {
     $("status").dataset.state = "error";
     $("status").textContent = `master unreachable (${e.message}); retrying`;
