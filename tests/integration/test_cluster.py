@@ -86,7 +86,9 @@ def test_two_cameras_end_to_end(cluster, person_clip):
         return rx if all(rx[str(p)]["frames_complete"] == n for p in ports) else None
 
     rx = wait_until(receiver_counts, 10)
-    assert all(rx[str(p)]["malformed"] == 0 and rx[str(p)]["forwarded"] == n for p in ports)
+    # every frame forwarded, or dropped by the receiver's newest-wins backlog (a loaded machine), counted
+    assert all(rx[str(p)]["malformed"] == 0
+               and rx[str(p)]["forwarded"] + rx[str(p)].get("dropped_stale", 0) == n for p in ports), rx
 
 
 def test_worker_sigkill_mid_run_loses_and_duplicates_nothing(cluster, person_clip):
