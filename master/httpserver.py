@@ -36,6 +36,8 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_CONNECTIONS_PER_HOST = 64  # one host's share of the slots (a host runs a few workers, each 1-2)
 IDLE_TIMEOUT_S = 60.0
 HEAD_TIMEOUT_S = 15.0  # a kept-alive connection's wait for its next request, and that request's whole head
+RESERVE_SLOTS = 16  # connections taken when every slot is busy: one request each, head within RESERVE_HEAD_S
+RESERVE_HEAD_S = 2.0
 BODY_TIMEOUT_S = 60.0  # a request's whole body (32 MiB at half a MB/s)
 
 
@@ -98,10 +100,14 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         super().setup()
         self._reader = _DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self._reader)
+        self.reserved = self.server.is_reserved(self.connection)
 
     def handle_one_request(self) -> None:
-        self._reader.deadline = time.monotonic() + self.server.head_timeout_s
+        head_s = RESERVE_HEAD_S if self.reserved else self.server.head_timeout_s
+        self._reader.deadline = time.monotonic() + head_s
         super().handle_one_request()
+        if self.reserved:  # a reserve slot serves one request: it is room for clients that know what they
+            self.close_connection = True  # want (workers, operators with the token), not a place to idle
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
@@ -310,6 +316,8 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections_per_host = max_connections_per_host
+        self._reserve = threading.BoundedSemaphore(RESERVE_SLOTS)
+        self._reserved: set[socket.socket] = set()
         self.head_timeout_s, self.body_timeout_s = HEAD_TIMEOUT_S, BODY_TIMEOUT_S
         self._per_host: Counter[str] = Counter()
         self._open: set[socket.socket] = set()
@@ -331,12 +339,23 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
             self.shutdown_request(request)
             return
         if not self._slots.acquire(blocking=False):
+            if self._reserve.acquire(blocking=False):  # every slot busy (a slowloris?): a short, single chance
+                self.service.errors["served_from_reserve"] += 1
+                with self._open_lock:
+                    self._reserved.add(request)
+                super().process_request(request, client_address)
+                return
             self._host_done(host)
             self.service.errors["too_many_connections"] += 1
             log.warning("refused %s: %d connections open already", client_address, self.max_connections)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def is_reserved(self, conn: socket.socket) -> bool:
+        """Whether a connection holds a reserve slot (see process_request)."""
+        with self._open_lock:
+            return conn in self._reserved
 
     def _host_done(self, host: str) -> None:
         with self._open_lock:
@@ -352,7 +371,9 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         finally:
             with self._open_lock:
                 self._open.discard(request)
-            self._slots.release()
+                reserved = request in self._reserved
+                self._reserved.discard(request)
+            (self._reserve if reserved else self._slots).release()
             self._host_done(str(client_address[0]))
 
     def server_close(self) -> None:

@@ -77,3 +77,33 @@ def test_one_address_cannot_take_every_slot(small_master):
             h.close()
     # the hogs' slots come back: the same address is served again
     wait_until(lambda: urllib.request.urlopen(f"{small_master.url}/healthz", timeout=5).status == 200, 10)
+
+
+def test_when_every_slot_is_held_a_client_with_the_token_still_gets_in(tmp_path):
+    """Idle sockets (no token needed to open one) hold every slot; a reserve slot still serves one
+    request of a client that knows the token, and a trickler gets it for 2 s at most."""
+    token = "s3cret-token-for-the-test"
+    m = RunningMaster(max_connections=4, max_connections_per_host=64, token=token)
+    m.start()
+    hogs = [connect(m) for _ in range(4)]
+    try:
+        wait_until(lambda: m.server._slots._value == 0, 10)  # noqa: SLF001 - every slot taken
+        ok = connect(m)
+        ok.sendall(f"GET /api/v1/stats HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        assert ok.recv(1024).startswith(b"HTTP/1.1 200")
+        ok.close()
+        anon = connect(m)
+        anon.sendall(b"GET /api/v1/stats HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert anon.recv(1024).startswith(b"HTTP/1.1 401")
+        anon.close()
+        slow = connect(m)
+        started = time.monotonic()
+        slow.sendall(b"GET /heal")
+        slow.settimeout(10)
+        assert slow.recv(1024) == b"" and time.monotonic() - started < 8  # cut at the reserve's 2 s
+        slow.close()
+        assert m.service.errors["served_from_reserve"] >= 3
+    finally:
+        for h in hogs:
+            h.close()
+        m.stop()
