@@ -29,6 +29,7 @@ BENCHES: list[tuple[str, float, tuple[str, str]]] = [
     ("cluster_e2e", 300.0, ("results_per_s", "ideal_results_per_s")),
     ("detector_accuracy", 180.0, ("f1", "f1")),
     ("detector_eyes", 420.0, ("frames_with_person", "frames_with_person")),
+    ("journal_cost", 120.0, ("tiles_per_s", "tiles_per_s")),
     ("motion_gating", 300.0, ("cpu_s", "cpu_s")),
     ("file_jobs", 420.0, ("frames_per_s", "frames_per_s")),
 ]

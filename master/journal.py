@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS results (
     port INTEGER NOT NULL, cursor INTEGER NOT NULL, result TEXT NOT NULL, PRIMARY KEY (port, cursor));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+WAL_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages
 DURABLE_AGAIN_AFTER = 16  # consecutive good writes before a journal that failed counts as durable again
 PRUNE_EVERY = 64  # results written to a port between two deletions of those past its ring
 
@@ -116,6 +117,10 @@ class SqliteJournal(NullJournal):
             if mode.lower() != "wal":
                 raise OSError(f"{self.path}: SQLite would not use WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Tiles are ~100 KB blobs, written, replaced and deleted within seconds: checkpointing the WAL
+            # into the main file every 64 MiB instead of every 4 MiB copies a page rewritten in between
+            # once instead of several times (bench/journal_cost.py: 1.07 -> 0.76 ms per tile).
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             self._db.executescript(SCHEMA)
 
     @contextlib.contextmanager
