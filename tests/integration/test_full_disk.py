@@ -4,14 +4,18 @@ small tmpfs mounted for the test (needs root, as the network-namespace test does
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster.local import LocalCluster
+from cluster.local import ROOT, LocalCluster, free_port, packaged_clip
+from cluster.testdata import cut_clip
 from common.tasks import TaskSpec
 from tests.conftest import wait_until
 
@@ -69,6 +73,16 @@ def test_a_full_state_disk_degrades_to_not_durable_and_recovers(tiny_disk, perso
         filler = fill(tiny_disk)
         send(7101, 40)  # every call still answers: no 500s while the journal cannot write
         wait_until(lambda: accounted(7101, 40), 30)
+        # a file job finishes too, every tile processed, only not durable
+        clip = cut_clip(packaged_clip("bikes.mp4"), tmp_path / "in.mp4", 0, 12)
+        jobs_port = free_port()
+        c.start_receiver([free_port(socket.SOCK_DGRAM)], "--pipeline", "noop", "--jobs-port", str(jobs_port))
+        job = subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port", str(jobs_port),
+                              "--video", clip, "--tiles", "2x2", "--filters", "blur:3", "--out",
+                              str(tmp_path / "out.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert job.returncode == 0, job.stderr[-2000:]
+        metrics = json.loads(job.stdout)["metrics"]
+        assert metrics["frames"] == 12 and metrics["fallback_tiles"] == 0, metrics
         with c.client() as m:
             journal = m.get_stats()["journal"]
         assert journal["enabled"] and not journal["durable"] and journal["write_errors"] > 0, journal
