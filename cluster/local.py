@@ -59,12 +59,19 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    module: str = ""  # what runs: "receiver", "worker", "sender.client", ...
 
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _role(module: str) -> str:
+    """The role a `python -m` module plays, for the stop order (a Celery worker is a worker)."""
+    top = module.split(".")[0]
+    return "worker" if top == "celery" else top
 
 
 def wait_for_log(proc: Proc, text: str, timeout_s: float) -> None:
@@ -107,7 +114,7 @@ class LocalCluster:
         with open(path, "wb") as out:
             popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        proc = Proc(name, popen, path)
+        proc = Proc(name, popen, path, module)
         self.procs.append(proc)
         return proc
 
@@ -173,10 +180,11 @@ class LocalCluster:
                 raise RuntimeError(f"{p.name} exited with {p.popen.returncode}:\n{p.log_text()[-3000:]}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM in order (publishers, receivers, workers, master), SIGKILL what does not exit."""
-        order = ("publisher", "receiver", "worker", "master")
-        for prefix in order:
-            group = [p for p in self.procs if p.name.startswith(prefix) and p.alive()]
+        """SIGTERM in order (publishers, receivers, workers, master, then anything else this cluster
+        started, whatever its name), SIGKILL what does not exit."""
+        order = ("sender", "receiver", "worker", "master", "")
+        for role in order:
+            group = [p for p in self.procs if p.alive() and (not role or _role(p.module) == role)]
             for p in group:
                 p.popen.send_signal(signal.SIGTERM)
             for p in group:

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies,
                           report_extra=report_jobs, max_image_pixels=args.max_image_pixels)
     producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else []) + ([preview] if preview else [])
-    for part in [forwarder, *producers]:
+    for part in [forwarder, ingest, *([hub] if hub else [])]:  # the job server and preview run already
         part.start()
     log.info("receiving UDP on %s ports %s%s; queueing on %s; %s", args.host, args.ports,
              f", imagezmq on {args.zmq_port}" if hub else "", args.master,

@@ -64,3 +64,32 @@ def test_master_and_receiver_stop_cleanly_on_sigterm():
         for proc in (receiver, master):
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_a_receiver_with_its_job_server_and_preview_exits_0_on_one_sigterm(tmp_path):
+    """Both used to be started twice: the second preview thread blocked in accept() for ever."""
+    import signal
+    import time
+
+    from cluster.local import LocalCluster, free_port, free_udp_ports, wait_for_log
+
+    with LocalCluster(log_dir=tmp_path / "logs") as c:
+        c.start_master()
+        rx = c.start_receiver(free_udp_ports(1), "--jobs-port", str(free_port()), "--jobs-http-port",
+                              str(free_port()))
+        wait_for_log(rx, "file-job preview at", 15)
+        started = time.monotonic()
+        rx.popen.send_signal(signal.SIGTERM)
+        assert rx.popen.wait(15) == 0, rx.log_text()[-2000:]
+        assert time.monotonic() - started < 10
+        assert "address already in use" not in rx.log_text().lower()
+
+
+def test_the_cluster_stops_every_process_it_started_whatever_its_name(tmp_path):
+    from cluster.local import LocalCluster
+
+    with LocalCluster(log_dir=tmp_path / "logs") as c:
+        c.start_master()
+        odd = c.spawn("edge", "receiver", "--ports", "0", "--master", c.master_url, "--name", "edge")
+        stray = c.spawn("intruder", "worker", "--master", c.master_url, "--name", "intruder")
+    assert not odd.alive() and not stray.alive()
