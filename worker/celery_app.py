@@ -48,16 +48,13 @@ def _run(task: Task, lease_wire: dict, payload_b64: str) -> dict:
         _STAGES = StageCache(stage_env_from(os.environ))
         _CAPABILITIES = Capabilities(_STAGES.env)
     lease = lease_from_wire(lease_wire, base64.b64decode(payload_b64))
-    outcome, error = execute(lease, _STAGES)
+    outcome, error = execute(lease, _STAGES, capabilities=_CAPABILITIES)
     if outcome is None:
         _COUNTS["failed"] += 1
         raise PipelineCrash(error)
     _COUNTS["done"] += 1
-    if not outcome.error:
-        _CAPABILITIES.times.observe(outcome.timings_ms)
     worker = f"{task.request.hostname or socket.gethostname()}"
-    stats = {**process_stats(_COUNTS["done"], _COUNTS["failed"], False), "capabilities": _CAPABILITIES.report()}
-    return result_message(outcome, worker, stats)
+    return result_message(outcome, worker, process_stats(_COUNTS["done"], _COUNTS["failed"], False, _CAPABILITIES))
 
 
 _RETRY = {"autoretry_for": (PipelineCrash,), "retry_backoff": 1, "retry_backoff_max": 10,

@@ -12,25 +12,35 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import Future
+from typing import Any
 
 import psutil
 
 from common.errors import DecodeError, PipelineSpecError
 from common.imageinfo import ImageTooLarge
 from common.tasks import Lease, Outcome, TaskKind
+from worker.capability import Capabilities
 from worker.pipeline import StageCache, run_task
 
 log = logging.getLogger(__name__)
 
 
-def execute(lease: Lease, stages: StageCache | None = None,
-            pending: Future | None = None) -> tuple[Outcome | None, str]:
+def execute(lease: Lease, stages: StageCache | None = None, pending: Future | None = None, *,
+            capabilities: Capabilities | None = None) -> tuple[Outcome | None, str]:
     """Run one leased task (or collect it from a local pool's `pending` future).
 
     A payload that is not an image, or a pipeline the worker cannot build, is a result with an
     error: retrying would fail the same way. Any other exception is a crash, returned as
-    (None, reason) so the caller asks for a retry, maybe elsewhere.
+    (None, reason) so the caller asks for a retry, maybe elsewhere. A good outcome's stage times go
+    into `capabilities` (what the worker reports it runs, and how fast).
     """
+    outcome, reason = _execute(lease, stages, pending)
+    if capabilities is not None and outcome is not None and not outcome.error:
+        capabilities.times.observe(outcome.timings_ms)
+    return outcome, reason
+
+
+def _execute(lease: Lease, stages: StageCache | None, pending: Future | None) -> tuple[Outcome | None, str]:
     task, started = lease.task, time.time_ns()
     try:
         detections, timings, image = pending.result() if pending is not None else run_task(
@@ -53,7 +63,8 @@ REFUSED: Counter[str] = Counter()  # inputs this process refused unread, by reas
 _PROCESS: psutil.Process | None = None  # kept: cpu_percent measures since the previous call on the same object
 
 
-def process_stats(done: int, failed: int, busy: bool) -> dict[str, float | int | str]:
+def process_stats(done: int, failed: int, busy: bool,
+                  capabilities: Capabilities | None = None) -> dict[str, Any]:
     """What a worker tells the master about itself: load, memory, progress (CPU since the last call)."""
     global _PROCESS
     if _PROCESS is None or _PROCESS.pid != os.getpid():  # a pool process forked after the first call
@@ -63,4 +74,5 @@ def process_stats(done: int, failed: int, busy: bool) -> dict[str, float | int |
     return {"cpu_percent": proc.cpu_percent(None), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
             "host_cpu_percent": psutil.cpu_percent(None), "tasks_done": done,
             "tasks_failed": failed, "busy": int(busy), "pid": os.getpid(),
-            "images_refused": REFUSED["images_too_large"]}
+            "images_refused": REFUSED["images_too_large"],
+            **({"capabilities": capabilities.report()} if capabilities is not None else {})}

@@ -200,10 +200,7 @@ class Worker:
 
     def process(self, lease: Lease, pending: Future | None = None) -> tuple[Outcome | None, str]:
         """Run one task (or collect it from the local pool); see worker.execute.execute."""
-        outcome, reason = execute(lease, self.stages, pending)
-        if outcome is not None and not outcome.error:
-            self.capabilities.times.observe(outcome.timings_ms)
-        return outcome, reason
+        return execute(lease, self.stages, pending, capabilities=self.capabilities)
 
     def _report(self, outcomes: list[Outcome], failed: list, released: list, *, lease_more: bool,
                 hold: frozenset[str] | None = None) -> None:
@@ -254,7 +251,7 @@ class Worker:
 
     def stats(self) -> dict[str, Any]:
         """What the heartbeat reports: load, memory, progress, and what it can run how fast."""
-        return {**process_stats(self.done, self.failed, self.busy), "capabilities": self.capabilities.report()}
+        return process_stats(self.done, self.failed, self.busy, self.capabilities)
 
     def _heartbeat_loop(self) -> None:
         client = MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s))
