@@ -69,3 +69,14 @@ def cut_clip(src: Path | str, dst: Path | str, start: int, n: int, fps: float = 
     if out is None:
         raise FileNotFoundError(f"could not read frames from {src}")
     return str(dst)
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header is rewritten to claim width x height pixels: a few hundred
+    bytes that a decoder without a size check would expand to width x height x 3 (a decompression bomb)."""
+    import struct
+
+    data = bytearray(cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes())
+    i = data.index(b"\xff\xc0")
+    data[i + 5:i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)

@@ -9,26 +9,18 @@ that is not retried, and the cluster goes on serving every other camera.
 from __future__ import annotations
 
 import socket
-import struct
 import time
 import urllib.error
 import urllib.request
 
 import cv2
-import numpy as np
 import pytest
 
 from cluster.local import LocalCluster, free_udp_ports
+from cluster.testdata import jpeg_claiming
 from common.protocol import encode_frame
 from common.tasks import TaskSpec
 from tests.conftest import wait_until
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    data = bytearray(cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes())
-    i = data.index(b"\xff\xc0")
-    data[i + 5:i + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 @pytest.fixture

@@ -9,17 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from cluster.testdata import jpeg_claiming
 from common.errors import DecodeError
 from common.imageinfo import MAX_IMAGE_PIXELS, ImageTooLarge, check_image, image_size
 from common.tiling import encode_raw_tile
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    """A real 16x16 JPEG whose frame header is rewritten to claim width x height (a few hundred bytes)."""
-    data = bytearray(cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes())
-    i = data.index(b"\xff\xc0")
-    data[i + 5:i + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def png_claiming(width: int, height: int) -> bytes:

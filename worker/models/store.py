@@ -6,6 +6,7 @@ Layout of the cache directory (default `~/.cache/framehive/models`, `$FRAMEHIVE_
     nanodet-g-416/source/nanodet.json, nanodet.bin   the TF.js files, checked against their sha256
     nanodet-g-416/nanodet-g-416.onnx                  our conversion
     nanodet-g-416/manifest.json                       what the .onnx was made from, and its sha256
+    nanodet-g-416/LICENSE.txt                         the weights' Apache-2.0 licence, kept beside them
 
 `ensure()` is idempotent and cheap when the cache is sound: it reads the manifest and hashes the
 7.6 MB ONNX file. Anything missing, partial or corrupt is rebuilt: source files are re-downloaded only
