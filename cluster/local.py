@@ -102,8 +102,10 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        problems = self.stop()
+        if problems and exc_type is None:  # a failing test's own error says more; otherwise this fails it
+            raise AssertionError("roles did not stop cleanly on SIGTERM:\n" + "\n".join(problems))
 
     def spawn(self, name: str, module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         """Start `python -m module args...` with its output in log_dir/name.log."""
@@ -179,18 +181,25 @@ class LocalCluster:
             if not p.alive() and p.popen.returncode not in (0, -signal.SIGTERM):
                 raise RuntimeError(f"{p.name} exited with {p.popen.returncode}:\n{p.log_text()[-3000:]}")
 
-    def stop(self, timeout_s: float = 20.0) -> None:
+    def stop(self, timeout_s: float = 20.0) -> list[str]:
         """SIGTERM in order (publishers, receivers, workers, master, then anything else this cluster
-        started, whatever its name), SIGKILL what does not exit."""
-        order = ("sender", "receiver", "worker", "master", "")
-        for role in order:
+        started, whatever its name), SIGKILL what does not exit. Returns what went wrong: a role that
+        had to be killed, or that exited non-zero on SIGTERM (each with the end of its log). Processes
+        that had ended before are the test's business."""
+        problems: list[str] = []
+        for role in ("sender", "receiver", "worker", "master", ""):
             group = [p for p in self.procs if p.alive() and (not role or _role(p.module) == role)]
             for p in group:
                 p.popen.send_signal(signal.SIGTERM)
             for p in group:
                 try:
-                    p.popen.wait(timeout_s)
+                    code = p.popen.wait(timeout_s)
                 except subprocess.TimeoutExpired:
                     log.warning("%s did not stop in %.0fs: killing it", p.name, timeout_s)
                     p.popen.kill()
                     p.popen.wait(5)
+                    problems.append(f"{p.name}: killed after {timeout_s:.0f}s\n{p.log_text()[-2000:]}")
+                    continue
+                if code != 0:
+                    problems.append(f"{p.name}: exited {code} on SIGTERM\n{p.log_text()[-2000:]}")
+        return problems

@@ -32,6 +32,7 @@ TILE_TASK = "framehive.tile"
 QUEUES = {TaskKind.FRAME: "frames", TaskKind.TILE: "tiles"}
 TASK_NAMES = {TaskKind.FRAME: FRAME_TASK, TaskKind.TILE: TILE_TASK}
 RESULT_EXPIRES_S = 600  # a result the master never collected (it died) leaves Redis after this
+RESULT_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 _RATE = re.compile(r"^\d+(\.\d+)?/[smh]$")
 
 
@@ -71,14 +72,16 @@ def settings(url: str, *, visibility_s: float = DEFAULT_VISIBILITY_S,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"socket_timeout": 5.0, "socket_connect_timeout": 3.0},
+        # a lost Redis is retried briefly, not 20 times a second apart: the caller's own loop retries,
+        # and can stop in the meantime (the master's dispatcher exits within seconds of a SIGTERM)
+        "result_backend_transport_options": {"socket_timeout": 5.0, "socket_connect_timeout": 3.0,
+                                             "retry_policy": RESULT_RETRY_POLICY},
         "redis_socket_timeout": 5.0,
         "redis_socket_connect_timeout": 3.0,
         "redis_retry_on_timeout": False,
         "result_expires": RESULT_EXPIRES_S,
         "result_cache_max": -1,  # the master forgets results it collected; no client-side cache
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
-                                      "interval_max": 1.0},
+        "task_publish_retry_policy": dict(RESULT_RETRY_POLICY),
         "broker_connection_retry_on_startup": True,
         "task_routes": {FRAME_TASK: {"queue": QUEUES[TaskKind.FRAME]}, TILE_TASK: {"queue": QUEUES[TaskKind.TILE]}},
         "task_annotations": {FRAME_TASK: {"rate_limit": rate_limit}} if rate_limit else {},

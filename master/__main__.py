@@ -6,14 +6,13 @@ import argparse
 import logging
 import sqlite3
 import sys
-import threading
 from pathlib import Path
 
 from common import auth
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S, redis_url
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
-from common.runtime import exit_code, guarded, is_loopback, setup_logging, stop_on_signals
+from common.runtime import ServerThread, Supervisor, is_loopback, setup_logging, stop_on_signals
 from master.celerybackend import CeleryDispatcher
 from master.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
 from master.journal import SqliteJournal
@@ -138,33 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1
-    service.start()
+    supervisor = Supervisor("master", stop)
+    supervisor.add(service)  # the lease monitor (and webhooks): stopped last, after nothing can call it
     if args.backend == "celery":
-        service.backend = CeleryDispatcher(service, redis, in_flight=args.celery_in_flight,
-                                           visibility_s=args.visibility_s)
-        service.backend.start()
-    if config.rules:
-        log.info("%d alert rule(s) loaded from %s", len(config.rules), args.rules)
-    host, port = server.server_address[:2]
-    log.info("master listening on http://%s:%d (XML-RPC at /RPC2), %s", host if ":" not in host else f"[{host}]", port,
-             "token required" if args.token else "no authentication")
-    serving = threading.Thread(target=guarded("the HTTP server", lambda: server.serve_forever(poll_interval=0.2)),
-                               name="http")
-    serving.start()
-    stop.wait()
-    log.info("stopping: closing the HTTP port")
-    server.shutdown()
-    serving.join(5)
-    server.server_close()
-    if service.backend is not None:
-        service.backend.stop()
-        service.backend.join(5)
-    service.stop()
-    service.join(5)
+        service.backend = supervisor.add(CeleryDispatcher(service, redis, in_flight=args.celery_in_flight,
+                                                          visibility_s=args.visibility_s))
+    supervisor.add(ServerThread(server, "http"))  # stopped first: no new requests while the rest winds down
+
+    def ready() -> None:
+        if config.rules:
+            log.info("%d alert rule(s) loaded from %s", len(config.rules), args.rules)
+        host, port = server.server_address[:2]
+        log.info("master listening on http://%s:%d (XML-RPC at /RPC2), %s", host if ":" not in host else f"[{host}]",
+                 port, "token required" if args.token else "no authentication")
+    code = supervisor.run(ready=ready)
     if journal is not None:
         journal.close()
-    log.info("stopped")
-    return exit_code()
+    return code
 
 
 if __name__ == "__main__":

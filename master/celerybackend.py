@@ -18,6 +18,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from celery import Celery, states
 
 from common.celeryconf import QUEUES, TASK_NAMES, lease_message, outcome_from_result, settings
 from common.errors import FramehiveError
-from common.runtime import guarded
+from common.runtime import Component
 from common.tasks import Lease, Outcome
 from master.service import MasterService
 
@@ -46,13 +47,16 @@ def redact(url: str) -> str:
     return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", url)
 
 
-class CeleryDispatcher:
+class CeleryDispatcher(Component):
     """Moves leases from a MasterService to Celery and results back; two threads."""
+
+    thread_name = "celery"
 
     def __init__(self, service: MasterService, redis_url: str, *, in_flight: int = 32,
                  visibility_s: float = 30.0, give_up_s: float | None = None) -> None:
         if not 1 <= in_flight <= 1024:
             raise ValueError(f"in_flight must be 1..1024, got {in_flight}")
+        super().__init__()
         self.service = service
         self.url = redis_url
         self.app = Celery("framehive-master")
@@ -63,8 +67,6 @@ class CeleryDispatcher:
         self._pending: dict[str, _InFlight] = {}  # celery task id -> lease
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self.counters = {"sent": 0, "collected": 0, "failed": 0, "given_up": 0, "redis_errors": 0,
                          "bad_results": 0}
         self.redis_ok = True
@@ -75,20 +77,17 @@ class CeleryDispatcher:
 
     def start(self) -> None:
         self.worker_id = self.service.register_worker("celery-dispatcher", internal=True)["worker_id"]
-        for name, target in (("celery-send", self._send_loop), ("celery-collect", self._collect_loop)):
-            t = threading.Thread(target=guarded(f"the Celery {name}", target), name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        super().start()
         log.info("Celery backend: dispatching to %s (at most %d tasks in flight)", redact(self.url), self.in_flight)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def loops(self) -> list[tuple[str, Callable[[], None]]]:
+        return [("celery-send", self._send_loop), ("celery-collect", self._collect_loop)]
+
+    def _wake(self) -> None:
         with self._room:
             self._room.notify_all()
 
-    def join(self, timeout: float | None = None) -> None:
-        for t in self._threads:
-            t.join(timeout)
+    def close(self) -> None:
         self._release_all()
 
     def stats(self) -> dict[str, Any]:

@@ -204,14 +204,17 @@ def _source_ports(src: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 def _sources(sources: Mapping[str, Any]) -> list[Metric]:
     age = _gauge("source_report_age_seconds", "Seconds since a receiver last reported its counters.", ["source"])
+    clashes = _counter("source_name_clashes", "Reports from another live receiver under the same name (give each "
+                       "receiver its own --name).", ["source"])
     fams = {key: _counter(name, doc, ["source", "port"]) for key, (name, doc) in RECEIVER_COUNTERS.items()}
     for name, src in sorted(sources.items()):
         age.add_metric([name], _f(src.get("age_s", 0.0)))
+        clashes.add_metric([name], _f(src.get("name_clashes", 0)))
         for port, c in sorted(_source_ports(src).items()):
             for key, fam in fams.items():
                 if key in c:
                     fam.add_metric([name, port], _f(c[key]))
-    return [age, *fams.values()]
+    return [age, clashes, *fams.values()]
 
 
 def _workers(workers: list[Mapping[str, Any]]) -> list[Metric]:

@@ -17,7 +17,7 @@ from typing import Any
 from common.errors import BadRequest, FramehiveError, QueueFull, TaskError, UnknownWorker
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jpeginfo import jpeg_size
-from common.runtime import guarded
+from common.runtime import Component
 from common.tasks import Detection, Lease, Outcome, TaskSpec
 from common.wiredata import REPORT, STATS, clean
 from master.events import EventLog, annotate
@@ -38,6 +38,7 @@ LOST_LEASE_GRACE_S = 3.0  # a lease younger than this may still be on its way to
 
 SOURCE_TTL_S = 60.0  # a receiver that has not reported for this long is left out of stats
 MAX_SOURCES = 64
+SOURCE_CLASH_S = 5.0  # two instances reporting under one name within this long are two live receivers
 
 
 def _is_number(v: Any) -> bool:
@@ -56,11 +57,15 @@ class ServiceConfig:
     job_idle_s: float = 300.0  # a file job nobody adds to or takes from for this long is cancelled
 
 
-class MasterService:
-    """Everything the master does, callable from any thread."""
+class MasterService(Component):
+    """Everything the master does, callable from any thread; as a Component, its thread is the lease
+    monitor (and its webhook senders start and stop with it)."""
+
+    thread_name = "lease-monitor"
 
     def __init__(self, config: ServiceConfig | None = None, *, clock: Callable[[], float] = time.time,
                  store: TaskStore | None = None) -> None:
+        super().__init__()
         self.config = config or ServiceConfig()
         self.clock = clock
         self.store = store or TaskStore(self.config.store)
@@ -75,33 +80,32 @@ class MasterService:
         self.started_at = clock()
         self._work = threading.Condition()
         self._generation = 0
-        self._stop = threading.Event()
-        self._monitor: threading.Thread | None = None
         self.backend: Any = None  # a dispatcher to another engine (master.celerybackend), when one is used
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the monitor thread that requeues expired leases and dead workers' tasks."""
-        self._monitor = threading.Thread(target=guarded("the lease monitor", self._monitor_loop), name="lease-monitor",
-                                         daemon=True)
-        self._monitor.start()
+        super().start()
         if self.webhooks:
             self.webhooks.start()
 
     def stop(self) -> None:
         """Ask the monitor to stop and wake every long poll."""
-        self._stop.set()
-        self._signal()
+        super().stop()
         if self.webhooks:
             self.webhooks.stop()
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the monitor thread and the webhook senders."""
-        if self._monitor:
-            self._monitor.join(timeout)
-        if self.webhooks:
-            self.webhooks.join(timeout)
+    def _wake(self) -> None:
+        self._signal()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the monitor thread and the webhook senders; True when all ended."""
+        ended = super().join(timeout)
+        return (self.webhooks.join(timeout) if self.webhooks else True) and ended
+
+    def run(self) -> None:
+        self._monitor_loop()
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(MONITOR_INTERVAL_S):
@@ -169,7 +173,22 @@ class MasterService:
                 del self.sources[stale]
             if name not in self.sources and len(self.sources) >= MAX_SOURCES:
                 del self.sources[min(self.sources, key=lambda k: self.sources[k]["at"])]
-            self.sources[name] = {"at": now, "counters": counters}
+            before = self.sources.get(name)
+            clashes = before["clashes"] if before else 0
+            if before and self._is_clash(before, counters, now):
+                clashes += 1
+                if clashes in (1, 10, 100) or clashes % 1000 == 0:
+                    log.warning("two receivers report as %r (instances %s and %s), so each overwrites the other's "
+                                "stats: give each its own --name", name, before["counters"].get("instance"),
+                                counters.get("instance"))
+            self.sources[name] = {"at": now, "counters": counters, "clashes": clashes}
+
+    @staticmethod
+    def _is_clash(before: Mapping[str, Any], counters: Mapping[str, Any], now: float) -> bool:
+        """Whether a report comes from another live process than the last one under its name (one that
+        reported moments ago: a restarted receiver's old instance has gone quiet)."""
+        old, new = before["counters"].get("instance"), counters.get("instance")
+        return bool(old and new and old != new and now - before["at"] < SOURCE_CLASH_S)
 
     # ----- workers -----------------------------------------------------------------------------
 
@@ -314,7 +333,8 @@ class MasterService:
 
     def _sources_snapshot(self, now: float) -> dict[str, Any]:
         with self._sources_lock:
-            return {k: {**v["counters"], "age_s": round(now - v["at"], 3)} for k, v in self.sources.items()
+            return {k: {**v["counters"], "age_s": round(now - v["at"], 3), "name_clashes": v["clashes"]}
+                    for k, v in self.sources.items()
                     if now - v["at"] <= SOURCE_TTL_S}
 
     def stats(self) -> dict[str, Any]:

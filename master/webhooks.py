@@ -74,7 +74,6 @@ class WebhookSender(Component):
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
-        self._started = False
         self._refused: Counter[str] = Counter()
 
     def send(self, url: str, event: Event) -> bool:
@@ -99,6 +98,8 @@ class WebhookSender(Component):
     def start(self) -> None:
         """Start a delivery thread for every URL seen so far (later URLs start their own)."""
         with self._lock:
+            if self._started:
+                raise RuntimeError("WebhookSender was started twice")
             self._started = True
             for lane in self._lanes.values():
                 lane.start()
@@ -111,13 +112,13 @@ class WebhookSender(Component):
         for lane in lanes:
             lane.stop()
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for every lane's thread, `timeout` seconds in all."""
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every lane's thread, `timeout` seconds in all; True when all ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             lanes = list(self._lanes.values())
-        for lane in lanes:
-            lane.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return all([lane.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    for lane in lanes])
 
     def run(self) -> None:
         raise NotImplementedError("WebhookSender runs one thread per URL, not one of its own")

@@ -18,7 +18,7 @@ from common.imageinfo import MAX_IMAGE_PIXELS
 from common.masterclient import parse_master_url
 from common.pipeline import normalize_pipeline
 from common.protocol import KEY_ENV, key_from
-from common.runtime import exit_code, is_loopback, setup_logging, stop_on_signals
+from common.runtime import Component, ServerThread, Supervisor, is_loopback, setup_logging, stop_on_signals
 from receiver.buffer import FrameBuffer
 from receiver.forward import Forwarder
 from receiver.motion import GatePolicy, parse_policy
@@ -32,7 +32,9 @@ STATS_EVERY_S = 10.0
 
 
 def parse_ports(text: str) -> list[int]:
-    """'5000,5001' or '5000-5003' (or both, comma separated) -> sorted unique ports."""
+    """'5000,5001' or '5000-5003' (or both, comma separated) -> sorted unique ports; 'none' -> []."""
+    if text.strip().lower() == "none":
+        return []
     ports: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, _, hi = part.partition("-")
@@ -74,7 +76,9 @@ def parse_pipelines(items: list[str], ports: list[int]) -> tuple[str, dict[int, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m receiver", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ports", default="5000-5003", help="UDP ports, one per camera: 5000,5001 or 5000-5003")
+    p.add_argument("--ports", default="5000-5003",
+                   help="UDP ports, one per camera: 5000,5001 or 5000-5003; none: no UDP cameras (a receiver "
+                        "serving only imagezmq cameras or file jobs)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (:: for every address)")
     p.add_argument("--insecure", action="store_true",
                    help="allow listening on a non-loopback address without a datagram key")
@@ -108,7 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help="frames claiming more pixels (read from their JPEG header) are refused and counted")
     p.add_argument("--rcvbuf-kb", type=int, default=DEFAULT_RCVBUF_BYTES // 1024, help="UDP receive buffer asked for")
-    p.add_argument("--name", default="", help="receiver name in the master's stats (default receiver@host)")
+    p.add_argument("--name", default="",
+                   help="receiver name in the master's stats; each receiver needs its own (default: "
+                        "receiver@HOST:PORTS, e.g. receiver@cam-hub:5000-5003)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     try:
@@ -120,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except (ValueError, ConfigError) as e:
         p.error(str(e))
     args.key = read_key(p, args.key_file)
+    if not args.port_list and not args.zmq_port and not args.jobs_port:
+        p.error("--ports none leaves nothing to serve: add --zmq-port or --jobs-port")
     if not 0 <= args.zmq_port < 65536 or args.backlog < 1 or args.rcvbuf_kb < 64:
         p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
     if not 0 <= args.jobs_port < 65536 or not 0 <= args.jobs_http_port < 65536:
@@ -151,74 +159,89 @@ def read_key(p: argparse.ArgumentParser, key_file: str) -> bytes | None:
         p.error(str(e))
 
 
+def default_name(args: argparse.Namespace) -> str:
+    """receiver@HOST:PORTS (e.g. receiver@hub:5000-5003), unique per host and ports, at most 64 characters."""
+    ports = args.ports if args.port_list else "-".join(f"{k}{v}" for k, v in (("zmq", args.zmq_port),
+                                                                               ("jobs", args.jobs_port)) if v)
+    return f"receiver@{socket.gethostname()}:{ports}"[:64]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     stop = stop_on_signals()
     buffer = FrameBuffer(args.backlog)
+    supervisor = Supervisor("receiver", stop, join_timeout_s=5)
+    sockets: list[Component] = []
     try:
-        ingest = UdpIngest(args.host, args.port_list, args.pipelines, buffer, rcvbuf=args.rcvbuf_kb * 1024,
-                           key=args.key)
-        hub = None
+        if args.port_list:
+            sockets.append(UdpIngest(args.host, args.port_list, args.pipelines, buffer,
+                                     rcvbuf=args.rcvbuf_kb * 1024, key=args.key))
         if args.zmq_port:
             from receiver.zmqhub import ZmqHub
 
-            hub = ZmqHub(args.host, args.zmq_port, buffer, pipelines=args.pipelines,
-                         default_pipeline=args.default_pipeline, key=args.key, ports=set(args.port_list))
+            sockets.append(ZmqHub(args.host, args.zmq_port, buffer, pipelines=args.pipelines,
+                                  default_pipeline=args.default_pipeline, key=args.key,
+                                  ports=set(args.port_list) or None))  # no UDP ports: any camera port
+        jobs, preview = job_parts(args)
     except OSError as e:
+        for part in sockets:
+            part.close()
         print(f"python -m receiver: error: cannot listen: {e}", file=sys.stderr)
         return 1
+    forwarder = Forwarder(buffer, args.master, name=args.name or default_name(args), counters=counters_of(sockets),
+                          policies=args.policies, max_image_pixels=args.max_image_pixels,
+                          report_extra=(lambda: {"jobs": jobs.server.report()}) if jobs else None)
+    supervisor.add(forwarder, join_timeout_s=10)  # stopped last: it flushes what the sockets took
+    for part in [*sockets, *([jobs] if jobs else []), *([preview] if preview else [])]:
+        supervisor.add(part)
 
+    def ready() -> None:
+        log.info("receiving UDP on %s ports %s%s; queueing on %s as %s; %s", args.host, args.ports,
+                 f", imagezmq on {args.zmq_port}" if args.zmq_port else "", args.master, forwarder.name,
+                 "only signed datagrams and requests are taken" if args.key else "no key: nothing is authenticated")
+        if jobs:
+            log.info("serving file jobs on %s port %d%s", args.jobs_host, args.jobs_port,
+                     f"; preview at http://{preview.server.server_address[0]}:{args.jobs_http_port}/" if preview
+                     else "")
+    return supervisor.run(every=(STATS_EVERY_S, lambda: log_counters(forwarder)), ready=ready)
+
+def counters_of(sockets: list[Component]) -> Callable[[], dict]:
+    """What the forwarder reports: the UDP ingest's per-port counters, and the imagezmq hub's."""
     def counters() -> dict:
-        out = ingest.counters()
-        if hub is not None:
-            out["zmq"] = {k: int(v) for k, v in dict(hub.counters).items()}
+        out: dict = {}
+        for part in sockets:
+            if isinstance(part, UdpIngest):
+                out.update(part.counters())
+            else:
+                out["zmq"] = {k: int(v) for k, v in dict(part.counters).items()}
         return out
+    return counters
 
-    jobs = preview = None
-    if args.jobs_port:
-        from receiver.jobs import JobConfig, JobServerThread
 
-        jobs = JobServerThread(args.jobs_host, args.jobs_port, JobConfig(
-            master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None, token=args.token,
-            max_jobs=args.jobs_max, max_spool_bytes=int(args.jobs_max_spool_gb * 1024**3)))
-        jobs.start()
-        jobs.ready.wait(10)
-        if jobs.error is not None:
-            print(f"python -m receiver: error: cannot serve file jobs: {jobs.error}", file=sys.stderr)
-            ingest.close()
-            return 1
-        log.info("serving file jobs on %s port %d", args.jobs_host, jobs.server.port)
-        if args.jobs_http_port:
-            from receiver.jobpreview import PreviewServer
+def job_parts(args: argparse.Namespace) -> tuple[Component | None, Component | None]:
+    """The file-job server and its HTTP preview, when asked for."""
+    if not args.jobs_port:
+        return None, None
+    from receiver.jobs import JobConfig, JobServerThread
 
-            host = "127.0.0.1" if args.jobs_host == "localhost" else args.jobs_host
-            preview = PreviewServer((host, args.jobs_http_port), jobs.server)
-            preview.start()
-            log.info("file-job preview at http://%s:%d/", host, args.jobs_http_port)
-    name = args.name or f"receiver@{socket.gethostname()}"
-    report_jobs = (lambda: {"jobs": jobs.server.report()}) if jobs else None  # file jobs on the master's dashboard
-    forwarder = Forwarder(buffer, args.master, name=name, counters=counters, policies=args.policies,
-                          report_extra=report_jobs, max_image_pixels=args.max_image_pixels)
-    producers = [ingest] + ([hub] if hub else []) + ([jobs] if jobs else []) + ([preview] if preview else [])
-    for part in [forwarder, ingest, *([hub] if hub else [])]:  # the job server and preview run already
-        part.start()
-    log.info("receiving UDP on %s ports %s%s; queueing on %s; %s", args.host, args.ports,
-             f", imagezmq on {args.zmq_port}" if hub else "", args.master,
-             "only signed datagrams and requests are taken" if args.key else "no key: nothing is authenticated")
-    while not stop.wait(STATS_EVERY_S):
-        for port, c in forwarder.counters().items():
-            log.info("port %s: %s", port, " ".join(f"{k}={v}" for k, v in sorted(c.items()) if v))
-    log.info("stopping: closing the ingest sockets, then flushing to the master")
-    for part in producers:
-        part.stop()
-    for part in producers:
-        part.join(5)
-    forwarder.stop()
-    forwarder.join(10)
-    log.info("stopped")
-    return exit_code()
+    jobs = JobServerThread(args.jobs_host, args.jobs_port, JobConfig(
+        master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None, token=args.token,
+        max_jobs=args.jobs_max, max_spool_bytes=int(args.jobs_max_spool_gb * 1024**3)))
+    if not args.jobs_http_port:
+        return jobs, None
+    from receiver.jobpreview import PreviewServer
 
+    host = "127.0.0.1" if args.jobs_host == "localhost" else args.jobs_host
+    return jobs, ServerThread(PreviewServer((host, args.jobs_http_port), jobs.server), "preview")
+
+
+def log_counters(forwarder: Forwarder) -> None:
+    """One line per port that counted anything; nothing for an idle port."""
+    for port, c in forwarder.counters().items():
+        busy = " ".join(f"{k}={v}" for k, v in sorted(c.items()) if v)
+        if busy:
+            log.info("port %s: %s", port, busy)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -56,6 +57,7 @@ class Forwarder(Component):
         self.gates: dict[int, MotionGate] = {}
         self.client = MasterClient(master_url)
         self.name = name
+        self.instance = secrets.token_hex(4)  # tells the master two live receivers that share a name apart
         self.batch_max = batch_max
         self._source_counters = counters
         self._report_extra = report_extra
@@ -98,7 +100,7 @@ class Forwarder(Component):
 
     def _send(self, frames: list[ReadyFrame], now: float, *, report: bool) -> int:
         extra = self._report_extra() if self._report_extra and report else {}
-        counters = {"ports": self.counters(), **extra} if report else None
+        counters = {"ports": self.counters(), "instance": self.instance, **extra} if report else None
         items = [self._gated(f, now) for f in frames]
         try:
             reply = self.client.add_tasks(items, source=self.name, counters=counters)

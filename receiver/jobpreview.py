@@ -109,7 +109,6 @@ class PreviewServer(ThreadingHTTPServer):
         self.refused = 0
         self._slots = threading.BoundedSemaphore(max_connections)  # a page and its GIF: a few per viewer
         super().__init__(address, PreviewHandler)
-        self._thread: threading.Thread | None = None
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -124,14 +123,3 @@ class PreviewServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="preview")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.shutdown()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
-        self.server_close()

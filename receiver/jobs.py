@@ -27,6 +27,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from common.imageinfo import check_image
 from common.jobproto import Handshake, ProtocolError
 from common.masterclient import MasterClient
 from common.pipeline import STAGES, StageSpec, needs_previous, pipeline_halo
-from common.runtime import Component
+from common.runtime import Component, Loop
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import Tile, assemble, cut, decode_raw_tile, encode_raw_tile, is_raw_tile, plan_tiles
 from receiver.video import H264Writer, iter_frames, probe, thumbnail_jpeg, write_gif
@@ -215,8 +216,9 @@ class _Frame:
     outputs: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-class TileRunner:
-    """Decodes a job's video, sends its tiles to the master, assembles and encodes the result.
+class TileRunner(Component):
+    """Decodes a job's video, sends its tiles to the master, assembles and encodes the result; a
+    Component whose `stop()` cancels the job.
 
     Four threads overlap the work, so that neither the decoder nor the encoder waits for a round
     trip to the master: this one decodes frames and cuts tiles; a submitter sends them (merging the
@@ -227,6 +229,8 @@ class TileRunner:
     """
 
     def __init__(self, job: Job, config: JobConfig) -> None:
+        super().__init__()
+        self.thread_name = f"job-{job.id}"
         self.job, self.config = job, config
         hs = job.handshake
         (self.cols, self.rows), self.grid_note = job_grid(hs.stages, hs.tiles)
@@ -278,7 +282,7 @@ class TileRunner:
             reader.seek(0)
             self.writer = H264Writer(job.out_path, width=info.width, height=info.height, fps=info.fps)
             submitter, collector, writer = (
-                threading.Thread(target=self._guarded, args=(loop,), name=f"{job.id}-{name}")
+                Loop(f"{job.id}-{name}", partial(self._guarded, loop))
                 for name, loop in (("submit", self._submit_loop), ("collect", self._collect_loop),
                                    ("write", self._write_loop)))
             for thread in (submitter, collector, writer):
@@ -317,6 +321,9 @@ class TileRunner:
             self._cancel_on_master()  # done or failed: the master frees the job's tiles and journal rows
             self.client.close()
             job.done.set()
+
+    def _wake(self) -> None:
+        self.job.cancelled.set()
 
     def _open(self) -> io.RawIOBase:
         if self.job.spool is not None:
@@ -549,6 +556,7 @@ class JobServer:
         self.host, self.port, self.config = host, port, config
         self.counters: Counter[str] = Counter()
         self.jobs: dict[str, Job] = {}
+        self.runners: dict[str, TileRunner] = {}  # by job id, until the job's connection is finished
         self.recent: deque[Job] = deque(maxlen=RECENT_JOBS)  # finished jobs, for the preview page
         self._server: asyncio.base_events.Server | None = None
         self.spool = Path(config.spool_dir)  # made per port once listening (_clean_spool)
@@ -670,9 +678,8 @@ class JobServer:
         return path, path.stat().st_size
 
     async def _run(self, job: Job, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        runner = TileRunner(job, self.config)
-        thread = threading.Thread(target=runner.run, name=f"job-{job.id}")
-        thread.start()
+        runner = self.runners[job.id] = TileRunner(job, self.config)
+        runner.start()
         if job.handshake.protocol == "stream":
             if not await self._upload(job, reader, writer):
                 return
@@ -762,8 +769,11 @@ class JobServer:
         job.cancelled.set()
         if job.spool is not None:
             job.spool.wake()
-        # the runner thread notices within a second; wait for it without blocking other clients
-        await asyncio.get_running_loop().run_in_executor(None, job.done.wait, 30)
+        # the runner notices within a second; wait for it without blocking other clients
+        runner = self.runners.pop(job.id, None)
+        if runner is not None:
+            runner.stop()
+            await asyncio.get_running_loop().run_in_executor(None, runner.join, 30)
         if job.spool is not None:
             job.spool.close()
         for path in (job.out_path, job.source if job.handshake.protocol == "stream" else None):
@@ -816,6 +826,13 @@ class JobServerThread(Component):
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def start(self) -> None:
+        """Start serving; raises OSError (e.g. the port is taken) when the server cannot listen."""
+        super().start()
+        self.ready.wait(10)
+        if self.error is not None:
+            raise OSError(f"cannot serve file jobs: {self.error}") from self.error
+
     def run(self) -> None:
         self._loop = asyncio.new_event_loop()
         try:
@@ -825,6 +842,15 @@ class JobServerThread(Component):
             self.ready.set()
         finally:
             self._loop.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the server thread, then for the runners of jobs it was serving (cancelled by stop)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended = super().join(timeout)
+        for runner in list(self.server.runners.values()):
+            runner.stop()
+            ended = runner.join(None if deadline is None else max(0.0, deadline - time.monotonic())) and ended
+        return ended
 
     async def _serve(self) -> None:
         await self.server.start()

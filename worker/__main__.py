@@ -14,7 +14,7 @@ from common.errors import ConfigError, PipelineSpecError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.masterclient import parse_master_url
 from common.pipeline import DEVICES, STAGES, parse_pipeline
-from common.runtime import exit_code, setup_logging, stop_on_signals
+from common.runtime import Supervisor, setup_logging, stop_on_signals
 from worker.detectors import StageEnv
 from worker.loop import Worker, WorkerConfig
 from worker.models.store import MODEL_DIR_ENV, default_model_dir
@@ -80,13 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     worker = Worker(WorkerConfig(master_url=args.master, name=args.name, batch=max(args.batch, args.processes),
                                  wait_s=args.wait_s, processes=args.processes), stages=stages)
-    worker.start()
-    stop.wait()
-    log.info("stopping: finishing the task in hand, handing back the rest")
-    worker.stop()
-    worker.join(60)
-    return exit_code()
-
+    supervisor = Supervisor("worker", stop)
+    supervisor.add(worker, join_timeout_s=60)  # a stop finishes the task in hand and hands back the rest
+    return supervisor.run()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,13 +9,15 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from common.auth import TOKEN_ENV
 from common.errors import BadRequest, MasterUnavailable, QueueFull, Unauthorized
 from common.masterclient import MasterClient
-from common.runtime import guarded
+from common.runtime import Component, give_up
 from common.tasks import Lease, Outcome, TaskKind
 from worker.capability import Capabilities
 from worker.execute import execute, process_stats
@@ -69,10 +71,14 @@ class Backoff:
         self.n = 0
 
 
-class Worker:
-    """One pull-based worker: `start()`, `stop()`, `join(timeout)`, or `run_once()` in tests."""
+class Worker(Component):
+    """One pull-based worker: a Component with two threads (the pull loop and the heartbeat), or
+    `run_once()` in tests."""
+
+    thread_name = "worker"
 
     def __init__(self, config: WorkerConfig, *, stages: StageCache | None = None) -> None:
+        super().__init__()
         self.config = config
         self.name = config.name or f"{socket.gethostname()}-{os.getpid()}"
         self.stages = stages or StageCache()
@@ -83,10 +89,8 @@ class Worker:
         self.done = 0
         self.failed = 0
         self.busy = False
-        self._stop = threading.Event()
         self._reregister = threading.Event()
         self._backoff = Backoff(config.backoff_min_s, config.backoff_max_s)
-        self._threads: list[threading.Thread] = []
         self._master_down = False
         self._next: list[Lease] = []  # leases that came back with the last report
         self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
@@ -99,29 +103,10 @@ class Worker:
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run the pull loop and the heartbeat in background threads."""
-        self._threads = [threading.Thread(target=guarded("the worker's pull loop", self.run), name="pull"),
-                         threading.Thread(target=guarded("the worker's heartbeat", self._heartbeat_loop),
-                                          name="heartbeat")]
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        """Finish the task in hand, hand back the rest, then stop."""
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        for t in self._threads:
-            t.join(timeout)
-
-    def __enter__(self) -> Worker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        self.join(30)
+    def loops(self) -> list[tuple[str, Callable[[], None]]]:
+        """The pull loop and the heartbeat; `stop()` lets the pull loop finish the task in hand and hand
+        back the rest."""
+        return [("pull", self.run), ("heartbeat", self._heartbeat_loop)]
 
     # ----- the loop ----------------------------------------------------------------------------
 
@@ -148,11 +133,10 @@ class Worker:
             leases, self._next = self._next or self.client.lease(self.worker_id, self.config.batch,
                                                                  self.config.wait_s), []
             self._held = frozenset(x.task.id for x in leases)
-        except Unauthorized as e:  # a configuration error: say so, and retry slowly in case it is fixed
-            if not self._master_down:
-                log.error("worker %s: %s", self.name, e)
-            self._master_down = True
-            self._stop.wait(self._backoff.next())
+        except Unauthorized as e:  # a configuration error that retrying will not fix: stop the process
+            give_up(f"worker {self.name}: the master at {self.config.master_url} refused this worker's token ({e}); "
+                    f"give the master's token with --token-file or ${TOKEN_ENV}")
+            self._stop.set()
             return 0
         except BadRequest as e:  # our id is unknown: the master restarted
             log.info("worker %s: %s; registering again", self.worker_id, e)

@@ -77,7 +77,7 @@ def test_a_receiver_with_its_job_server_and_preview_exits_0_on_one_sigterm(tmp_p
         c.start_master()
         rx = c.start_receiver(free_udp_ports(1), "--jobs-port", str(free_port()), "--jobs-http-port",
                               str(free_port()))
-        wait_for_log(rx, "file-job preview at", 15)
+        wait_for_log(rx, "preview at http", 15)
         started = time.monotonic()
         rx.popen.send_signal(signal.SIGTERM)
         assert rx.popen.wait(15) == 0, rx.log_text()[-2000:]
@@ -86,10 +86,13 @@ def test_a_receiver_with_its_job_server_and_preview_exits_0_on_one_sigterm(tmp_p
 
 
 def test_the_cluster_stops_every_process_it_started_whatever_its_name(tmp_path):
-    from cluster.local import LocalCluster
+    from cluster.local import LocalCluster, wait_for_log
 
     with LocalCluster(log_dir=tmp_path / "logs") as c:
         c.start_master()
-        odd = c.spawn("edge", "receiver", "--ports", "0", "--master", c.master_url, "--name", "edge")
+        odd = c.spawn("edge", "receiver", "--ports", str(free_udp_ports(1)[0]), "--master", c.master_url,
+                      "--name", "edge")
         stray = c.spawn("intruder", "worker", "--master", c.master_url, "--name", "intruder")
+        for p in (odd, stray):  # running (a SIGTERM while Python still imports ends it by the signal)
+            wait_for_log(p, "starting", 30)
     assert not odd.alive() and not stray.alive()
