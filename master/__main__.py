@@ -6,17 +6,15 @@ import argparse
 import logging
 import sqlite3
 import sys
-from pathlib import Path
 
-from common import auth
-from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S, redis_url
+from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
-from common.runtime import ServerThread, Supervisor, is_loopback, setup_logging, stop_on_signals
+from common.runtime import ServerThread, Supervisor, setup_logging, stop_on_signals
 from master.celerybackend import CeleryDispatcher
+from master.config import from_flags
 from master.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
 from master.journal import SqliteJournal
-from master.rules import load_rules
 from master.service import MasterService, ServiceConfig
 from master.store import StoreConfig, TaskStore
 
@@ -73,88 +71,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--visibility-s", type=float, default=DEFAULT_VISIBILITY_S,
                    help="Celery: a task whose worker died goes to another after this; use the workers' value")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    args = p.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        p.error(f"--port must be 0..65535, got {args.port}")
-    if not 1 <= args.celery_in_flight <= 1024:
-        p.error(f"--celery-in-flight must be 1..1024, got {args.celery_in_flight}")
-    if args.visibility_s <= 0:
-        p.error(f"--visibility-s must be > 0, got {args.visibility_s}")
-    if args.backend == "builtin" and args.redis:
-        p.error("--redis is only used with --backend celery")
-    try:
-        args.token = auth.load_token(args.token_file)
-    except ConfigError as e:
-        p.error(str(e))
-    if not is_loopback(args.host) and args.token is None and not args.insecure:
-        p.error(f"refusing to bind {args.host} without a token: anyone who reaches it could queue work and "
-                f"read results. Put a token in a file (chmod 600) and pass --token-file, or set "
-                f"${auth.TOKEN_ENV}; or pass --insecure on a network you trust")
-    return args
-
-
-def build_config(args: argparse.Namespace) -> ServiceConfig:
-    """Turn flags into a validated ServiceConfig (ValueError names the bad setting)."""
-    store = StoreConfig(lease_s=args.lease_s, max_attempts=args.max_attempts, max_worker_deaths=args.max_worker_deaths,
-                        max_pending_per_port=args.max_pending_per_port, max_frame_age_s=args.max_frame_age_s,
-                        results_per_port=args.results_per_port, max_bytes=int(args.max_queued_mb * 2**20))
-    if args.worker_timeout_s <= 0:
-        raise ValueError("worker_timeout_s must be > 0")
-    rules = tuple(load_rules(args.rules)) if args.rules else ()
-    if args.max_image_pixels < 1:
-        raise ValueError("max_image_pixels must be >= 1")
-    if args.job_idle_s <= 0:
-        raise ValueError("job_idle_s must be > 0")
-    return ServiceConfig(store=store, worker_timeout_s=args.worker_timeout_s, rules=rules,
-                         max_image_pixels=args.max_image_pixels, job_idle_s=args.job_idle_s)
-
+    return p.parse_args(argv)
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.log_level)
     try:
-        config = build_config(args)
-        redis = (args.redis or redis_url()) if args.backend == "celery" else ""
-        if redis and not redis.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"--redis must be a redis:// rediss:// or unix:// URL, got {redis!r}")
-    except (ValueError, ConfigError, OSError) as e:
+        config = from_flags(parse_args(argv))
+    except (ValueError, ConfigError) as e:
         print(f"python -m master: error: {e}", file=sys.stderr)
         return 2
+    setup_logging(config.log_level)
     journal = None
-    if args.state_dir:
+    if config.state_dir is not None:
         try:
-            journal = SqliteJournal(Path(args.state_dir) / "master.sqlite3")
+            journal = SqliteJournal(config.state_dir / "master.sqlite3")
         except (OSError, sqlite3.Error) as e:
-            print(f"python -m master: error: cannot use --state-dir {args.state_dir}: {e}", file=sys.stderr)
+            print(f"python -m master: error: cannot use --state-dir {config.state_dir}: {e}", file=sys.stderr)
             return 2
     stop = stop_on_signals()
-    service = MasterService(config, store=TaskStore(config.store, journal=journal))
+    service = MasterService(config.service, store=TaskStore(config.service.store, journal=journal))
     try:
-        server = MasterHTTPServer((args.host, args.port), service,
-                                  max_request_bytes=int(args.max_request_mb * 2**20), token=args.token,
-                                  allowed_hosts=args.allowed_host,
-                                  max_connections_per_host=args.max_connections_per_host)
+        server = MasterHTTPServer((config.host, config.port), service, max_request_bytes=config.max_request_bytes,
+                                  token=config.token, allowed_hosts=list(config.allowed_hosts),
+                                  max_connections_per_host=config.max_connections_per_host)
     except OSError as e:
-        print(f"python -m master: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        print(f"python -m master: error: cannot listen on {config.host}:{config.port}: {e.strerror}",
+              file=sys.stderr)
         return 1
     supervisor = Supervisor("master", stop)
     supervisor.add(service)  # the lease monitor (and webhooks): stopped last, after nothing can call it
-    if args.backend == "celery":
-        service.backend = supervisor.add(CeleryDispatcher(service, redis, in_flight=args.celery_in_flight,
-                                                          visibility_s=args.visibility_s))
+    if config.backend == "celery":
+        service.backend = supervisor.add(CeleryDispatcher(service, config.redis_url, in_flight=config.celery_in_flight,
+                                                          visibility_s=config.visibility_s))
     supervisor.add(ServerThread(server, "http"))  # stopped first: no new requests while the rest winds down
 
     def ready() -> None:
-        if config.rules:
-            log.info("%d alert rule(s) loaded from %s", len(config.rules), args.rules)
+        if config.service.rules:
+            log.info("%d alert rule(s) loaded from %s", len(config.service.rules), config.rules_path)
         host, port = server.server_address[:2]
         log.info("master listening on http://%s:%d (XML-RPC at /RPC2), %s", host if ":" not in host else f"[{host}]",
-                 port, "token required" if args.token else "no authentication")
+                 port, "token required" if config.token else "no authentication")
     code = supervisor.run(ready=ready)
     if journal is not None:
         journal.close()
     return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

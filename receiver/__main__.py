@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from common import auth
+from common.config import MasterLink, build, load_key
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
-from common.masterclient import parse_master_url
 from common.pipeline import normalize_pipeline
-from common.protocol import KEY_ENV, key_from
-from common.runtime import Component, ServerThread, Supervisor, is_loopback, setup_logging, stop_on_signals
+from common.protocol import KEY_ENV
+from common.runtime import Component, ServerThread, Supervisor, setup_logging, stop_on_signals
 from receiver.buffer import FrameBuffer
+from receiver.config import MAX_PORTS, JobSettings, ReceiverConfig
 from receiver.forward import Forwarder
 from receiver.motion import GatePolicy, parse_policy
 from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
@@ -27,7 +25,6 @@ from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
 log = logging.getLogger("receiver")
 T = TypeVar("T")
 
-MAX_PORTS = 256
 STATS_EVERY_S = 10.0
 
 
@@ -116,95 +113,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="receiver name in the master's stats; each receiver needs its own (default: "
                         "receiver@HOST:PORTS, e.g. receiver@cam-hub:5000-5003)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    args = p.parse_args(argv)
-    try:
-        args.port_list = parse_ports(args.ports)
-        args.default_pipeline, args.pipelines = parse_pipelines(args.pipeline, args.port_list)
-        _, args.policies = parse_per_port("--detect", args.detect, args.port_list, GatePolicy(), parse_policy)
-        parse_master_url(args.master)
-        args.token = auth.configure(args.token_file)
-    except (ValueError, ConfigError) as e:
-        p.error(str(e))
-    args.key = read_key(p, args.key_file)
-    if not args.port_list and not args.zmq_port and not args.jobs_port:
-        p.error("--ports none leaves nothing to serve: add --zmq-port or --jobs-port")
-    if not 0 <= args.zmq_port < 65536 or args.backlog < 1 or args.rcvbuf_kb < 64:
-        p.error("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
-    if not 0 <= args.jobs_port < 65536 or not 0 <= args.jobs_http_port < 65536:
-        p.error("--jobs-port and --jobs-http-port must be 0..65535")
-    if args.jobs_max < 1 or args.jobs_max_spool_gb <= 0:
-        p.error("--jobs-max must be >= 1 and --jobs-max-spool-gb > 0")
+    return p.parse_args(argv)
+
+
+def from_flags(args: argparse.Namespace) -> ReceiverConfig:
+    """The receiver's config from parsed flags and the environment (token, key); ValueError or
+    ConfigError says which flag is wrong."""
+    ports = parse_ports(args.ports)
+    default_pipeline, pipelines = parse_pipelines(args.pipeline, ports)
+    _, policies = parse_per_port("--detect", args.detect, ports, GatePolicy(), parse_policy)
     if args.jobs_http_port and not args.jobs_port:
-        p.error("--jobs-http-port needs --jobs-port")
-    if (args.jobs_port and args.jobs_host != "localhost" and not is_loopback(args.jobs_host) and not args.insecure
-            and args.token is None):
-        p.error(f"refusing to serve file jobs on {args.jobs_host} without a token: anyone could upload work and "
-                f"read results; give --token-file (or ${auth.TOKEN_ENV}), use localhost, or pass --insecure on a "
-                "network you trust")
-    if not is_loopback(args.host) and not args.insecure and args.key is None:
-        p.error(f"refusing to listen on {args.host} without a datagram key: anyone on the network could inject "
-                f"frames; give --key-file (or ${KEY_ENV}), listen on 127.0.0.1, or pass --insecure on a network "
-                "you trust")
-    return args
-
-
-def read_key(p: argparse.ArgumentParser, key_file: str) -> bytes | None:
-    """The shared key from --key-file, else from the environment; exits with a clear message if unusable."""
-    try:
-        text = Path(key_file).read_text() if key_file else None
-        return key_from(text, key_file, os.environ.get(KEY_ENV))
-    except (OSError, UnicodeDecodeError) as e:
-        p.error(f"cannot read the key file: {e}")
-    except ValueError as e:
-        p.error(str(e))
-
-
-def default_name(args: argparse.Namespace) -> str:
-    """receiver@HOST:PORTS (e.g. receiver@hub:5000-5003), unique per host and ports, at most 64 characters."""
-    ports = args.ports if args.port_list else "-".join(f"{k}{v}" for k, v in (("zmq", args.zmq_port),
-                                                                               ("jobs", args.jobs_port)) if v)
-    return f"receiver@{socket.gethostname()}:{ports}"[:64]
+        raise ConfigError("--jobs-http-port needs --jobs-port")
+    jobs = JobSettings(port=args.jobs_port, host=args.jobs_host, http_port=args.jobs_http_port,
+                       max_jobs=args.jobs_max, max_spool_bytes=int(args.jobs_max_spool_gb * 1024**3),
+                       root=args.jobs_root) if args.jobs_port else None
+    return build(ReceiverConfig, {
+        "master": MasterLink.load(args.master, args.token_file), "host": args.host, "ports": tuple(ports),
+        "ports_text": args.ports, "key": load_key(args.key_file), "insecure": args.insecure,
+        "default_pipeline": default_pipeline, "pipelines": pipelines, "policies": policies,
+        "zmq_port": args.zmq_port, "jobs": jobs, "backlog": args.backlog, "max_image_pixels": args.max_image_pixels,
+        "rcvbuf_bytes": args.rcvbuf_kb * 1024, "name": args.name, "log_level": args.log_level})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.log_level)
+    try:
+        config = from_flags(parse_args(argv))
+    except (ValueError, ConfigError) as e:
+        print(f"python -m receiver: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
     stop = stop_on_signals()
-    buffer = FrameBuffer(args.backlog)
+    buffer = FrameBuffer(config.backlog)
     supervisor = Supervisor("receiver", stop, join_timeout_s=5)
     sockets: list[Component] = []
     try:
-        if args.port_list:
-            sockets.append(UdpIngest(args.host, args.port_list, args.pipelines, buffer,
-                                     rcvbuf=args.rcvbuf_kb * 1024, key=args.key))
-        if args.zmq_port:
+        if config.ports:
+            sockets.append(UdpIngest(config.host, list(config.ports), dict(config.pipelines), buffer,
+                                     rcvbuf=config.rcvbuf_bytes, key=config.key))
+        if config.zmq_port:
             from receiver.zmqhub import ZmqHub
 
-            sockets.append(ZmqHub(args.host, args.zmq_port, buffer, pipelines=args.pipelines,
-                                  default_pipeline=args.default_pipeline, key=args.key,
-                                  ports=set(args.port_list) or None))  # no UDP ports: any camera port
-        jobs, preview = job_parts(args)
+            sockets.append(ZmqHub(config.host, config.zmq_port, buffer, pipelines=dict(config.pipelines),
+                                  default_pipeline=config.default_pipeline, key=config.key,
+                                  ports=set(config.ports) or None))  # no UDP ports: any camera port
+        jobs, preview = job_parts(config)
     except OSError as e:
         for part in sockets:
             part.close()
         print(f"python -m receiver: error: cannot listen: {e}", file=sys.stderr)
         return 1
-    forwarder = Forwarder(buffer, args.master, name=args.name or default_name(args), counters=counters_of(sockets),
-                          policies=args.policies, max_image_pixels=args.max_image_pixels,
+    forwarder = Forwarder(buffer, config.master, name=config.display_name, counters=counters_of(sockets),
+                          policies=dict(config.policies), max_image_pixels=config.max_image_pixels,
                           report_extra=(lambda: {"jobs": jobs.server.report()}) if jobs else None)
     supervisor.add(forwarder, join_timeout_s=10)  # stopped last: it flushes what the sockets took
     for part in [*sockets, *([jobs] if jobs else []), *([preview] if preview else [])]:
         supervisor.add(part)
 
     def ready() -> None:
-        log.info("receiving UDP on %s ports %s%s; queueing on %s as %s; %s", args.host, args.ports,
-                 f", imagezmq on {args.zmq_port}" if args.zmq_port else "", args.master, forwarder.name,
-                 "only signed datagrams and requests are taken" if args.key else "no key: nothing is authenticated")
-        if jobs:
-            log.info("serving file jobs on %s port %d%s", args.jobs_host, args.jobs_port,
-                     f"; preview at http://{preview.server.server_address[0]}:{args.jobs_http_port}/" if preview
-                     else "")
+        log.info("receiving UDP on %s ports %s%s; queueing on %s as %s; %s", config.host, config.ports_text,
+                 f", imagezmq on {config.zmq_port}" if config.zmq_port else "", config.master.url, forwarder.name,
+                 "only signed datagrams and requests are taken" if config.key else "no key: nothing is authenticated")
+        if config.jobs:
+            log.info("serving file jobs on %s port %d%s", config.jobs.host, config.jobs.port,
+                     f"; preview at http://{config.jobs.preview_host}:{config.jobs.http_port}/" if preview else "")
     return supervisor.run(every=(STATS_EVERY_S, lambda: log_counters(forwarder)), ready=ready)
+
 
 def counters_of(sockets: list[Component]) -> Callable[[], dict]:
     """What the forwarder reports: the UDP ingest's per-port counters, and the imagezmq hub's."""
@@ -219,21 +192,21 @@ def counters_of(sockets: list[Component]) -> Callable[[], dict]:
     return counters
 
 
-def job_parts(args: argparse.Namespace) -> tuple[Component | None, Component | None]:
+def job_parts(config: ReceiverConfig) -> tuple[Component | None, Component | None]:
     """The file-job server and its HTTP preview, when asked for."""
-    if not args.jobs_port:
+    if config.jobs is None:
         return None, None
     from receiver.jobs import JobConfig, JobServerThread
 
-    jobs = JobServerThread(args.jobs_host, args.jobs_port, JobConfig(
-        master_url=args.master, root=Path(args.jobs_root) if args.jobs_root else None, token=args.token,
-        max_jobs=args.jobs_max, max_spool_bytes=int(args.jobs_max_spool_gb * 1024**3)))
-    if not args.jobs_http_port:
+    settings = config.jobs
+    jobs = JobServerThread(settings.host, settings.port, JobConfig(
+        master_url=config.master.url, root=Path(settings.root) if settings.root else None, token=config.master.token,
+        max_jobs=settings.max_jobs, max_spool_bytes=settings.max_spool_bytes))
+    if not settings.http_port:
         return jobs, None
     from receiver.jobpreview import PreviewServer
 
-    host = "127.0.0.1" if args.jobs_host == "localhost" else args.jobs_host
-    return jobs, ServerThread(PreviewServer((host, args.jobs_http_port), jobs.server), "preview")
+    return jobs, ServerThread(PreviewServer((settings.preview_host, settings.http_port), jobs.server), "preview")
 
 
 def log_counters(forwarder: Forwarder) -> None:

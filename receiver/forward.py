@@ -8,9 +8,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
+from common.config import MasterLink
 from common.errors import BadRequest, DecodeError, MasterUnavailable, QueueFull
 from common.imageinfo import MAX_IMAGE_PIXELS, check_image
-from common.masterclient import MasterClient
 from common.runtime import Component
 from common.tasks import TaskSpec
 from receiver.buffer import FrameBuffer, ReadyFrame
@@ -45,7 +45,7 @@ class Forwarder(Component):
 
     thread_name = "forwarder"
 
-    def __init__(self, buffer: FrameBuffer, master_url: str, *, name: str,
+    def __init__(self, buffer: FrameBuffer, master: MasterLink, *, name: str,
                  counters: Callable[[], dict], batch_max: int = BATCH_MAX,
                  policies: Mapping[int, GatePolicy] | None = None,
                  report_extra: Callable[[], dict] | None = None,
@@ -55,7 +55,7 @@ class Forwarder(Component):
         self.buffer = buffer
         self.policies = dict(policies or {})
         self.gates: dict[int, MotionGate] = {}
-        self.client = MasterClient(master_url)
+        self.client = master.client()
         self.name = name
         self.instance = secrets.token_hex(4)  # tells the master two live receivers that share a name apart
         self.batch_max = batch_max

@@ -235,7 +235,7 @@ class TileRunner(Component):
         hs = job.handshake
         (self.cols, self.rows), self.grid_note = job_grid(hs.stages, hs.tiles)
         self.halo = pipeline_halo(hs.stages)
-        self.client = MasterClient(config.master_url)
+        self.client = MasterClient(config.master_url, token=config.token)
         self.pending: dict[int, _Frame] = {}
         self._lock = threading.Condition()
         self._decoded = False  # the sender has sent the last frame
@@ -405,7 +405,7 @@ class TileRunner(Component):
 
     def _collect_loop(self) -> None:
         """The collector thread: take finished tiles until every sent frame is complete."""
-        client = MasterClient(self.config.master_url)
+        client = MasterClient(self.config.master_url, token=self.config.token)
         try:
             while not self.job.cancelled.is_set() and self._failure is None:
                 with self._lock:

@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 
 from common import auth
+from common.config import build
 from common.errors import ConfigError, PipelineSpecError
 from common.imageinfo import MAX_IMAGE_PIXELS
-from common.masterclient import parse_master_url
 from common.pipeline import DEVICES, STAGES, parse_pipeline
 from common.runtime import Supervisor, setup_logging, stop_on_signals
 from worker.detectors import StageEnv
@@ -50,12 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     try:
-        auth.configure(args.token_file)
-        parse_master_url(args.master)
         if args.preload:
             parse_pipeline(args.preload)
-        WorkerConfig(batch=args.batch, wait_s=args.wait_s, processes=args.processes)
-    except (ValueError, PipelineSpecError, ConfigError) as e:
+    except ConfigError as e:
         p.error(str(e))
     if args.threads < 0:
         p.error("--threads must be >= 0")
@@ -64,8 +61,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def from_flags(args: argparse.Namespace) -> WorkerConfig:
+    """The pull loop's config from parsed flags and the token file (or $FRAMEHIVE_TOKEN)."""
+    return build(WorkerConfig, {
+        "master_url": args.master, "token": auth.load_token(args.token_file or None), "name": args.name,
+        "batch": max(args.batch, args.processes), "wait_s": args.wait_s, "processes": args.processes})
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        config = from_flags(args)
+    except ConfigError as e:
+        print(f"python -m worker: error: {e}", file=sys.stderr)
+        return 2
     setup_logging(args.log_level)
     if args.threads:
         cv2.setNumThreads(args.threads)
@@ -78,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineSpecError, ConfigError, RuntimeError) as e:
         log.error("cannot preload %s: %s", args.preload, e)
         return 2
-    worker = Worker(WorkerConfig(master_url=args.master, name=args.name, batch=max(args.batch, args.processes),
-                                 wait_s=args.wait_s, processes=args.processes), stages=stages)
+    worker = Worker(config, stages=stages)
     supervisor = Supervisor("worker", stop)
     supervisor.add(worker, join_timeout_s=60)  # a stop finishes the task in hand and hands back the rest
     return supervisor.run()

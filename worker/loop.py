@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.auth import TOKEN_ENV
+from common.config import MasterLink
 from common.errors import BadRequest, MasterUnavailable, QueueFull, Unauthorized
 from common.masterclient import MasterClient
 from common.runtime import Component, give_up
@@ -38,6 +39,7 @@ class WorkerConfig:
     """How one worker process pulls work."""
 
     master_url: str = "http://127.0.0.1:8000"
+    token: str | None = None  # presented to the master; None: it wants none
     name: str = ""
     batch: int = 2  # tasks leased per request: small keeps cameras fair and leases short
     wait_s: float = 1.0  # long poll: how long the master may hold a lease request open
@@ -47,6 +49,7 @@ class WorkerConfig:
     processes: int = 0  # > 1: run a batch's tasks in a local pool of this many processes
 
     def __post_init__(self) -> None:
+        MasterLink(self.master_url, self.token)  # checks the URL
         if not 1 <= self.batch <= 256:
             raise ValueError(f"batch must be 1..256, got {self.batch}")
         if not 0 <= self.wait_s <= 5:
@@ -83,7 +86,7 @@ class Worker(Component):
         self.name = config.name or f"{socket.gethostname()}-{os.getpid()}"
         self.stages = stages or StageCache()
         self.capabilities = Capabilities(self.stages.env)
-        self.client = MasterClient(config.master_url, timeout_s=config.timeout_s)
+        self.client = MasterClient(config.master_url, timeout_s=config.timeout_s, token=config.token)
         self.worker_id = ""
         self.heartbeat_s = 1.0
         self.done = 0
@@ -238,7 +241,8 @@ class Worker(Component):
         return process_stats(self.done, self.failed, self.busy, self.capabilities)
 
     def _heartbeat_loop(self) -> None:
-        client = MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s))
+        client = MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s),
+                              token=self.config.token)
         try:
             while not self._stop.wait(self.heartbeat_s):
                 if not self.worker_id:

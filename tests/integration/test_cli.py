@@ -24,7 +24,7 @@ def test_help(module):
 
 
 @pytest.mark.parametrize("args,words", [
-    (("master", "--port", "70000"), "--port must be 0..65535"),
+    (("master", "--port", "70000"), "port must be 0..65535"),
     (("master", "--host", "0.0.0.0"), "refusing to bind 0.0.0.0"),
     (("master", "--lease-s", "0"), "lease_s must be > 0"),
     (("receiver", "--ports", "5000-4000"), "bad port range"),

@@ -65,7 +65,7 @@ def test_master_and_receiver_commands_parse_with_our_own_parsers(compose, monkey
     assert env["FRAMEHIVE_TOKEN"].startswith("${FRAMEHIVE_TOKEN:?"), "the master must require a token"
     monkeypatch.setenv("FRAMEHIVE_TOKEN", "compose-test-token-0123456789")
     m = master_args(_module_args(compose["services"]["master"]["command"], "master"))
-    assert not m.insecure and m.token
+    assert not m.insecure and not m.token_file, "the token comes from $FRAMEHIVE_TOKEN, which compose requires"
     assert (m.backend, m.host, m.port) == ("celery", "0.0.0.0", 8000)
     assert (ROOT / m.rules.removeprefix("/app/")).is_file(), "the rules file must be in the image"
     r = receiver_args(_module_args(compose["services"]["receiver"]["command"], "receiver"))

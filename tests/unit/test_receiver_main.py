@@ -7,27 +7,31 @@ import socket
 
 import pytest
 
+from common.errors import ConfigError
 from master.service import MasterService
-from receiver.__main__ import default_name, log_counters, parse_args, parse_ports
+from receiver.__main__ import from_flags, log_counters, parse_args, parse_ports
+
+
+def config_of(*argv: str):
+    return from_flags(parse_args(list(argv)))
 
 
 def test_ports_none_is_a_receiver_without_udp_cameras():
     assert parse_ports("none") == []
-    args = parse_args(["--ports", "none", "--jobs-port", "9000"])
-    assert args.port_list == [] and args.jobs_port == 9000
+    config = config_of("--ports", "none", "--jobs-port", "9000")
+    assert config.ports == () and config.jobs is not None and config.jobs.port == 9000
 
 
-def test_ports_none_with_nothing_else_to_serve_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        parse_args(["--ports", "none"])
-    assert "nothing to serve" in capsys.readouterr().err
+def test_ports_none_with_nothing_else_to_serve_is_refused():
+    with pytest.raises(ConfigError, match="nothing to serve"):
+        config_of("--ports", "none")
 
 
 def test_default_names_differ_by_ports_on_one_host():
     host = socket.gethostname()
-    a = default_name(parse_args(["--ports", "5000-5003"]))
-    b = default_name(parse_args(["--ports", "6000,6001"]))
-    jobs = default_name(parse_args(["--ports", "none", "--jobs-port", "9000"]))
+    a = config_of("--ports", "5000-5003").display_name
+    b = config_of("--ports", "6000,6001").display_name
+    jobs = config_of("--ports", "none", "--jobs-port", "9000").display_name
     assert a == f"receiver@{host}:5000-5003" and b == f"receiver@{host}:6000,6001"
     assert jobs == f"receiver@{host}:jobs9000"
 

@@ -1,0 +1,83 @@
+"""How every role is configured: one frozen, validated config per role, built from one mapping.
+
+Flags, the environment and a config file each become a plain mapping from setting names to
+values; `build()` turns that mapping into the role's frozen config and checks it once, naming the
+setting and the reason for each problem (ConfigError). The configs live beside their roles
+(master/config.py, receiver/config.py, worker/config.py), since they hold each role's own pieces;
+what they share is here: the link to the master (its URL and the token every client presents, an
+explicit field rather than a process-wide default), the datagram key, and the rule that a server
+reachable beyond this machine needs a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common import auth
+from common.errors import ConfigError
+from common.masterclient import DEFAULT_TIMEOUT_S, MasterClient, parse_master_url
+from common.protocol import KEY_ENV, key_from
+from common.runtime import is_loopback
+
+T = TypeVar("T")
+DEFAULT_MASTER_URL = "http://127.0.0.1:8000"
+
+
+def build(cls: type[T], values: Mapping[str, Any], *, where: str = "") -> T:
+    """A frozen config of type `cls` from a mapping of its field names; ConfigError names an unknown
+    setting or the one its checks refused (prefixed by `where`, e.g. a config file's name and table)."""
+    prefix = f"{where}: " if where else ""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}unknown setting(s) {', '.join(unknown)}")
+    try:
+        return cls(**values)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix}{e}") from e
+
+
+@dataclass(frozen=True)
+class MasterLink:
+    """Where the master is and the token its clients present (None: the master wants none)."""
+
+    url: str = DEFAULT_MASTER_URL
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            parse_master_url(self.url)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+    @classmethod
+    def load(cls, url: str, token_file: str = "", env: Mapping[str, str] = os.environ) -> MasterLink:
+        """The link with its token read from `token_file`, else from $FRAMEHIVE_TOKEN."""
+        return cls(url, auth.load_token(token_file or None, env))
+
+    def client(self, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> MasterClient:
+        """A client of this master that presents the token."""
+        return MasterClient(self.url, timeout_s=timeout_s, token=self.token)
+
+
+def load_key(key_file: str = "", env: Mapping[str, str] = os.environ) -> bytes | None:
+    """The shared datagram/imagezmq key from `key_file` (hex), else from $FRAMEHIVE_KEY, else None."""
+    try:
+        text = Path(key_file).read_text() if key_file else None
+        return key_from(text, key_file, env.get(KEY_ENV))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the key file: {e}") from e
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def require_secret(host: str, has_secret: bool, insecure: bool, refusal: str) -> None:
+    """Refuse (ConfigError with `refusal`) to serve on an address beyond loopback without a secret,
+    unless the user said --insecure."""
+    if not is_loopback(host) and not has_secret and not insecure:
+        raise ConfigError(refusal)
