@@ -1,6 +1,7 @@
-"""Seamless tiling: split a frame into a grid of cores, cut each with a halo, place results back.
+"""Seamless tiling: split a frame into a grid of cores, cut each with a halo, place results back;
+and the tile codec both sides of a file job use (raw tile bytes, or PNG).
 
-Pure (numpy only). The cores partition the frame exactly; each cut is its core grown by `halo`
+The geometry is pure (numpy only). The cores partition the frame exactly; each cut is its core grown by `halo`
 pixels on every side and clipped to the frame, so a filter whose radius of influence is at most
 `halo` gives, on the cut's core, exactly the pixels it gives on the whole frame. At the frame
 border the cut touches the real border, so the filter's border mode sees the same pixels too.
@@ -13,7 +14,10 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+
+from common.errors import DecodeError
 
 MAX_GRID = 16
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -176,3 +180,36 @@ def decode_raw_tile(data: bytes | memoryview) -> np.ndarray:
         raise ValueError(f"raw tile {h}x{w}x{channels} needs {expected} pixel bytes, got {got}")
     pixels = np.frombuffer(data, np.uint8, count=expected, offset=RAW_HEADER_BYTES)
     return pixels.reshape((h, w) if channels == 1 else (h, w, 3))
+
+
+# ----- the tile codec: what travels between the job server and the workers ------------------------
+
+
+def encode_tile(pixels: np.ndarray, *, raw: bool = True) -> bytes:
+    """A tile's pixels for the wire, losslessly: raw tile bytes (a copy, no compression), or PNG at fast
+    compression (fewer bytes, far more CPU) when `raw` is false. DecodeError if PNG encoding fails."""
+    if raw:
+        return encode_raw_tile(pixels)
+    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise DecodeError(f"could not encode a {pixels.shape} tile as PNG")
+    return data.tobytes()
+
+
+def decode_tile(data: bytes, max_pixels: int, *, color: bool = False) -> np.ndarray:
+    """Raw tile bytes, PNG or JPEG back to a writable image, after its header's size is checked against
+    `max_pixels`. A raw tile keeps its channels; an encoded image is read as it is (gray stays gray),
+    or as BGR with `color`. DecodeError (ImageTooLarge for a bomb) when the bytes are not an image."""
+    from common.imageinfo import check_image  # imageinfo reads the raw tile header defined here
+
+    check_image(data, max_pixels)
+    if is_raw_tile(data):
+        try:
+            return decode_raw_tile(data).copy()
+        except ValueError as e:
+            raise DecodeError(str(e)) from e
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED) \
+        if data else None
+    if image is None:
+        raise DecodeError(f"{len(data)} bytes are not a decodable JPEG/PNG image")
+    return image

@@ -37,13 +37,13 @@ import psutil
 
 from common import jobproto
 from common.errors import DecodeError, FramehiveError, MasterUnavailable, QueueFull
-from common.imageinfo import check_image
+from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jobproto import Handshake, ProtocolError
 from common.masterclient import MasterClient
 from common.pipeline import STAGES, StageSpec, needs_previous, pipeline_halo
 from common.runtime import Component, Loop
 from common.tasks import TaskKind, TaskSpec
-from common.tiling import Tile, assemble, cut, decode_raw_tile, encode_raw_tile, is_raw_tile, plan_tiles
+from common.tiling import Tile, assemble, cut, decode_tile, encode_tile, plan_tiles
 from receiver.video import H264Writer, iter_frames, probe, thumbnail_jpeg, write_gif
 
 log = logging.getLogger(__name__)
@@ -100,31 +100,20 @@ def grid_fields(hs: Handshake) -> dict[str, str]:
 
 
 def encode_tile_bytes(pixels: np.ndarray, tile_format: str) -> bytes:
-    """A tile's pixels for the wire, losslessly: raw tile bytes or fast PNG (docs/PROTOCOL.md section 5)."""
-    if tile_format == "raw" and pixels.nbytes <= MAX_RAW_TILE_BYTES:
-        return encode_raw_tile(pixels)
-    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError(f"could not encode a {pixels.shape} tile as PNG")
-    return data.tobytes()
+    """A tile's pixels for the wire: raw tile bytes when asked for and small enough, else PNG
+    (docs/PROTOCOL.md section 5)."""
+    return encode_tile(pixels, raw=tile_format == "raw" and pixels.nbytes <= MAX_RAW_TILE_BYTES)
 
 
 def decode_tile_bytes(data: bytes) -> np.ndarray | None:
-    """A processed tile from a worker (raw tile bytes or PNG); None if the bytes are not an image."""
+    """A processed tile from a worker (raw tile bytes or PNG); None if the bytes are not a tile."""
     if not data:
         return None
     try:
-        check_image(data)
+        return decode_tile(data, MAX_IMAGE_PIXELS)
     except DecodeError as e:
         log.info("a worker sent back a tile that is not a tile: %s", e)
         return None
-    if is_raw_tile(data):
-        try:
-            return decode_raw_tile(data)
-        except ValueError as e:
-            log.info("bad raw tile from a worker: %s", e)
-            return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 _NOTHING: list = []  # the submitter's "nothing carried over" (never queued)

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 
 from common.errors import DecodeError
-from common.imageinfo import MAX_IMAGE_PIXELS, check_image
+from common.imageinfo import MAX_IMAGE_PIXELS
 from common.pipeline import STAGES, StageSpec, parse_pipeline
 from common.tasks import Detection
-from common.tiling import decode_raw_tile, encode_raw_tile, is_raw_tile
+from common.tiling import decode_tile, encode_tile, is_raw_tile
 from worker import filters
 from worker.detectors import DETECTORS, StageEnv
 
@@ -87,36 +87,11 @@ def draw_detections(image: np.ndarray, detections: tuple[Detection, ...]) -> np.
     return out
 
 
-def encode_tile(image: np.ndarray, *, raw: bool = True) -> bytes:
-    """A processed tile, losslessly: raw tile bytes (a copy, no compression), or PNG at fast
-    compression (fewer bytes for a LAN, far more CPU) when `raw` is false."""
-    if raw:
-        return encode_raw_tile(image)
-    ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise DecodeError("could not encode the processed tile as PNG")
-    return data.tobytes()
-
-
 def decode_image(payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode JPEG/PNG or raw tile bytes to a BGR image (gray HxW for a 1-channel raw tile: the job
     server sends those to pipelines that start from intensity); DecodeError if they are not an image,
     ImageTooLarge (a DecodeError) if their header claims more than `max_pixels`: checked before decoding."""
-    check_image(payload, max_pixels)
-    if is_raw_tile(payload):
-        return _decode_raw(payload)
-    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
-    if image is None:
-        raise DecodeError(f"payload of {len(payload)} bytes is not a decodable JPEG/PNG image")
-    return image
-
-
-def _decode_raw(payload: bytes) -> np.ndarray:
-    """A raw tile as a writable image, BGR or gray as it was sent."""
-    try:
-        return decode_raw_tile(payload).copy()
-    except ValueError as e:
-        raise DecodeError(str(e)) from e
+    return decode_tile(payload, max_pixels, color=True)
 
 
 class StageCache:
