@@ -11,7 +11,7 @@ from typing import Any
 
 from common import batch
 from common.errors import BadRequest, FramehiveError, TaskError
-from common.tasks import lease_to_wire, outcome_from_wire, spec_from_wire
+from common.tasks import MAX_ERROR_CHARS, lease_to_wire, outcome_from_wire, spec_from_wire
 from master.rpc import MAX_BATCH_ITEMS, results_page
 from master.service import MasterService
 
@@ -90,7 +90,8 @@ def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     out["failed"] = []
     for f in _list(meta, "failed"):
         try:
-            out["failed"].append(svc.fail(worker, str(f["task_id"]), str(f["token"]), str(f.get("error", ""))))
+            out["failed"].append(svc.fail(worker, str(f["task_id"]), str(f["token"]),
+                                          str(f.get("error", ""))[:MAX_ERROR_CHARS]))
         except (KeyError, TypeError) as e:
             raise BadRequest("each 'failed' item needs task_id, token and error") from e
         except TaskError as e:

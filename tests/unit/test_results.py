@@ -8,10 +8,13 @@ import json
 
 import pytest
 
+from common import batch
 from common.errors import BadRequest
 from common.results import Result, ResultStatus
 from common.tasks import Detection, Outcome, TaskKind, TaskSpec
+from master import taskapi
 from master.journal import SqliteJournal
+from master.service import MasterService, ServiceConfig
 from master.store import StoreConfig, TaskStore
 
 T0 = 1_700_000_000.25
@@ -152,3 +155,16 @@ def test_from_wire_refuses_what_is_not_a_result():
         Result.from_wire(missing)
     with pytest.raises(BadRequest, match="box"):
         Result.from_wire({**EXPECTED["frame"], "detections": [{"label": "person", "score": 0.5, "box": [1, 2]}]})
+
+
+def test_a_failure_reported_with_a_huge_error_is_stored_short_enough_to_read_back():
+    svc = MasterService(ServiceConfig(store=StoreConfig(max_attempts=1)), clock=lambda: T0)
+    worker = svc.register_worker("w")["worker_id"]
+    svc.add_tasks([(spec(1), b"jpeg")])
+    [lease] = svc.request_tasks(worker, 1)
+    body = batch.pack({"worker": worker, "failed": [{"task_id": lease.task.id, "token": lease.token,
+                                                      "error": "x" * 1_000_000}]})
+    taskapi.complete(svc, body)
+    [r] = svc.results(5000, 0, 10)["results"]
+    assert r.status is ResultStatus.FAILED and len(r.error) < 600
+    assert Result.from_wire(json.loads(json.dumps(r.to_wire()))) == r
