@@ -46,7 +46,7 @@ def run(store: TaskStore, tiles: int, batch: int = 16) -> float:
         for lease in store.request("w", batch, now):
             store.complete(lease.task.id, lease.token, Outcome(lease.task.id, lease.token, image=image), "w", now)
         store.ack_job_results(unacked)
-        unacked = [r["task_id"] for r, _ in store.take_job_results(job, batch, now)]
+        unacked = [r.task_id for r, _ in store.take_job_results(job, batch, now)]
     store.ack_job_results(unacked)
     store.cancel_job(job)
     return tiles / (time.perf_counter() - start)

@@ -3,8 +3,8 @@
 The live path, in one process, at the clip's native frame rate (`now` = frame index / fps): each frame
 is JPEG-encoded (q80) as a publisher would; the receiver's MotionGate(GatePolicy("motion")) decides
 whether it goes to the detector; the `person` stage runs on the JPEG decoded as a worker would; the
-result, shaped like the master's (port, seq, task_id, status, detections {label, score, box},
-captured_at), goes through a RuleEngine with one rule: person, min_score 0.5, 3 frames, cooldown 10 s.
+result, a `Result` as the master would store it, goes through a RuleEngine with one rule: person,
+min_score 0.5, 3 frames, cooldown 10 s.
 A frame the gate skips reaches the engine as a "skipped" result (which the engine ignores).
 
 Figure: gated. Baseline, same frames in the same pass: every frame detected (no gate). Each frame is
@@ -30,6 +30,8 @@ import cv2  # noqa: E402
 
 from bench import benchlib  # noqa: E402
 from common.pipeline import parse_stage  # noqa: E402
+from common.results import Result, ResultStatus  # noqa: E402
+from common.tasks import Detection, TaskKind  # noqa: E402
 from master.events import Event  # noqa: E402
 from master.rules import RuleEngine, parse_rules  # noqa: E402
 from receiver.motion import GatePolicy, MotionGate  # noqa: E402
@@ -59,7 +61,7 @@ class LivePath:
     cpu_s: float = 0.0
     events: list[Event] = field(default_factory=list)
 
-    def observe(self, result: dict[str, Any], now: float) -> None:
+    def observe(self, result: Result, now: float) -> None:
         self.events.extend(self.engine.observe(result, now))
 
     def summary(self) -> dict[str, Any]:
@@ -68,19 +70,20 @@ class LivePath:
                 "event_fired_at_s": [round(e.fired_at, 1) for e in self.events]}
 
 
-def result(seq: int, now: float, detections: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """A result as the master stores it; None detections: the frame was skipped."""
-    return {"port": PORT, "seq": seq, "task_id": f"{PORT}-{seq}", "kind": "frame",
-            "status": "skipped" if detections is None else "ok", "detections": detections or [],
-            "captured_at": now}
+def result(seq: int, now: float, detections: list[Detection] | None) -> Result:
+    """A result as the master stores it (the times that matter here: capture); None detections: skipped."""
+    return Result(cursor=seq + 1, task_id=f"{PORT}-{seq}", port=PORT, seq=seq, kind=TaskKind.FRAME,
+                  pipeline="person", status=ResultStatus.SKIPPED if detections is None else ResultStatus.OK,
+                  error="", worker="", attempts=1, detections=tuple(detections or ()), timings_ms={},
+                  captured_at=now, received_at=now, queued_at=now, completed_at=now, latency_ms=0.0, stages_ms={})
 
 
-def detect(stage: Detector, jpeg: bytes) -> tuple[list[dict[str, Any]], float]:
-    """Decode and detect as a worker does; the detections as result dicts and the CPU seconds spent."""
+def detect(stage: Detector, jpeg: bytes) -> tuple[list[Detection], float]:
+    """Decode and detect as a worker does; the detections and the CPU seconds spent."""
     t0 = time.process_time()
     found = stage(decode_image(jpeg))
     cpu = time.process_time() - t0
-    return [{"label": d.label, "score": float(d.score), "box": list(d.box)} for d in found], cpu
+    return [Detection(d.label, float(d.score), tuple(int(v) for v in d.box)) for d in found], cpu
 
 
 def run(clip: Path, limit: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from common import auth, batch
 from common.errors import BadRequest, DecodeError, MasterUnavailable, QueueFull, Unauthorized
+from common.results import Result
 from common.tasks import Lease, Outcome, TaskSpec, lease_from_wire, outcome_to_wire, spec_to_wire
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -152,7 +153,7 @@ class MasterClient:
         return reply, [lease_from_wire(t, bytes(b)) for t, b in zip(reply.pop("tasks", []), blobs)]
 
     def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0,
-                         ack: Sequence[str] = ()) -> list[tuple[dict[str, Any], bytes]]:
+                         ack: Sequence[str] = ()) -> list[tuple[Result, bytes]]:
         """Finished tiles of a file job with their output images, waiting up to `wait_s` for one. `ack`:
         the task ids the previous call returned (the master keeps them until acknowledged)."""
         body = json.dumps({"job_id": job_id, "max": max_n, "wait_s": wait_s, "ack": list(ack)}).encode()
@@ -160,7 +161,7 @@ class MasterClient:
                                         timeout_s=self.timeout_s + wait_s)
         self._check(status, data)
         meta, blobs = batch.unpack(data)
-        return [(r, bytes(b)) for r, b in zip(meta.get("results", []), blobs)]
+        return [(Result.from_wire(r), bytes(b)) for r, b in zip(meta.get("results", []), blobs)]
 
     def cancel_job(self, job_id: str) -> int:
         """Drop a file job's tasks and results on the master."""

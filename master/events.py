@@ -10,7 +10,7 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -139,8 +139,7 @@ class EventLog:
 _GREEN, _RED, _BLACK, _WHITE = (0, 200, 0), (0, 0, 255), (0, 0, 0), (255, 255, 255)
 
 
-def annotate(jpeg: bytes, detections: Iterable[Mapping[str, Any] | Detection],
-             highlight: Iterable[Mapping[str, Any] | Detection] | Mapping[str, Any] | Detection | None = None,
+def annotate(jpeg: bytes, detections: Iterable[Detection], highlight: Iterable[Detection] | Detection | None = None,
              *, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes | None:
     """Draw boxes and labels on a JPEG and re-encode it (quality 85); None if it does not decode, or
     claims more than `max_pixels` (checked from its header before decoding).
@@ -161,7 +160,7 @@ def annotate(jpeg: bytes, detections: Iterable[Mapping[str, Any] | Detection],
     if image is None:
         return None
     marked = {_key(d) for d in _as_list(highlight)}
-    for det in (_as_detection(d) for d in detections):
+    for det in detections:
         _draw(cv2, image, det, _key(det) in marked)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     return buf.tobytes() if ok else None
@@ -179,21 +178,13 @@ def _draw(cv2: Any, image: Any, det: Detection, strong: bool) -> None:
                 _WHITE if strong else _BLACK, 1, cv2.LINE_AA)
 
 
-def _as_list(highlight: Any) -> list[Any]:
+def _as_list(highlight: Iterable[Detection] | Detection | None) -> list[Detection]:
     if highlight is None:
         return []
-    if isinstance(highlight, (Mapping, Detection)):
+    if isinstance(highlight, Detection):
         return [highlight]
     return list(highlight)
 
 
-def _as_detection(d: Mapping[str, Any] | Detection) -> Detection:
-    if isinstance(d, Detection):
-        return d
-    return Detection(str(d.get("label", "")), float(d.get("score", 0.0)),
-                     tuple(int(v) for v in d.get("box", (0, 0, 0, 0))))
-
-
-def _key(d: Mapping[str, Any] | Detection) -> tuple[str, tuple[int, ...]]:
-    det = _as_detection(d)
-    return det.label, tuple(det.box)
+def _key(d: Detection) -> tuple[str, tuple[int, ...]]:
+    return d.label, tuple(d.box)

@@ -25,8 +25,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from common.errors import BadRequest
+from common.results import Result
 from common.tasks import Task, spec_from_wire, spec_to_wire
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ class Restored:
     """What a journal held: tiles to queue again, finished tiles to hand out, results per port."""
 
     tiles: list[Task]
-    job_results: list[tuple[str, dict[str, Any], bytes]]  # (job id, result, image), oldest first
-    results: dict[int, list[dict[str, Any]]]  # per port, oldest first, each with its cursor
+    job_results: list[tuple[str, Result, bytes]]  # (job id, result, image), oldest first
+    results: dict[int, list[Result]]  # per port, oldest first, each with its cursor
 
 
 class NullJournal:
@@ -71,10 +72,10 @@ class NullJournal:
     def tile_dropped(self, task_id: str) -> None:
         pass
 
-    def tile_done(self, task_id: str, job_id: str, result: dict[str, Any], image: bytes) -> None:
+    def tile_done(self, task_id: str, job_id: str, result: Result, image: bytes) -> None:
         pass
 
-    def result_stored(self, port: int, cursor: int, result: dict[str, Any], ring_size: int) -> None:
+    def result_stored(self, port: int, cursor: int, result: Result, ring_size: int) -> None:
         pass
 
     def job_results_taken(self, task_ids: list[str]) -> None:
@@ -155,15 +156,15 @@ class SqliteJournal(NullJournal):
         with self._write() as db:
             db.execute("DELETE FROM tiles WHERE task_id = ?", (task_id,))
 
-    def tile_done(self, task_id: str, job_id: str, result: dict[str, Any], image: bytes) -> None:
+    def tile_done(self, task_id: str, job_id: str, result: Result, image: bytes) -> None:
         with self._write() as db:
             db.execute("DELETE FROM tiles WHERE task_id = ?", (task_id,))
             db.execute("INSERT OR REPLACE INTO job_results (task_id, job_id, result, image) VALUES (?, ?, ?, ?)",
-                       (task_id, job_id, json.dumps(result), image))
+                       (task_id, job_id, json.dumps(result.to_wire()), image))
 
-    def result_stored(self, port: int, cursor: int, result: dict[str, Any], ring_size: int) -> None:
+    def result_stored(self, port: int, cursor: int, result: Result, ring_size: int) -> None:
         with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", (port, cursor, json.dumps(result)))
+            db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", (port, cursor, json.dumps(result.to_wire())))
             n = self._writes.get(port, 0) + 1
             self._writes[port] = n
             if n % PRUNE_EVERY == 0:
@@ -194,14 +195,25 @@ class SqliteJournal(NullJournal):
             tiles = [Task(task_id, spec_from_wire(json.loads(spec)), bytes(payload), queued_ns)
                      for task_id, spec, payload, queued_ns in
                      self._db.execute("SELECT task_id, spec, payload, queued_ns FROM tiles ORDER BY rowid")]
-            done = [(job, json.loads(result), bytes(image)) for job, result, image in
-                    self._db.execute("SELECT job_id, result, image FROM job_results ORDER BY n")]
-            results: dict[int, list[dict[str, Any]]] = {}
+            done = [(job, r, bytes(image)) for job, result, image in
+                    self._db.execute("SELECT job_id, result, image FROM job_results ORDER BY n")
+                    if (r := self._read(result)) is not None]
+            results: dict[int, list[Result]] = {}
             for port, result in self._db.execute("SELECT port, result FROM results ORDER BY port, cursor"):
-                results.setdefault(port, []).append(json.loads(result))
+                if (r := self._read(result)) is not None:
+                    results.setdefault(port, []).append(r)
         log.info("journal %s: %d tile(s) to queue again, %d finished tile(s), results of %d camera(s)",
                  self.path, len(tiles), len(done), len(results))
         return Restored(tiles, done, results)
+
+    def _read(self, text: str) -> Result | None:
+        """A stored result, or None (logged) when it no longer reads as one: one bad row must not keep
+        the master from starting."""
+        try:
+            return Result.from_wire(json.loads(text))
+        except (ValueError, BadRequest) as e:
+            log.warning("journal %s: leaving out a stored result that does not read: %s", self.path, e)
+            return None
 
     def close(self) -> None:
         with self._lock:

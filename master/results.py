@@ -6,22 +6,22 @@ import argparse
 import json
 import sys
 import xmlrpc.client
-from typing import Any
 
 from common import auth
-from common.errors import ConfigError, MasterUnavailable, Unauthorized
+from common.errors import BadRequest, ConfigError, MasterUnavailable, Unauthorized
 from common.masterclient import MasterClient, parse_master_url
+from common.results import Result, ResultStatus
 from common.runtime import stop_on_signals
 
 POLL_S = 0.5
 
 
-def describe(r: dict[str, Any]) -> str:
+def describe(r: Result) -> str:
     """One human line per result."""
-    found = ", ".join(f"{d['label']} {d['score']:.2f} @{d['box']}" for d in r["detections"]) or "nothing"
-    timings = " ".join(f"{k}={v:.0f}ms" for k, v in r["timings_ms"].items())
-    state = "" if r["status"] == "ok" else f" [{r['status']}: {r['error']}]"
-    return (f"port {r['port']} seq {r['seq']:>6}  {r['latency_ms']:7.0f} ms  {r['worker']:<20} "
+    found = ", ".join(f"{d.label} {d.score:.2f} @{list(d.box)}" for d in r.detections) or "nothing"
+    timings = " ".join(f"{k}={v:.0f}ms" for k, v in r.timings_ms.items())
+    state = "" if r.status is ResultStatus.OK else f" [{r.status.value}: {r.error}]"
+    return (f"port {r.port} seq {r.seq:>6}  {r.latency_ms:7.0f} ms  {r.worker:<20} "
             f"{found}  ({timings}){state}")
 
 
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             try:
                 page = client.get_results(args.port, cursor, 1000, incarnation)
+                results = [Result.from_wire(r) for r in page["results"]]
             except MasterUnavailable as e:
                 print(f"master unreachable: {e}", file=sys.stderr)
                 if not args.follow:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             except xmlrpc.client.Fault as e:
                 print(f"error: {e.faultString}", file=sys.stderr)
                 return 2
-            except Unauthorized as e:
+            except (Unauthorized, BadRequest) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             if page.get("restarted"):
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             if page["missed"]:
                 print(f"({page['missed']} older results were no longer kept)", file=sys.stderr)
             incarnation = page.get("incarnation", "")
-            for r in page["results"]:
-                print(json.dumps(r) if args.json else describe(r), flush=True)
+            for r in results:
+                print(json.dumps(r.to_wire()) if args.json else describe(r), flush=True)
             cursor = page["next"]
             if not args.follow or (not page["results"] and stop.wait(POLL_S)) or stop.is_set():
                 return 0

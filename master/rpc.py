@@ -36,6 +36,11 @@ _FAULTS: list[tuple[type[Exception], int]] = [
 MAX_BATCH_ITEMS = 1024
 
 
+def results_page(page: dict[str, Any]) -> dict[str, Any]:
+    """A page of results (MasterService.results) as it goes on the wire: each result as its dict."""
+    return {**page, "results": [r.to_wire() for r in page["results"]]}
+
+
 def lease_with_payload(lease: Lease) -> dict[str, Any]:
     """A lease as an XML-RPC struct, its payload as Binary."""
     return {**lease_to_wire(lease), "payload": Binary(lease.task.payload)}
@@ -141,8 +146,8 @@ class MasterRpc:
         state since, you are read from its first result, with `restarted` true."""
         if not isinstance(incarnation, str) or len(incarnation) > 64:
             raise BadRequest("incarnation must be the string a previous page returned")
-        return self._svc.results(_int(port, "port", 0, 65535), _int(since, "since", 0, 2**31 - 1),
-                                 _int(limit, "limit", 1, 1000), incarnation)
+        return results_page(self._svc.results(_int(port, "port", 0, 65535), _int(since, "since", 0, 2**31 - 1),
+                                              _int(limit, "limit", 1, 1000), incarnation))
 
     def get_events(self, since: int = 0, limit: int = 100) -> dict:
         """Events fired by the alert rules after cursor `since`: {events, next, missed}."""

@@ -30,13 +30,14 @@ import threading
 import tomllib
 import urllib.parse
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from common.tasks import Detection
+from common.results import Result, ResultStatus
+from common.tasks import Detection, TaskKind
 from master.events import Event
 
 DEFAULT_MIN_SCORE = 0.5
@@ -75,20 +76,20 @@ class Rule:
         """Whether this rule watches camera `port`."""
         return not self.ports or port in self.ports
 
-    def matches(self, detection: Mapping[str, Any], frame_size: tuple[int, int] | None) -> bool:
-        """Whether one result detection ({label, score, box}) satisfies this rule.
+    def matches(self, detection: Detection, frame_size: tuple[int, int] | None) -> bool:
+        """Whether one result detection satisfies this rule.
 
         `frame_size` is (width, height) in pixels; needed only when the rule has a zone.
         """
-        if detection.get("label") != self.label or not detection.get("score", 0.0) >= self.min_score:
+        if detection.label != self.label or not detection.score >= self.min_score:
             return False
         if self.zone is None:
             return True
-        point = foot_point(detection.get("box"), frame_size)
+        point = foot_point(detection.box, frame_size)
         return point is not None and point_in_polygon(point, self.zone)
 
-    def matching(self, detections: Iterable[Mapping[str, Any]],
-                 frame_size: tuple[int, int] | None) -> list[Mapping[str, Any]]:
+    def matching(self, detections: Iterable[Detection],
+                 frame_size: tuple[int, int] | None) -> list[Detection]:
         """The detections of one result that satisfy this rule (e.g. to highlight in a snapshot)."""
         return [d for d in detections if self.matches(d, frame_size)]
 
@@ -300,12 +301,12 @@ class _Streak:
     last_seq: int = 0
     first_at: float = 0.0
     last_at: float = 0.0
-    best: Mapping[str, Any] | None = None
+    best: Detection | None = None
     best_task_id: str = ""
     cooling_until: float = -math.inf
 
-    def extend(self, result: Mapping[str, Any], best: Mapping[str, Any]) -> None:
-        seq, at = int(result.get("seq", 0)), float(result.get("captured_at", 0.0))
+    def extend(self, result: Result, best: Detection) -> None:
+        seq, at = result.seq, float(result.captured_at)
         if self.count == 0:
             self.first_seq = self.last_seq = seq
             self.first_at = self.last_at = at
@@ -313,8 +314,8 @@ class _Streak:
         self.count += 1
         self.first_seq, self.last_seq = min(self.first_seq, seq), max(self.last_seq, seq)
         self.first_at, self.last_at = min(self.first_at, at), max(self.last_at, at)
-        if self.best is None or best["score"] > self.best["score"]:
-            self.best, self.best_task_id = best, str(result.get("task_id", ""))
+        if self.best is None or best.score > self.best.score:
+            self.best, self.best_task_id = best, result.task_id
 
 
 class RuleEngine:
@@ -332,16 +333,16 @@ class RuleEngine:
         self._streaks: OrderedDict[tuple[int, int], _Streak] = OrderedDict()
         self.counters: dict[str, Counter[str]] = {r.name: Counter() for r in self.rules}
 
-    def observe(self, result: Mapping[str, Any], now: float,
+    def observe(self, result: Result, now: float,
                 frame_size: tuple[int, int] | None = None) -> list[Event]:
         """Feed one stored result; return the events it fires (usually none).
 
         `frame_size` is the result frame's (width, height) in pixels, or None when unknown.
         """
-        if result.get("status") != "ok" or result.get("kind", "frame") != "frame":
+        if result.status is not ResultStatus.OK or result.kind is not TaskKind.FRAME:
             return []
-        port = result.get("port")
-        detections = result.get("detections") or ()
+        port = result.port
+        detections = result.detections
         events = []
         with self._lock:
             for index, rule in enumerate(self.rules):
@@ -351,8 +352,8 @@ class RuleEngine:
                         events.append(event)
         return events
 
-    def _step(self, index: int, rule: Rule, port: int, result: Mapping[str, Any],
-              detections: Iterable[Mapping[str, Any]], frame_size: tuple[int, int] | None,
+    def _step(self, index: int, rule: Rule, port: int, result: Result,
+              detections: Iterable[Detection], frame_size: tuple[int, int] | None,
               now: float) -> Event | None:
         matched = rule.matching(detections, frame_size)
         streak = self._streak(index, port, create=bool(matched))
@@ -362,7 +363,7 @@ class RuleEngine:
             streak.count = 0
             return None
         self.counters[rule.name]["matches"] += 1
-        streak.extend(result, max(matched, key=lambda d: d["score"]))
+        streak.extend(result, max(matched, key=lambda d: d.score))
         if streak.count < rule.min_frames:
             return None
         if now < streak.cooling_until:
@@ -385,13 +386,11 @@ class RuleEngine:
             self._streaks.move_to_end(key)
         return streak
 
-    def _event(self, rule: Rule, port: int, s: _Streak, result: Mapping[str, Any], now: float) -> Event:
-        best = s.best or {}
+    def _event(self, rule: Rule, port: int, s: _Streak, result: Result, now: float) -> Event:
         return Event(id=self._new_id(), rule=rule.name, port=port, first_seq=s.first_seq, last_seq=s.last_seq,
                      first_at=s.first_at, last_at=s.last_at, fired_at=now, frames=s.count,
-                     best=Detection(str(best.get("label", rule.label)), float(best.get("score", 0.0)),
-                                    tuple(int(v) for v in best.get("box", (0, 0, 0, 0)))),
-                     task_id=s.best_task_id, trigger_task_id=str(result.get("task_id", "")))
+                     best=s.best or Detection(rule.label, 0.0, (0, 0, 0, 0)),
+                     task_id=s.best_task_id, trigger_task_id=result.task_id)
 
     def rule(self, name: str) -> Rule | None:
         """The rule called `name` (e.g. to find an event's webhook)."""

@@ -17,8 +17,9 @@ from typing import Any
 from common.errors import BadRequest, FramehiveError, QueueFull, TaskError, UnknownWorker
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jpeginfo import jpeg_size
+from common.results import Result, ResultStatus
 from common.runtime import Component
-from common.tasks import Detection, Lease, Outcome, TaskSpec
+from common.tasks import Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
 from master.events import EventLog, annotate
 from master.rules import Rule, RuleEngine
@@ -249,8 +250,8 @@ class MasterService(Component):
             except TaskError as e:
                 rejected.append({"task_id": o.task_id, "reason": str(e)})
                 continue
-            if result["status"] == "ok" and result["kind"] == "frame":
-                self.latency.observe(result["port"], result["stages_ms"])
+            if result.status is ResultStatus.OK and result.kind is TaskKind.FRAME:
+                self.latency.observe(result.port, result.stages_ms)
             if self.rules:
                 self._apply_rules(result, payload)
         self.workers.tally(worker_id, len(accepted), 0)
@@ -278,7 +279,7 @@ class MasterService(Component):
             self._signal()
         return n
 
-    def _apply_rules(self, result: dict[str, Any], payload: bytes | None) -> None:
+    def _apply_rules(self, result: Result, payload: bytes | None) -> None:
         """Turn a result into events: snapshot, event log, log line, webhook."""
         assert self.rules is not None
         size = jpeg_size(payload) if payload else None
@@ -287,12 +288,10 @@ class MasterService(Component):
             if payload and rule is not None:
                 # the snapshot is the frame that completed the streak: report that frame's best match, so
                 # the event's box is where the person is in the picture users get
-                highlight = rule.matching(result["detections"], size)
-                here = max(highlight, key=lambda d: d["score"])
-                snapshot = annotate(payload, result["detections"], highlight, max_pixels=self.config.max_image_pixels)
-                event = dataclasses.replace(
-                    event, snapshot=snapshot, task_id=result["task_id"],
-                    best=Detection(here["label"], float(here["score"]), tuple(here["box"])))
+                highlight = rule.matching(result.detections, size)
+                here = max(highlight, key=lambda d: d.score)
+                snapshot = annotate(payload, result.detections, highlight, max_pixels=self.config.max_image_pixels)
+                event = dataclasses.replace(event, snapshot=snapshot, task_id=result.task_id, best=here)
             self.events.add(event)
             if rule is None or rule.log:
                 d = event.best
@@ -308,7 +307,7 @@ class MasterService(Component):
         return self.store.results(port, since, max(1, min(limit, MAX_RESULTS_PAGE)), incarnation)
 
     def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0,
-                         ack: Collection[str] = ()) -> list[tuple[dict[str, Any], bytes]]:
+                         ack: Collection[str] = ()) -> list[tuple[Result, bytes]]:
         """Finished tiles of a file job (removed as they are taken), waiting up to `wait_s` for one."""
         max_n = max(1, min(int(max_n), MAX_BATCH))
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
@@ -329,7 +328,7 @@ class MasterService(Component):
     def latest_frame(self, port: int) -> bytes | None:
         """The newest processed frame of a camera with its detections drawn (JPEG), if any."""
         latest = self.store.latest(port)
-        return annotate(latest[1], latest[0]["detections"], max_pixels=self.config.max_image_pixels) if latest else None
+        return annotate(latest[1], latest[0].detections, max_pixels=self.config.max_image_pixels) if latest else None
 
     def _sources_snapshot(self, now: float) -> dict[str, Any]:
         with self._sources_lock:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import QueueFull, StaleLease, UnknownTask
-from common.tasks import SEQ_WIRE_MASK, Lease, Outcome, Task, TaskKind, TaskSpec, TaskState
+from common.results import Result, ResultStatus
+from common.tasks import SEQ_WIRE_MASK, Detection, Lease, Outcome, Task, TaskKind, TaskSpec, TaskState
 from master.journal import NullJournal, Restored
 from master.timing import frame_stages
 
@@ -87,14 +88,14 @@ class _Ring:
     items: deque = field(default_factory=deque)
     last: int = 0
 
-    def append(self, result: dict[str, Any]) -> int:
+    def append(self, result: Result) -> int:
         self.last += 1
         self.items.append((self.last, result))
         if len(self.items) > self.size:
             self.items.popleft()
         return self.last
 
-    def since(self, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int, int]:
+    def since(self, cursor: int, limit: int) -> tuple[list[Result], int, int]:
         """Results after `cursor`, the cursor to pass next time, and how many were evicted unread.
 
         A cursor from the future (the master restarted) reads from the oldest result kept.
@@ -103,7 +104,7 @@ class _Ring:
         first = self.items[0][0] if self.items else self.last + 1
         start = max(cursor + 1, first)
         chunk = [r for _, r in itertools.islice(self.items, start - first, start - first + limit)]
-        nxt = chunk[-1]["cursor"] if chunk else self.last
+        nxt = chunk[-1].cursor if chunk else self.last
         return chunk, nxt, start - cursor - 1
 
 
@@ -126,8 +127,8 @@ class TaskStore:
         self._lanes: dict[Hashable, deque[str]] = {}
         self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
         self._rings: dict[int, _Ring] = {}
-        self._latest: dict[int, tuple[dict[str, Any], bytes]] = {}  # newest processed frame per port
-        self._job_results: dict[str, deque[tuple[dict[str, Any], bytes]]] = {}  # finished tiles per job
+        self._latest: dict[int, tuple[Result, bytes]] = {}  # newest processed frame per port
+        self._job_results: dict[str, deque[tuple[Result, bytes]]] = {}  # finished tiles per job
         self.counters: Counter[str] = Counter()
         self.port_counters: dict[int, Counter[str]] = {}
         self.journal = journal or NullJournal()  # what survives a restart (master/journal.py)
@@ -148,8 +149,8 @@ class TaskStore:
             for port, results in saved.results.items():
                 ring = _Ring(self.config.results_per_port)
                 for r in results[-ring.size:]:
-                    ring.items.append((int(r["cursor"]), r))
-                ring.last = int(results[-1]["cursor"]) if results else 0
+                    ring.items.append((r.cursor, r))
+                ring.last = results[-1].cursor if results else 0
                 self._rings[port] = ring
                 self.port_counters.setdefault(port, Counter())
             self.counters["restored_tiles"] += len(saved.tiles)
@@ -169,7 +170,7 @@ class TaskStore:
             task = Task(f"{self._prefix}-{self._next_id:x}", spec, b"" if skip else bytes(payload), int(now * NS))
             rec = _Record(task)
             if skip:
-                self._store_result(rec, Outcome(task.id, ""), "", "skipped", now)
+                self._store_result(rec, Outcome(task.id, ""), "", ResultStatus.SKIPPED, now)
                 self._count(spec.port, "added")
                 self._count(spec.port, "skipped")
                 return task.id
@@ -260,15 +261,15 @@ class TaskStore:
         self.counters["leased"] += 1
         return Lease(rec.task, rec.token, self.config.lease_s, rec.attempts)
 
-    def complete(self, task_id: str, token: str, outcome: Outcome, worker: str, now: float) -> dict[str, Any]:
+    def complete(self, task_id: str, token: str, outcome: Outcome, worker: str, now: float) -> Result:
         """Store a worker's result; a stale or unknown lease raises and stores nothing."""
         with self._lock:
             rec = self._leased(task_id, token)
             self._forget(task_id)
-            status = "error" if outcome.error else "ok"
+            status = ResultStatus.ERROR if outcome.error else ResultStatus.OK
             result = self._store_result(rec, outcome, worker, status, now)
             self._count(rec.spec.port, "completed")
-            if status == "ok" and rec.spec.kind is TaskKind.FRAME:
+            if status is ResultStatus.OK and rec.spec.kind is TaskKind.FRAME:
                 self._latest[rec.spec.port] = (result, rec.task.payload)
             return result
 
@@ -279,7 +280,7 @@ class TaskStore:
             ok = rec is not None and rec.state is TaskState.IN_PROGRESS and rec.token == token
             return rec.task.payload if ok else None
 
-    def latest(self, port: int) -> tuple[dict[str, Any], bytes] | None:
+    def latest(self, port: int) -> tuple[Result, bytes] | None:
         """The newest processed frame of a port: its result and its JPEG."""
         with self._lock:
             return self._latest.get(port)
@@ -354,7 +355,7 @@ class TaskStore:
         self.counters["quarantined"] += 1
         error = (f"quarantined: {rec.deaths} workers died while holding this task (last {rec.worker!r}); "
                  "not retried, in case it is what kills them")
-        self._store_result(rec, Outcome(rec.task.id, rec.token, error=error), rec.worker, "failed", now)
+        self._store_result(rec, Outcome(rec.task.id, rec.token, error=error), rec.worker, ResultStatus.FAILED, now)
         self._count(rec.spec.port, "failed")
 
     def _leased(self, task_id: str, token: str) -> _Record:
@@ -377,7 +378,7 @@ class TaskStore:
             return TaskState.PENDING
         self._forget(rec.task.id)
         self._store_result(rec, Outcome(rec.task.id, rec.token, error=f"failed after {rec.attempts} "
-                                        f"attempts: {error}"), rec.worker, "failed", now)
+                                        f"attempts: {error}"), rec.worker, ResultStatus.FAILED, now)
         self._count(rec.spec.port, "failed")
         return TaskState.FAILED
 
@@ -414,39 +415,38 @@ class TaskStore:
 
     # ----- results -----------------------------------------------------------------------------
 
-    def _store_result(self, rec: _Record, o: Outcome, worker: str, status: str, now: float) -> dict[str, Any]:
+    def _store_result(self, rec: _Record, o: Outcome, worker: str, status: ResultStatus, now: float) -> Result:
         spec = rec.spec
         tile = spec.kind is TaskKind.TILE
         ring = None if tile else self._rings.setdefault(spec.port, _Ring(self.config.results_per_port))
-        result = {
-            "cursor": ring.last + 1 if ring else 0, "task_id": rec.task.id, "port": spec.port,
-            "seq": spec.seq & SEQ_WIRE_MASK, "kind": spec.kind.value, "pipeline": spec.pipeline,
-            "status": status, "error": o.error, "worker": worker, "attempts": rec.attempts,
-            "detections": [d.to_wire() for d in o.detections],
-            "timings_ms": {k: round(v, 3) for k, v in o.timings_ms.items()},
-            "captured_at": spec.captured_ns / NS, "received_at": self._received_s(rec),
-            "queued_at": rec.task.queued_ns / NS, "completed_at": now,
-            "latency_ms": round((now - spec.captured_ns / NS) * 1000.0, 3),
-            "stages_ms": frame_stages(captured_ns=spec.captured_ns, received_ns=spec.received_ns, meta=spec.meta,
-                                      queued_ns=rec.task.queued_ns, leased_at=rec.leased_at,
-                                      started_ns=o.started_ns, finished_ns=o.finished_ns, stored_at=now),
-        }
-        if spec.job_id:
-            result["job_id"] = spec.job_id
-        if isinstance(spec.meta.get("motion"), (int, float)):
-            result["motion"] = float(spec.meta["motion"])
-        if status == "skipped":
-            result["skip_reason"] = str(spec.meta.get("skip", ""))
+        motion = spec.meta.get("motion")
+        # values as they read on the wire (scores to 4 places, timings to 3): rules see what users get
+        result = Result(
+            cursor=ring.last + 1 if ring else 0, task_id=rec.task.id, port=spec.port,
+            seq=spec.seq & SEQ_WIRE_MASK, kind=spec.kind, pipeline=spec.pipeline,
+            status=status, error=o.error, worker=worker, attempts=rec.attempts,
+            detections=tuple(Detection(d.label, round(float(d.score), 4), tuple(d.box)) for d in o.detections),
+            timings_ms={k: round(v, 3) for k, v in o.timings_ms.items()},
+            captured_at=spec.captured_ns / NS, received_at=self._received_s(rec),
+            queued_at=rec.task.queued_ns / NS, completed_at=now,
+            latency_ms=round((now - spec.captured_ns / NS) * 1000.0, 3),
+            stages_ms=frame_stages(captured_ns=spec.captured_ns, received_ns=spec.received_ns, meta=spec.meta,
+                                   queued_ns=rec.task.queued_ns, leased_at=rec.leased_at,
+                                   started_ns=o.started_ns, finished_ns=o.finished_ns, stored_at=now),
+            job_id=spec.job_id,
+            motion=float(motion) if isinstance(motion, (int, float)) else None,
+            skip_reason=str(spec.meta.get("skip", "")) if status is ResultStatus.SKIPPED else "",
+            meta=dict(spec.meta) if tile else {},
+        )
         if tile:  # file-job tiles go to their job's queue (with the output image), not a camera's ring
-            result["meta"] = dict(spec.meta)
             self._job_results.setdefault(spec.job_id, deque()).append((result, o.image))
             self.journal.tile_done(rec.task.id, spec.job_id, result, o.image)
         else:
             ring.append(result)
-            self.journal.result_stored(spec.port, result["cursor"], result, ring.size)
+            self.journal.result_stored(spec.port, result.cursor, result, ring.size)
         return result
 
-    def take_job_results(self, job_id: str, max_n: int, now: float | None = None) -> list[tuple[dict[str, Any], bytes]]:
+    def take_job_results(self, job_id: str, max_n: int, now: float | None = None) -> list[tuple[Result, bytes]]:
         """Remove and return up to `max_n` finished tiles of a job (ok, error or failed), oldest first."""
         with self._lock:
             if now is not None:

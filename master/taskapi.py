@@ -11,8 +11,8 @@ from typing import Any
 
 from common import batch
 from common.errors import BadRequest, FramehiveError, TaskError
-from common.tasks import lease_to_wire, outcome_from_wire, spec_from_wire
-from master.rpc import MAX_BATCH_ITEMS
+from common.tasks import MAX_ERROR_CHARS, lease_to_wire, outcome_from_wire, spec_from_wire
+from master.rpc import MAX_BATCH_ITEMS, results_page
 from master.service import MasterService
 
 JSON = "application/json"
@@ -90,7 +90,8 @@ def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     out["failed"] = []
     for f in _list(meta, "failed"):
         try:
-            out["failed"].append(svc.fail(worker, str(f["task_id"]), str(f["token"]), str(f.get("error", ""))))
+            out["failed"].append(svc.fail(worker, str(f["task_id"]), str(f["token"]),
+                                          str(f.get("error", ""))[:MAX_ERROR_CHARS]))
         except (KeyError, TypeError) as e:
             raise BadRequest("each 'failed' item needs task_id, token and error") from e
         except TaskError as e:
@@ -140,7 +141,7 @@ def job_take(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     if not isinstance(ack, list) or len(ack) > 1024 or not all(isinstance(t, str) and len(t) <= 64 for t in ack):
         raise BadRequest("'ack' must be a list of at most 1024 task ids")
     items = svc.take_job_results(_job_id(req), max(1, max_n), wait_s, ack)
-    return 200, batch.CONTENT_TYPE, batch.pack({"results": [r for r, _ in items]}, [img for _, img in items])
+    return 200, batch.CONTENT_TYPE, batch.pack({"results": [r.to_wire() for r, _ in items]}, [img for _, img in items])
 
 
 def job_cancel(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
@@ -171,4 +172,4 @@ def results_get(svc: MasterService, query: dict[str, list[str]]) -> tuple[int, s
     incarnation = query.get("incarnation", [""])[0]
     if not 0 <= port <= 65535 or since < 0 or not 1 <= limit <= 1000 or len(incarnation) > 64:
         raise BadRequest("port must be 0..65535, since >= 0, limit 1..1000, incarnation a page's own")
-    return _json(svc.results(port, since, limit, incarnation))
+    return _json(results_page(svc.results(port, since, limit, incarnation)))

@@ -41,6 +41,7 @@ from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jobproto import Handshake, ProtocolError
 from common.masterclient import MasterClient
 from common.pipeline import STAGES, StageSpec, needs_previous, pipeline_halo
+from common.results import Result, ResultStatus
 from common.runtime import Component, Loop
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import Tile, assemble, cut, decode_tile, encode_tile, plan_tiles
@@ -420,7 +421,7 @@ class TileRunner(Component):
         try:
             with self._timed("take"):
                 got = client.take_job_results(self.job.id, 256, wait_s=0.5, ack=self._unacked)
-            self._unacked = [str(r.get("task_id", "")) for r, _ in got]
+            self._unacked = [r.task_id for r, _ in got]
             self.job.counters["take_requests"] += 1
             if got:  # let the next tiles gather: fewer, fuller requests (the window covers the wait)
                 self.job.cancelled.wait(TAKE_LINGER_S)
@@ -437,19 +438,20 @@ class TileRunner(Component):
             for frame in self._ready_frames():
                 self._complete.put(frame)
 
-    def _absorb(self, result: dict, out: np.ndarray | None) -> None:
-        meta = result.get("meta", {})
+    def _absorb(self, result: Result, out: np.ndarray | None) -> None:
+        meta = result.meta
         frame = self.pending.get(int(meta.get("frame", -1)))
         index = int(meta.get("tile", -1))
         if frame is None or index in frame.outputs or not 0 <= index < len(frame.tiles):
             return  # a late tile of a frame already written with its original
         self.latencies.append((time.monotonic() - frame.sent_at) * 1000.0)
-        self.job.counters["retries"] += max(0, int(result.get("attempts", 1)) - 1)
+        self.job.counters["retries"] += max(0, result.attempts - 1)
         tile = frame.tiles[index]
-        if result.get("status") != "ok" or out is None or out.shape != (tile.cut.h, tile.cut.w, *frame.image.shape[2:]):
+        if (result.status is not ResultStatus.OK or out is None
+                or out.shape != (tile.cut.h, tile.cut.w, *frame.image.shape[2:])):
             self.job.counters["fallback_tiles"] += 1
             log.info("job %s: tile %d of frame %s replaced by the original (%s)", self.job.id, index,
-                     meta.get("frame"), result.get("error") or "no image")
+                     meta.get("frame"), result.error or "no image")
             out = cut(frame.image, tile)
         frame.outputs[index] = out
         self.job.counters["tiles_done"] += 1

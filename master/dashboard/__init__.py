@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.results import Result, ResultStatus
 from master.metrics import worker_state
 from master.service import MasterService
 
@@ -79,14 +80,14 @@ def totals(stats: Mapping[str, Any]) -> dict[str, float]:
             "dropped": float(sum(v for p in ports for k, v in p.items() if k.startswith("dropped_")))}
 
 
-def camera(port: str, counters: Mapping[str, Any], recent: list[Mapping[str, Any]], now: float) -> dict[str, Any]:
+def camera(port: str, counters: Mapping[str, Any], recent: list[Result], now: float) -> dict[str, Any]:
     """One camera card from its store counters and its newest results (oldest first)."""
-    done = [r for r in recent if r.get("status") == "ok"]
-    fresh = [r for r in recent if now - float(r.get("completed_at", 0.0)) <= FPS_WINDOW_S]
-    latencies = [float(r["latency_ms"]) for r in done[-10:] if "latency_ms" in r]
+    done = [r for r in recent if r.status is ResultStatus.OK]
+    fresh = [r for r in recent if now - float(r.completed_at) <= FPS_WINDOW_S]
+    latencies = [float(r.latency_ms) for r in done[-10:]]
     last = recent[-1] if recent else None
-    detections = [{"label": d["label"], "score": round(float(d["score"]), 2), "seq": r.get("seq", 0)}
-                  for r in reversed(done) for d in r.get("detections", [])][:6]
+    detections = [{"label": d.label, "score": round(float(d.score), 2), "seq": r.seq}
+                  for r in reversed(done) for d in r.detections][:6]
     return {
         "port": int(port),
         "fps": round(len(fresh) / FPS_WINDOW_S, 2),
@@ -95,8 +96,8 @@ def camera(port: str, counters: Mapping[str, Any], recent: list[Mapping[str, Any
         "dropped": int(sum(v for k, v in counters.items() if k.startswith("dropped_"))),
         "failed": int(counters.get("failed", 0)), "pending": int(counters.get("pending", 0)),
         "results": int(counters.get("results", 0)),
-        "last_seq": last.get("seq") if last else None,
-        "last_age_s": round(now - float(last.get("completed_at", now)), 1) if last else None,
+        "last_seq": last.seq if last else None,
+        "last_age_s": round(now - float(last.completed_at), 1) if last else None,
         "detections": detections,
         "has_frame": bool(done),
         "stages_ms": stage_medians(done[-10:]),
@@ -106,11 +107,11 @@ def camera(port: str, counters: Mapping[str, Any], recent: list[Mapping[str, Any
 BAR_STAGES = ("network_in", "receiver", "to_master", "queue", "work", "dispatch")
 
 
-def stage_medians(results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def stage_medians(results: list[Result]) -> list[dict[str, Any]]:
     """Where recent frames' time went: the median of each stage (master/timing.py), in pipeline order."""
     out = []
     for stage in BAR_STAGES:
-        values = [float(r["stages_ms"][stage]) for r in results if stage in r.get("stages_ms", {})]
+        values = [float(r.stages_ms[stage]) for r in results if stage in r.stages_ms]
         if values:
             out.append({"stage": stage, "ms": round(max(0.0, statistics.median(values)), 1)})
     return out

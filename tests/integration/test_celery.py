@@ -20,6 +20,7 @@ from cluster.local import ROOT, LocalCluster, free_port, free_udp_ports
 from cluster.redisserver import RedisServer
 from cluster.testdata import sample_image
 from common.masterclient import MasterClient
+from common.results import Result
 from common.tasks import TaskKind, TaskSpec
 from tests.conftest import wait_until
 from tests.integration.test_cluster import collect, expected_people
@@ -110,8 +111,8 @@ def add_tiles(url: str, job: str, n: int) -> None:
                                    kind=TaskKind.TILE, job_id=job), jpg.tobytes()) for s in range(i, min(n, i + 20))])
 
 
-def take_all(url: str, job: str, n: int, timeout_s: float) -> list[dict]:
-    got: list[dict] = []
+def take_all(url: str, job: str, n: int, timeout_s: float) -> list[Result]:
+    got: list[Result] = []
     deadline = time.monotonic() + timeout_s
     with MasterClient(url) as c:
         while len(got) < n and time.monotonic() < deadline:
@@ -127,12 +128,12 @@ def test_a_celery_worker_killed_mid_task_loses_and_duplicates_nothing(cluster, r
     wait_until(lambda: stats(cluster)["backend"]["collected"] >= 10, 60)
     kill_tree(workers[0].popen.pid)
     got = take_all(cluster.master_url, "kill", n, 90)
-    seqs = [r["seq"] for r in got]
+    seqs = [r.seq for r in got]
     assert sorted(seqs) == list(range(n)), f"{len(got)} results, {len(set(seqs))} distinct"
-    assert all(r["status"] == "ok" for r in got), [r["error"] for r in got if r["status"] != "ok"]
+    assert all(r.status == "ok" for r in got), [r.error for r in got if r.status != "ok"]
     after = take_all(cluster.master_url, "kill", 1, 2 * VISIBILITY_S + 2)
     assert after == [], "a redelivered task produced a second result"
-    survivors = {r["worker"].split("@")[0] for r in got[-5:]}
+    survivors = {r.worker.split("@")[0] for r in got[-5:]}
     assert survivors == {"celery1"}, survivors
 
 

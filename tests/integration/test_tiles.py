@@ -49,9 +49,9 @@ def test_tiled_frame_through_the_cluster_equals_the_whole_frame(master, person_f
         assert all(ids)
         done = take_all(c, "job-1", len(tiles))
         assert c.get_results(0, 0, 100)["results"] == []  # tiles never land in a camera's results
-    assert len(done) == len(tiles) and all(r["status"] == "ok" and r["kind"] == "tile" for r, _ in done)
+    assert len(done) == len(tiles) and all(r.status == "ok" and r.kind == "tile" for r, _ in done)
     assert all(is_raw_tile(img) == (fmt == "raw") for _, img in done)  # answered in the format it was sent
-    outputs = {r["meta"]["tile"]: decode(img) for r, img in done}
+    outputs = {r.meta["tile"]: decode(img) for r, img in done}
     tiled = assemble([(t, outputs[t.index]) for t in tiles], frame.shape[1], frame.shape[0])
     whole = run_pipeline(spec, frame, StageCache()).image
     assert np.array_equal(tiled, whole)
@@ -70,8 +70,8 @@ def test_a_broken_tile_comes_back_as_an_error_and_a_cancelled_job_leaves_nothing
         assert c.cancel_job("job-3") == 5
         with Worker(WorkerConfig(master_url=master.url, wait_s=0.2), stages=StageCache()):
             done = take_all(c, "job-2", 2)
-        assert sorted(r["error"][:10] for r, _ in done) == ["payload of", "raw tile 8"], done
-        assert all(r["status"] == "error" and img == b"" for r, img in done)
+        assert sorted(r.error[:10] for r, _ in done) == ["payload of", "raw tile 8"], done
+        assert all(r.status == "error" and img == b"" for r, img in done)
         assert c.take_job_results("job-3", 10) == []
         assert master.service.stats()["pending"] == 0
 
@@ -86,7 +86,7 @@ def test_motion_tiles_carry_the_previous_frame_and_match_the_whole_frame(master,
                                job_id="job-m", meta={"tile": t.index, "stacked": True}),
                       encode_raw_tile(np.vstack([cut(prev, t), cut(frame, t)]))) for t in tiles])
         done = take_all(c, "job-m", len(tiles))
-    outputs = {r["meta"]["tile"]: decode(img) for r, img in done}
+    outputs = {r.meta["tile"]: decode(img) for r, img in done}
     tiled = assemble([(t, outputs[t.index]) for t in tiles], frame.shape[1], frame.shape[0])
     whole = run_pipeline(spec, frame, StageCache(), previous=prev).image
     assert np.array_equal(tiled, whole) and whole.any()  # people moved between the two frames
@@ -102,7 +102,7 @@ def test_a_worker_with_a_local_process_pool_gives_the_same_tiles(master, person_
         c.add_tasks([(TaskSpec(port=0, seq=0, pipeline=spec, captured_ns=now, received_ns=now, kind=TaskKind.TILE,
                                job_id="job-p", meta={"tile": t.index}), png(cut(frame, t))) for t in tiles])
         done = take_all(c, "job-p", len(tiles), timeout=60)
-    assert {r["worker"] for r, _ in done} and all(r["status"] == "ok" for r, _ in done)
-    outputs = {r["meta"]["tile"]: cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_UNCHANGED) for r, img in done}
+    assert {r.worker for r, _ in done} and all(r.status == "ok" for r, _ in done)
+    outputs = {r.meta["tile"]: cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_UNCHANGED) for r, img in done}
     tiled = assemble([(t, outputs[t.index]) for t in tiles], frame.shape[1], frame.shape[0])
     assert np.array_equal(tiled, run_pipeline(spec, frame, StageCache()).image)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from common.results import Result, ResultStatus
+from common.tasks import Detection, TaskKind
 from master.dashboard import History, camera, rates_between, static_file, totals
 
 
-def result(seq: int, at: float, *, status: str = "ok", latency: float = 50.0, dets=()) -> dict:
-    return {"seq": seq, "status": status, "completed_at": at, "latency_ms": latency,
-            "detections": [{"label": lbl, "score": s, "box": [0, 0, 1, 1]} for lbl, s in dets]}
+def result(seq: int, at: float, *, status: str = "ok", latency: float = 50.0, dets=(), stages=None) -> Result:
+    return Result(cursor=seq + 1, task_id=f"t-{seq}", port=5000, seq=seq, kind=TaskKind.FRAME, pipeline="person",
+                  status=ResultStatus(status), error="", worker="w", attempts=1,
+                  detections=tuple(Detection(lbl, s, (0, 0, 1, 1)) for lbl, s in dets), timings_ms={},
+                  captured_at=at - latency / 1000, received_at=at, queued_at=at, completed_at=at, latency_ms=latency,
+                  stages_ms=stages or {})
 
 
 def test_camera_card_counts_recent_frames_and_takes_the_median_latency():
@@ -62,8 +67,7 @@ def test_only_the_dashboard_files_are_served():
 def test_a_camera_card_says_where_recent_frames_spent_their_time():
     from master.dashboard import camera
 
-    recent = [{"status": "ok", "seq": i, "completed_at": 100.0, "latency_ms": 50.0,
-               "stages_ms": {"queue": 10.0 + i, "work": 30.0, "dispatch": 2.0, "end_to_end": 60.0}, "detections": []}
+    recent = [result(i, 100.0, stages={"queue": 10.0 + i, "work": 30.0, "dispatch": 2.0, "end_to_end": 60.0})
               for i in range(5)]
     card = camera("5000", {}, recent, 100.0)
     assert card["stages_ms"] == [{"stage": "queue", "ms": 12.0}, {"stage": "work", "ms": 30.0},

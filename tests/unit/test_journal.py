@@ -31,9 +31,9 @@ def test_a_restarted_store_keeps_tiles_finished_tiles_and_results_with_their_cur
         store.add(spec(seq=i), b"jpeg", NOW)  # live frames: their results are kept, the frames are not
     tiles = [store.add(spec(port=0, seq=i, job="j1"), f"tile{i}".encode(), NOW) for i in range(6)]
     finish(store, 13, image=b"out")  # 7 frames and the 6 tiles, round robin
-    assert [r["task_id"] for r, _ in store.take_job_results("j1", 2)] == tiles[:2]
+    assert [r.task_id for r, _ in store.take_job_results("j1", 2)] == tiles[:2]
     store.ack_job_results(tiles[:2])  # taken and acknowledged: gone for good
-    assert [r["task_id"] for r, _ in store.take_job_results("j1", 1)] == tiles[2:3]  # taken, never acknowledged
+    assert [r.task_id for r, _ in store.take_job_results("j1", 1)] == tiles[2:3]  # taken, never acknowledged
     more = [store.add(spec(port=0, seq=10 + i, job="j1"), b"late", NOW) for i in range(3)]
     store.add(spec(seq=99), b"pending frame", NOW)  # a live frame still queued: stale after a restart
     store.journal.close()
@@ -44,13 +44,13 @@ def test_a_restarted_store_keeps_tiles_finished_tiles_and_results_with_their_cur
     assert {x.task.payload for x in leases} == {b"late"} and all(x.task.spec.job_id == "j1" for x in leases)
     waiting = again.take_job_results("j1", 10)
     # the unacknowledged tile comes back too: its reply may have died with the old master
-    assert [r["task_id"] for r, _ in waiting] == tiles[2:] and {img for _, img in waiting} == {b"out"}
+    assert [r.task_id for r, _ in waiting] == tiles[2:] and {img for _, img in waiting} == {b"out"}
     page = again.results(5000, 3, 10)  # a user's cursor from before the restart still works
-    assert [r["seq"] for r in page["results"]] == [3, 4, 5, 6] and page["next"] == 7
+    assert [r.seq for r in page["results"]] == [3, 4, 5, 6] and page["next"] == 7
     assert again.results(5000, 0, 10)["missed"] == 2, "the ring holds 5; older ones are gone as before"
     again.add(spec(seq=7), b"jpeg", NOW)
     finish(again, 10)
-    assert again.results(5000, 7, 10)["results"][0]["cursor"] == 8, "cursors keep growing"
+    assert again.results(5000, 7, 10)["results"][0].cursor == 8, "cursors keep growing"
 
 
 def test_a_cancelled_job_leaves_nothing_in_the_journal(tmp_path):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from common.tasks import Detection
+from common.results import Result, ResultStatus
+from common.tasks import Detection, TaskKind
 from master.events import Event, EventLog, annotate, to_wire
 from master.rules import Rule, RuleEngine, RulesError, load_rules, parse_rules, point_in_polygon
 
@@ -100,12 +101,15 @@ def test_unreadable_file(tmp_path):
 # ----- matching --------------------------------------------------------------------------------
 
 def det(label="person", score=0.9, box=(100, 100, 50, 100)):
-    return {"label": label, "score": score, "box": list(box)}
+    return Detection(label, score, tuple(box))
 
 
 def result(seq, *dets, port=5000, status="ok", kind="frame", task=None):
-    return {"port": port, "seq": seq, "task_id": task or f"t-{port}-{seq}", "detections": list(dets),
-            "captured_at": T0 + seq / 10, "completed_at": T0 + seq / 10 + 0.05, "status": status, "kind": kind}
+    at = T0 + seq / 10
+    return Result(cursor=seq, task_id=task or f"t-{port}-{seq}", port=port, seq=seq, kind=TaskKind(kind),
+                  pipeline="person", status=ResultStatus(status), error="", worker="w", attempts=1,
+                  detections=tuple(dets), timings_ms={}, captured_at=at, received_at=at, queued_at=at,
+                  completed_at=at + 0.05, latency_ms=50.0, stages_ms={})
 
 
 def engine(*rules):

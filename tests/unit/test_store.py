@@ -35,11 +35,11 @@ def test_lifecycle_pending_in_progress_completed():
     assert s.state_of(tid) is TaskState.IN_PROGRESS
     r = s.complete(tid, lease.token, ok(lease), "w1", T0 + 0.05)
     assert s.state_of(tid) is None
-    assert r["seq"] == 7 and r["worker"] == "w1" and r["status"] == "ok"
-    assert r["detections"] == [{"label": "person", "score": 0.9, "box": [1, 2, 3, 4]}]
-    assert r["latency_ms"] == pytest.approx(50.0, abs=0.01)
+    assert r.seq == 7 and r.worker == "w1" and r.status == "ok"
+    assert r.detections == (Detection("person", 0.9, (1, 2, 3, 4)),)
+    assert r.latency_ms == pytest.approx(50.0, abs=0.01)
     page = s.results(5000, 0, 100)
-    assert [x["seq"] for x in page["results"]] == [7] and page["next"] == 1
+    assert [x.seq for x in page["results"]] == [7] and page["next"] == 1
 
 
 def test_stale_token_cannot_complete_after_expiry():
@@ -67,7 +67,7 @@ def test_attempt_cap_fails_task_with_visible_error():
         s.expire(T0 + 2 * i + 1.5)
     assert s.state_of(tid) is None
     [r] = s.results(5000, 0, 10)["results"]
-    assert r["status"] == "failed" and "2 attempts" in r["error"]
+    assert r.status == "failed" and "2 attempts" in r.error
     assert s.request("w", 1, T0 + 10) == []
 
 
@@ -155,12 +155,12 @@ def test_result_cursor_ring_and_missed_count():
         [lease] = s.request("w", 1, T0)
         s.complete(lease.task.id, lease.token, ok(lease), "w", T0)
     page = s.results(5000, 0, 10)
-    assert [r["seq"] for r in page["results"]] == [2, 3, 4] and page["missed"] == 2 and page["next"] == 5
+    assert [r.seq for r in page["results"]] == [2, 3, 4] and page["missed"] == 2 and page["next"] == 5
     assert s.results(5000, 5, 10) == {"results": [], "next": 5, "missed": 0, "incarnation": s.incarnation}
     page = s.results(5000, 3, 1)
-    assert [r["cursor"] for r in page["results"]] == [4] and page["next"] == 4
+    assert [r.cursor for r in page["results"]] == [4] and page["next"] == 4
     # a cursor from before a master restart reads from the oldest kept result
-    assert [r["cursor"] for r in s.results(5000, 999, 10)["results"]] == [3, 4, 5]
+    assert [r.cursor for r in s.results(5000, 999, 10)["results"]] == [3, 4, 5]
     assert s.results(6000, 0, 10) == {"results": [], "next": 0, "missed": 0, "incarnation": s.incarnation}
 
 
@@ -243,8 +243,8 @@ def test_a_task_whose_workers_die_runs_last_then_is_quarantined():
     assert again.task.id == poison and again.attempt == 2
     assert s.expire(T0 + 2, worker="w2", died=True) == 1
     assert s.state_of(poison) is None and s.request("w3", 1, T0 + 2.1) == []
-    [r] = [x for x in s.results(5000, 0, 10)["results"] if x["seq"] == 0]
-    assert r["status"] == "failed" and "quarantined" in r["error"] and "2 workers died" in r["error"]
+    [r] = [x for x in s.results(5000, 0, 10)["results"] if x.seq == 0]
+    assert r.status == "failed" and "quarantined" in r.error and "2 workers died" in r.error
     assert s.counters["quarantined"] == 1 and s.port_counters[5000]["failed"] == 1
 
 
@@ -274,9 +274,9 @@ def test_a_cursor_from_another_incarnation_reads_from_the_start():
         [lease] = new.request("w", 1, T0)
         new.complete(tid, lease.token, ok(lease), "w", T0)
     stale = new.results(5000, 76, 100, incarnation=page["incarnation"])
-    assert stale["restarted"] is True and [r["seq"] for r in stale["results"]] == [10, 11]
+    assert stale["restarted"] is True and [r.seq for r in stale["results"]] == [10, 11]
     same = new.results(5000, 1, 100, incarnation=new.incarnation)
-    assert "restarted" not in same and [r["seq"] for r in same["results"]] == [11]
+    assert "restarted" not in same and [r.seq for r in same["results"]] == [11]
 
 
 def test_payload_bytes_are_bounded_frames_give_way_tiles_wait():
