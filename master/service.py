@@ -18,9 +18,10 @@ from common.errors import BadRequest, FramehiveError, QueueFull, TaskError, Unkn
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jpeginfo import jpeg_size
 from common.runtime import guarded
-from common.tasks import Detection, Lease, Outcome, TaskSpec
+from common.tasks import Detection, Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
 from master.events import EventLog, annotate
+from master.rates import RateMeter
 from master.rules import Rule, RuleEngine
 from master.store import StoreConfig, TaskStore
 from master.timing import BUCKETS_S, STAGES, LatencyHistograms
@@ -71,6 +72,7 @@ class MasterService:
         self.rules = RuleEngine(list(self.config.rules)) if self.config.rules else None
         self.events = EventLog()
         self.latency = LatencyHistograms()  # per camera port and stage (master/timing.py)
+        self.fps = RateMeter()  # frames finished per camera per second (master/rates.py)
         self.webhooks = WebhookSender() if any(r.webhook for r in self.config.rules) else None
         self.started_at = clock()
         self._work = threading.Condition()
@@ -141,6 +143,8 @@ class MasterService:
         for spec, payload in items:
             try:
                 ids.append(self.store.add(spec, payload, now))
+                if spec.kind is TaskKind.FRAME and spec.meta.get("skip"):  # stored at once as a skipped result
+                    self.fps.observe(spec.port, now)
             except QueueFull as e:
                 full = e
                 ids.append("")
@@ -230,6 +234,8 @@ class MasterService:
             except TaskError as e:
                 rejected.append({"task_id": o.task_id, "reason": str(e)})
                 continue
+            if result["kind"] == "frame":
+                self.fps.observe(result["port"], result["completed_at"])
             if result["status"] == "ok" and result["kind"] == "frame":
                 self.latency.observe(result["port"], result["stages_ms"])
             if self.rules:
@@ -321,6 +327,8 @@ class MasterService:
         """A wire-safe snapshot of the whole master."""
         now = self.clock()
         snap = self.store.snapshot()
+        fps = self.fps.rates(now)
+        snap["ports"] = {p: {**c, "fps": fps.get(int(p), 0.0)} for p, c in snap["ports"].items()}
         return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
                 "sources": self._sources_snapshot(now),
                 "rejected_requests": dict(self.errors),

@@ -25,8 +25,7 @@ STATIC = {  # the only files served: name -> content type
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
-RECENT_RESULTS = 30  # results per camera read for fps, latency and detections
-FPS_WINDOW_S = 5.0
+RECENT_RESULTS = 30  # results per camera read for latency, stages and detections (fps is counted apart)
 RECENT_EVENTS = 12
 HISTORY_S = 300.0  # the chart's span
 SAMPLE_EVERY_S = 1.0
@@ -80,16 +79,16 @@ def totals(stats: Mapping[str, Any]) -> dict[str, float]:
 
 
 def camera(port: str, counters: Mapping[str, Any], recent: list[Mapping[str, Any]], now: float) -> dict[str, Any]:
-    """One camera card from its store counters and its newest results (oldest first)."""
+    """One camera card from its store counters (with the master's `fps`, master/rates.py) and its newest
+    results (oldest first)."""
     done = [r for r in recent if r.get("status") == "ok"]
-    fresh = [r for r in recent if now - float(r.get("completed_at", 0.0)) <= FPS_WINDOW_S]
     latencies = [float(r["latency_ms"]) for r in done[-10:] if "latency_ms" in r]
     last = recent[-1] if recent else None
     detections = [{"label": d["label"], "score": round(float(d["score"]), 2), "seq": r.get("seq", 0)}
                   for r in reversed(done) for d in r.get("detections", [])][:6]
     return {
         "port": int(port),
-        "fps": round(len(fresh) / FPS_WINDOW_S, 2),
+        "fps": round(float(counters.get("fps", 0.0)), 2),
         "latency_ms": round(statistics.median(latencies), 1) if latencies else None,
         "frames_in": int(counters.get("added", 0)), "frames_out": int(counters.get("completed", 0)),
         "dropped": int(sum(v for k, v in counters.items() if k.startswith("dropped_"))),

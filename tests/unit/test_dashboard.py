@@ -10,13 +10,13 @@ def result(seq: int, at: float, *, status: str = "ok", latency: float = 50.0, de
             "detections": [{"label": lbl, "score": s, "box": [0, 0, 1, 1]} for lbl, s in dets]}
 
 
-def test_camera_card_counts_recent_frames_and_takes_the_median_latency():
+def test_camera_card_shows_the_masters_fps_and_takes_the_median_latency():
     now = 1000.0
-    recent = [result(i, now - 20 + i, latency=10.0 * i) for i in range(10)]  # old: outside the fps window
+    recent = [result(i, now - 20 + i, latency=10.0 * i) for i in range(10)]
     recent += [result(10 + i, now - 4 + i, latency=100.0, dets=[("person", 0.91)]) for i in range(5)]
-    card = camera("5000", {"added": 20, "completed": 15, "dropped_overflow": 2, "dropped_stale": 1, "pending": 3},
-                  recent, now)
-    assert card["port"] == 5000 and card["fps"] == 1.0  # 5 results in the last 5 s
+    card = camera("5000", {"added": 20, "completed": 15, "dropped_overflow": 2, "dropped_stale": 1, "pending": 3,
+                           "fps": 24.5}, recent, now)
+    assert card["port"] == 5000 and card["fps"] == 24.5  # counted by the master, not from the recent results
     assert card["latency_ms"] == 95.0  # median of the newest ten: 50, 60, 70, 80, 90 and five at 100
     assert card["dropped"] == 3 and card["pending"] == 3 and card["last_seq"] == 14
     assert card["detections"][0] == {"label": "person", "score": 0.91, "seq": 14}
