@@ -340,7 +340,7 @@ class TileRunner:
                 pixels = np.vstack([cut(previous, t), cut(frame, t)]) if self.stacked else cut(frame, t)
                 data = encode_tile_bytes(pixels, self.job.handshake.tile_format)
                 meta = {"frame": index, "tile": t.index, **({"stacked": True} if self.stacked else {})}
-                spec = TaskSpec(port=0, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters,
+                spec = TaskSpec(port=jobproto.TILE_PORT, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters,
                                 captured_ns=now_ns, received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id,
                                 meta=meta)
                 items.append((spec, data))

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from master.metrics import worker_state
+from master.metrics import camera_ports, tile_counters, worker_state
 from master.service import MasterService
 
 HERE = Path(__file__).resolve().parent
@@ -71,8 +71,9 @@ def rates_between(a: tuple[float, Mapping[str, float]], b: tuple[float, Mapping[
 
 
 def totals(stats: Mapping[str, Any]) -> dict[str, float]:
-    """The cluster totals the chart draws: frames in, results out, frames dropped by the master."""
-    ports = stats.get("ports", {}).values()
+    """The cluster totals the chart draws: camera frames in, results out, frames dropped by the master
+    (file-job tiles are left out: a job's burst of tiles is not camera traffic)."""
+    ports = camera_ports(stats.get("ports", {})).values()
     return {"in": float(sum(p.get("added", 0) for p in ports)),
             "out": float(sum(p.get("completed", 0) for p in ports)),
             "dropped": float(sum(v for p in ports for k, v in p.items() if k.startswith("dropped_")))}
@@ -140,7 +141,7 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
     stats = svc.stats()
     history.observe(now, totals(stats))
     cameras = []
-    for port, counters in sorted(stats.get("ports", {}).items(), key=lambda kv: int(kv[0])):
+    for port, counters in sorted(camera_ports(stats.get("ports", {})).items(), key=lambda kv: int(kv[0])):
         last = int(counters.get("results", 0))
         page = svc.results(int(port), max(0, last - RECENT_RESULTS), RECENT_RESULTS)
         cameras.append(camera(port, counters, page["results"], now))
@@ -158,6 +159,7 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
         "sources": {name: {"age_s": s.get("age_s")} for name, s in stats.get("sources", {}).items()},
         "throughput": history.rates(),
         "jobs": file_jobs(stats.get("sources", {})),
+        "tiles": {k: int(v) for k, v in tile_counters(stats.get("ports", {})).items()},
     }
 
 

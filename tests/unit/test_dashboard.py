@@ -45,9 +45,10 @@ def test_a_counter_that_goes_back_is_a_restart_not_a_negative_rate():
     assert rates_between((0.0, {"out": 0.0}), (0.0, {"out": 4.0}))["out"] == 0.0
 
 
-def test_totals_sum_ports_and_master_drops():
+def test_totals_sum_camera_ports_and_master_drops_but_not_file_job_tiles():
     stats = {"ports": {"1": {"added": 5, "completed": 4, "dropped_stale": 1},
-                       "2": {"added": 3, "completed": 3, "dropped_overflow": 2}}}
+                       "2": {"added": 3, "completed": 3, "dropped_overflow": 2},
+                       "0": {"added": 900, "completed": 900}}}  # port 0: file-job tiles
     assert totals(stats) == {"in": 8.0, "out": 7.0, "dropped": 3.0}
 
 
