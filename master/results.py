@@ -9,6 +9,7 @@ import xmlrpc.client
 from typing import Any
 
 from common import auth
+from common.cli import DefaultsHelpFormatter
 from common.errors import ConfigError, MasterUnavailable, Unauthorized
 from common.masterclient import MasterClient, parse_master_url
 from common.runtime import stop_on_signals
@@ -26,8 +27,9 @@ def describe(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m master.results", description=__doc__)
-    p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
+    p = argparse.ArgumentParser(prog="python -m master.results", description=__doc__,
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
     p.add_argument("--port", type=int, required=True, help="camera port whose results to print")
     p.add_argument("--since", type=int, default=0, help="cursor to start after (0: the oldest kept)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new results until Ctrl-C")

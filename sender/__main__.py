@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.cli import DefaultsHelpFormatter
 from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from sender.sources import CaptureSource, FrameSource, open_source
@@ -89,13 +90,14 @@ class Publisher:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--source", default="synthetic",
                    help="camera index (0), video file, rtsp:// or http:// URL, or synthetic[:WxH]")
     p.add_argument("--receiver", default="127.0.0.1:5000",
                    help="HOST:PORT of the receiver's UDP port for this camera "
                         "(its imagezmq hub with --transport zmq)")
-    p.add_argument("--transport", choices=["udp", "zmq"], default="udp")
+    p.add_argument("--transport", choices=["udp", "zmq"], default="udp",
+                   help="udp: chunked datagrams, newest frame wins; zmq: imagezmq REQ/REP, every frame acknowledged")
     p.add_argument("--camera-port", type=int, default=0,
                    help="with --transport zmq: the camera port results are filed under (default: the hub's port)")
     p.add_argument("--fps", type=float, default=0.0, help="frames per second (0: the source's own rate)")
@@ -111,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key-file", default="",
                    help=f"file holding the shared key as hex (else ${KEY_ENV}): every datagram or imagezmq "
                         "request is signed with it")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much to log on stderr")
     args = p.parse_args(argv)
     try:
         args.host, args.port = parse_hostport(args.receiver)

@@ -26,6 +26,7 @@ import av
 import av.error
 
 from common import auth
+from common.cli import DefaultsHelpFormatter
 from common.errors import ConfigError, FramehiveError, PipelineSpecError
 from common.jobproto import (
     DEFAULT_PORT,
@@ -48,6 +49,7 @@ log = logging.getLogger("client")
 CHUNK_BYTES = 1024 * 1024  # upload data chunk and file-hashing block
 PROGRESS_EVERY_S = 0.1  # stderr redraw interval
 TIMEOUT_S = 60.0
+DEFAULT_FILTERS = "copy"  # no filter: the job re-encodes the video through the cluster as it is
 ERROR_READ_TIMEOUT_S = 2.0  # wait for the server's error message after it cut an upload short
 MB = 1_000_000
 
@@ -345,9 +347,10 @@ def _positive_arg(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sender.client", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sender.client", description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--host", default="localhost", help="job server host name or address")
-    p.add_argument("--port", type=_port_arg, default=DEFAULT_PORT)
+    p.add_argument("--port", type=_port_arg, default=DEFAULT_PORT, help="job server TCP port (receiver --jobs-port)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("--ipv4", dest="family", action="store_const", const=socket.AF_INET,
                      help="resolve --host to IPv4 only")
@@ -356,18 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, required=True, help="input video")
     p.add_argument("--out", type=Path, required=True, help="where to write the processed MP4")
     p.add_argument("--tiles", type=_tiles_arg, default="1x1", help="COLSxROWS grid, 1x1..16x16")
-    p.add_argument("--filters", type=_filters_arg, required=True, help="pipeline, e.g. canny,blur:3")
-    p.add_argument("--codec", choices=("h264",), default="h264")
+    p.add_argument("--filters", type=_filters_arg, default=DEFAULT_FILTERS,
+                   help="pipeline run on every tile, e.g. canny,blur:3 or person; copy: none, the video is only "
+                        "re-encoded")
+    p.add_argument("--codec", choices=("h264",), default="h264", help="codec of the returned MP4")
     p.add_argument("--protocol", choices=("stream", "file"), default="stream",
                    help="stream: upload the bytes; file: send only the path (the server must read it)")
-    p.add_argument("--preview", action="store_true")
+    p.add_argument("--preview", action="store_true",
+                   help="ask for thumbnails and a GIF: the preview page's URL is printed on stderr when the job "
+                        "starts (the receiver serves it with --jobs-http-port)")
     p.add_argument("--tile-format", choices=TILE_FORMATS, default="raw",
                    help="how tiles travel to the workers: raw (least CPU) or png (fewer bytes on a slow LAN)")
     p.add_argument("--metrics", type=Path, help="also save the result JSON here")
     p.add_argument("--token-file", default="",
                    help="file holding the cluster's token, if the job server wants one (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--timeout-s", type=_positive_arg, default=TIMEOUT_S, help="socket timeout (s)")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much to log on stderr")
     return p
 
 
