@@ -13,6 +13,7 @@ from common.cli import DefaultsHelpFormatter
 from common.errors import ConfigError, MasterUnavailable, Unauthorized
 from common.masterclient import MasterClient, parse_master_url
 from common.runtime import stop_on_signals
+from master.metrics import camera_ports
 
 POLL_S = 0.5
 
@@ -26,6 +27,26 @@ def describe(r: dict[str, Any]) -> str:
             f"{found}  ({timings}){state}")
 
 
+def known_cameras(client: MasterClient) -> list[int]:
+    """The camera ports the master has had frames from (file-job tiles' port left out)."""
+    return sorted(int(p) for p in camera_ports(client.get_stats().get("ports", {})))
+
+
+def check_camera(client: MasterClient, port: int, *, follow: bool) -> bool:
+    """Whether to go on reading `port`: a camera the master does not know is an error, unless we
+    follow it (it may not have started yet: say so and wait)."""
+    known = known_cameras(client)
+    if port in known:
+        return True
+    names = ", ".join(map(str, known)) or "none yet"
+    if follow:
+        print(f"(no camera {port} on the master yet; known cameras: {names}; waiting for its results)",
+              file=sys.stderr)
+        return True
+    print(f"error: the master has no camera {port}; known cameras: {names}", file=sys.stderr)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m master.results", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
@@ -36,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     args = p.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        p.error(f"--port must be a camera port 1..65535, got {args.port}")
     try:
         parse_master_url(args.master)
         auth.configure(args.token_file)
@@ -44,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = stop_on_signals()
     cursor, incarnation = args.since, ""
     with MasterClient(args.master) as client:
+        checked = False
         while True:
             try:
+                if not checked and not check_camera(client, args.port, follow=args.follow):
+                    return 2
+                checked = True
                 page = client.get_results(args.port, cursor, 1000, incarnation)
             except MasterUnavailable as e:
                 print(f"master unreachable: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -118,8 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         args.host, args.port = parse_hostport(args.receiver)
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)
     except ValueError as e:
         p.error(str(e))
+    except OSError as e:  # socket.gaierror: a host name nobody knows
+        p.error(f"cannot resolve the receiver's host {args.host!r}: {e.strerror or e}")
     try:
         args.key = key_from(Path(args.key_file).read_text() if args.key_file else None, args.key_file,
                             os.environ.get(KEY_ENV))
