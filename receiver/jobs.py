@@ -550,6 +550,7 @@ class JobServer:
         self.counters: Counter[str] = Counter()
         self.jobs: dict[str, Job] = {}
         self.recent: deque[Job] = deque(maxlen=RECENT_JOBS)  # finished jobs, for the preview page
+        self.preview_address: tuple[str, int] | None = None  # set by the preview server that shows these jobs
         self._server: asyncio.base_events.Server | None = None
         self.spool = Path(config.spool_dir)  # made per port once listening (_clean_spool)
 
@@ -626,8 +627,18 @@ class JobServer:
         self.jobs[job_id] = job
         self.counters["accepted"] += 1
         log.info("job %s accepted: %s, %d bytes, %dx%d tiles, %s", job_id, hs.name, total, *hs.tiles, hs.filters)
-        await self._send(writer, {"type": "accepted", "job_id": job_id})
+        await self._send(writer, {"type": "accepted", "job_id": job_id, **self._preview_where(job)})
         return job
+
+    def _preview_where(self, job: Job) -> dict[str, Any]:
+        """Where a job that asked for a preview can be watched (docs/PROTOCOL.md section 4): the preview
+        server's host (empty when it listens on every address: the one the client used) and port, and
+        the job's page and GIF on it. Nothing when no preview was asked for or none is served."""
+        if not job.handshake.preview or self.preview_address is None:
+            return {}
+        host, port = self.preview_address
+        return {"preview": {"host": "" if host in ("", "0.0.0.0", "::") else host, "port": port,
+                            "page": f"/jobs/{job.id}", "gif": f"/jobs/{job.id}/gif"}}
 
     def _check_token(self, msg: dict) -> None:
         token = self.config.token
@@ -735,8 +746,8 @@ class JobServer:
         result = {"type": "result", "ok": True, "job_id": job.id, "metrics": job.metrics,
                   "output": {"name": name, "size": size, "sha256": digest.hexdigest()}}
         if job.handshake.preview:
-            result["preview"] = {"gif": f"/jobs/{job.id}/gif", "frames": f"/jobs/{job.id}/frame/<n>",
-                                 "thumbnails": len(job.thumbnails)}
+            result["preview"] = {"page": f"/jobs/{job.id}", "gif": f"/jobs/{job.id}/gif",
+                                 "frames": f"/jobs/{job.id}/frame/<n>", "thumbnails": len(job.thumbnails)}
         await self._send(writer, result)
         with open(job.out_path, "rb") as f:
             for block in iter(lambda: f.read(OUT_CHUNK_BYTES), b""):
@@ -774,7 +785,7 @@ class JobServer:
         self.recent.append(job)
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters and every active and recent job, for the preview page and /metrics."""
+        """Counters and every active and recent job, for the preview pages and /progress.json."""
         def view(job: Job, state: str) -> dict[str, Any]:
             return {"job_id": job.id, "state": state, "name": job.handshake.name, "filters": job.handshake.filters,
                     "tiles": "x".join(map(str, job.handshake.tiles)), **grid_fields(job.handshake), "bytes": job.total,

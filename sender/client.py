@@ -188,13 +188,37 @@ def _raise_if_error(msg: dict) -> None:
         raise JobError(str(msg.get("message", "(no message)")), str(msg.get("code", "internal")))
 
 
-def await_accepted(sock: socket.socket) -> str:
-    """The job id from `accepted`; JobError carrying the server's message on `error`."""
+def await_accepted(sock: socket.socket) -> dict:
+    """The `accepted` message (job id, and where its preview is); JobError carrying the server's
+    message on `error`."""
     msg = recv_message(sock)
     _raise_if_error(msg)
     if msg["type"] != "accepted":
         raise JobError(f"server answered the handshake with {msg['type']!r}", "bad_handshake")
-    return str(msg.get("job_id", ""))
+    return msg
+
+
+def preview_urls(accepted: dict, host: str) -> dict[str, str]:
+    """Absolute URLs of a job's preview page and GIF from the `accepted` message ({} when the server
+    names no preview server). `host` (the one we connected to) stands in when the preview server
+    listens on every address."""
+    where = accepted.get("preview")
+    if not isinstance(where, dict) or not isinstance(where.get("port"), int) or not 0 < where["port"] < 65536:
+        return {}
+    name = where.get("host") if isinstance(where.get("host"), str) and where.get("host") else host
+    base = f"http://[{name}]:{where['port']}" if ":" in name else f"http://{name}:{where['port']}"
+    return {key: base + str(where[key]) for key in ("page", "gif") if isinstance(where.get(key), str)
+            and str(where[key]).startswith("/")}
+
+
+def announce_preview(urls: dict[str, str], stream: TextIO) -> None:
+    """Tell the user where to watch the job (or that the server shows no preview)."""
+    if "page" in urls:
+        print(f"preview: {urls['page']} (the GIF, once the job is done: {urls.get('gif', 'on that page')})",
+              file=stream, flush=True)
+    else:
+        print("preview: the job server shows none (its receiver runs without --jobs-http-port)",
+              file=stream, flush=True)
 
 
 def upload(sock: socket.socket, video: Path, total: int, progress: ProgressLine) -> None:
@@ -305,8 +329,12 @@ def run_job(opts: Options, *, progress: ProgressLine) -> dict:
     handshake = build_handshake(opts)
     with connect(opts.host, opts.port, family=opts.family, timeout_s=opts.timeout_s) as sock:
         send_message(sock, handshake)
-        job_id = await_accepted(sock)
+        accepted = await_accepted(sock)
+        job_id = str(accepted.get("job_id", ""))
         log.info("job %s accepted by %s:%d", job_id, opts.host, opts.port)
+        urls = preview_urls(accepted, opts.host) if opts.preview else {}
+        if opts.preview:
+            announce_preview(urls, progress.stream)
         if opts.protocol == "stream":
             upload(sock, opts.video, handshake["size"], progress)
         send_message(sock, {"type": "eof"})
@@ -314,7 +342,10 @@ def run_job(opts: Options, *, progress: ProgressLine) -> dict:
         size, digest = _expected_output(result)
         verified = receive_output(sock, size, digest, opts.out)
     output = {**result["output"], **verified, "path": str(opts.out)}
-    return {"job_id": job_id, "ok": True, "metrics": result.get("metrics", {}), "output": output}
+    summary = {"job_id": job_id, "ok": True, "metrics": result.get("metrics", {}), "output": output}
+    if isinstance(result.get("preview"), dict):
+        summary["preview"] = {**result["preview"], **{f"{k}_url": v for k, v in urls.items()}}
+    return summary
 
 
 def _tiles_arg(text: str) -> str:

@@ -135,7 +135,12 @@ def test_preview_gif_thumbnails_and_progress_page(cluster, clip, tmp_path):
                            "--preview", "--out", str(tmp_path / "p.mp4")], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    job_id = json.loads(done.stdout)["job_id"]
+    summary = json.loads(done.stdout)
+    job_id = summary["job_id"]
+    page_url = f"http://127.0.0.1:{cluster.preview_port}/jobs/{job_id}"
+    assert f"preview: {page_url} " in done.stderr, done.stderr  # told when the job starts
+    assert summary["preview"]["page_url"] == page_url and summary["preview"]["gif_url"] == page_url + "/gif"
+    assert summary["preview"]["gif"] == f"/jobs/{job_id}/gif" and summary["preview"]["thumbnails"] > 0
 
     def get(path: str) -> tuple[int, str, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", cluster.preview_port, timeout=10)
@@ -147,9 +152,24 @@ def test_preview_gif_thumbnails_and_progress_page(cluster, clip, tmp_path):
     assert status == 200 and ctype == "image/gif" and gif[:6] in (b"GIF89a", b"GIF87a")
     status, ctype, jpg = get(f"/jobs/{job_id}/frame/7")
     assert status == 200 and cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR) is not None
-    status, _, body = get("/jobs")
+    status, ctype, body = get("/progress.json")
+    assert status == 200 and ctype == "application/json"
     [job] = [j for j in json.loads(body)["jobs"] if j["job_id"] == job_id]
     assert job["state"] == "done" and job["frames_out"] == FRAMES and job["gif"]
+    assert get("/metrics")[0] == 404  # that name means Prometheus text; the preview serves none
     status, ctype, page = get("/")
-    assert status == 200 and job_id.encode() in page
-    assert get("/jobs/nope/gif")[0] == 404
+    assert status == 200 and f'href="/jobs/{job_id}"'.encode() in page and f'href="/jobs/{job_id}/gif"'.encode() in page
+    status, ctype, page = get(f"/jobs/{job_id}")
+    assert status == 200 and ctype.startswith("text/html") and f'src="/jobs/{job_id}/gif"'.encode() in page
+    assert get("/jobs/nope/gif")[0] == 404 and get("/jobs/nope")[0] == 404
+
+
+def test_without_a_preview_server_the_client_says_so(cluster, clip, tmp_path):
+    jobs_port = free_port()
+    cluster.start_receiver([free_port(socket.SOCK_DGRAM)], "--jobs-port", str(jobs_port), name="no-preview")
+    done = subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port", str(jobs_port),
+                           "--video", clip, "--preview", "--out", str(tmp_path / "np.mp4")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "preview: the job server shows none (its receiver runs without --jobs-http-port)" in done.stderr
+    assert "page_url" not in json.loads(done.stdout)["preview"]
