@@ -14,9 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,10 +277,12 @@ def _expected_output(result: dict) -> tuple[int, str]:
 
 def receive_output(sock: socket.socket, size: int, digest: str, out: Path) -> dict:
     """Stream `size` bytes of data messages to `out` (via a temp file); verify SHA-256 and H.264."""
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}.part"
+    # "x": a new file, created like any other (0666 less the umask); mkstemp's 0600 would follow the
+    # rename and leave the video unreadable to everyone else
+    f = open(tmp, "xb")  # noqa: SIM115 - closed by the with below; opened first so a clash is never unlinked
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             got = _receive_into(sock, f, size)
         if got != digest:
             raise JobError(f"output SHA-256 {got} does not match the announced {digest}", "checksum")

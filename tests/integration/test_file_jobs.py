@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +175,16 @@ def test_without_a_preview_server_the_client_says_so(cluster, clip, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "preview: the job server shows none (its receiver runs without --jobs-http-port)" in done.stderr
     assert "page_url" not in json.loads(done.stdout)["preview"]
+
+
+def test_the_output_mp4_gets_the_usual_file_mode(cluster, clip, tmp_path):
+    old = os.umask(0o022)  # what most users have; the client inherits it
+    try:
+        done = subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port",
+                               str(cluster.jobs_port), "--video", clip, "--out", str(tmp_path / "mode.mp4")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        os.umask(old)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((tmp_path / "mode.mp4").stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".mode.mp4.*")), "the temporary .part file is left behind"
