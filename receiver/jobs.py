@@ -43,7 +43,7 @@ from common.pipeline import STAGES, StageSpec, needs_previous, pipeline_halo
 from common.runtime import Component
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import Tile, assemble, cut, decode_raw_tile, encode_raw_tile, is_raw_tile, plan_tiles
-from receiver.video import H264Writer, iter_frames, probe, thumbnail_jpeg, write_gif
+from receiver.video import H264Writer, add_audio, iter_frames, probe, thumbnail_jpeg, write_gif
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,10 @@ class TileRunner:
                 raise self._failure
             with self._timed("flush"):
                 self.writer.close()
-            job.metrics = self._metrics(info, time.monotonic() - t0, cpu0)
+            with self._timed("audio"):
+                reader.seek(0)
+                audio = add_audio(job.out_path, reader)  # the input's sound track, or why it is missing
+            job.metrics = {**self._metrics(info, time.monotonic() - t0, cpu0), "audio": audio}
             if job.handshake.preview:
                 job.gif = self._gif(float(info.fps))
         except Cancelled:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from cluster.local import ROOT, LocalCluster, free_port, packaged_clip
+from cluster.testdata import clip_with_sound
 from common import jobproto
 from common.masterclient import MasterClient
 from tests.conftest import wait_until
@@ -79,6 +80,7 @@ def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, f
     assert m["frames"] == FRAMES and m["fallback_tiles"] == 0 and m["tiles"] == 9 * FRAMES
     assert (m["grid"], m["grid_requested"], m["grid_note"], m["tile_format"]) == ("3x3", "3x3", "", tile_format)
     assert m["tile_channels"] == (1 if filters.startswith("canny") else 3)  # canny looks at gray only
+    assert m["audio"] == "none"  # the clip has no sound track
     for key in ("fps_in", "fps_out", "tiles_per_s", "tile_latency_p50_ms", "tile_latency_p95_ms", "retries", "server"):
         assert key in m
     stages = StageCache()
@@ -188,3 +190,20 @@ def test_the_output_mp4_gets_the_usual_file_mode(cluster, clip, tmp_path):
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE((tmp_path / "mode.mp4").stat().st_mode) == 0o644
     assert not list(tmp_path.glob(".mode.mp4.*")), "the temporary .part file is left behind"
+
+
+def test_the_sound_track_goes_through_a_file_job(cluster, tmp_path):
+    src = clip_with_sound(tmp_path / "talk.mp4", seconds=2.0, fps=25)
+    result, out = upload(cluster, src, "127.0.0.1", "ipv4", "blur:3", tmp_path)
+    assert result["metrics"]["audio"] == "copied"
+
+    def sound_s(path: str) -> float:
+        with av.open(path) as f:
+            stream = f.streams.audio[0]
+            spans = [(p.pts * p.time_base, (p.pts + p.duration) * p.time_base) for p in f.demux(stream) if p.size]
+        return float(max(b for _, b in spans) - min(a for a, _ in spans))
+
+    with av.open(out) as f:
+        assert f.streams.audio and f.streams.audio[0].codec_context.name == "aac"
+        assert sum(1 for p in f.demux(f.streams.video[0]) if p.size) == 50
+    assert abs(sound_s(out) - sound_s(src)) <= 1 / 25
