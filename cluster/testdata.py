@@ -80,3 +80,34 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     i = data.index(b"\xff\xc0")
     data[i + 5:i + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+def clip_with_sound(path: Path | str, *, seconds: float = 2.0, fps: int = 25, size: tuple[int, int] = (160, 120),
+                    audio_codec: str = "aac", container: str = "mp4", sample_rate: int = 44100) -> str:
+    """A small video with a sound track, made here with PyAV: a box moving across a gradient (H.264)
+    and a 440 Hz sine (`audio_codec`, mono), both `seconds` long, interleaved as a muxer would."""
+    import av  # only the callers that make sound tracks need PyAV
+
+    width, height = size
+    samples_per_frame = sample_rate // fps
+    with av.open(str(path), mode="w", format=container) as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
+        for i in range(int(seconds * fps)):
+            frame = np.zeros((height, width, 3), np.uint8)
+            frame[:, :, 1] = np.linspace(0, 255, width, dtype=np.uint8)
+            x = 4 * i % width
+            cv2.rectangle(frame, (x, height // 3), (x + 20, height // 3 + 20), (255, 255, 255), -1)
+            picture = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            picture.pts = i
+            out.mux(video.encode(picture))
+            start = i * samples_per_frame
+            t = (start + np.arange(samples_per_frame)) / sample_rate
+            sound = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :],
+                                               format="flt", layout="mono")
+            sound.sample_rate, sound.pts = sample_rate, start
+            out.mux(audio.encode(sound))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    return str(path)

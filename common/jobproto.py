@@ -27,6 +27,7 @@ VERSION = 1
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_DATA_CHUNK = 4 * 1024 * 1024
 DEFAULT_PORT = 9090
+TILE_PORT = 0  # the port a file job's tile tasks carry: cameras are 1..65535, so no camera has it
 MAX_NAME_CHARS = 255
 
 ERROR_CODES = frozenset({

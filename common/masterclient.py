@@ -7,10 +7,13 @@ and roles never import each other. Not thread-safe; give each thread its own ins
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
+import re
 import socket
 import xmlrpc.client
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,15 +27,58 @@ _RETRYABLE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnec
               http.client.CannotSendRequest)
 
 
-def parse_master_url(url: str) -> tuple[str, int]:
-    """Host and port of a master URL like http://127.0.0.1:8000 (a trailing /RPC2 is fine)."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"master URL must look like http://HOST:PORT, got {url!r}")
+DEFAULT_PORTS = {"http": 8000, "https": 443}  # without a port: the master's own default, or TLS's
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})")
+
+
+@dataclass(frozen=True)
+class MasterAddress:
+    """Where a master is: scheme (http or https), host name or address, and TCP port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """The URL of the master's root, e.g. http://[::1]:8000 (any path the user gave dropped)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def master_address(url: str) -> MasterAddress:
+    """Parse a master URL like http://127.0.0.1:8000 (a path such as /RPC2 is ignored).
+
+    Strict, so a typo fails at start-up with a usage error instead of being retried for ever: the
+    scheme must be http or https, the host a host name or an IP address, the port 1..65535 (8000 for
+    http and 443 for https when left out). Raises ValueError with a one-line message."""
+    shape = f"master URL must look like http://HOST:PORT, got {url!r:.200}"
+    if not isinstance(url, str) or not url.isprintable() or " " in url:
+        raise ValueError(shape)
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or not _valid_host(parts.hostname):
+        raise ValueError(shape)
     try:
-        return parts.hostname, parts.port or 8000
+        port = parts.port
     except ValueError as e:
-        raise ValueError(f"bad port in master URL {url!r}") from e
+        raise ValueError(f"bad port in master URL {url!r:.200}: it must be 1..65535") from e
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"bad port in master URL {url!r:.200}: it must be 1..65535")
+    return MasterAddress(parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme])
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return _HOSTNAME.fullmatch(host) is not None
+
+
+def parse_master_url(url: str) -> tuple[str, int]:
+    """Host and port of a master URL (see `master_address`); raises ValueError for a bad one."""
+    address = master_address(url)
+    return address.host, address.port
 
 
 class MasterClient:
@@ -42,7 +88,9 @@ class MasterClient:
         self.url = url
         token = token if token is not None else auth.default_token()
         self._headers = {"Authorization": auth.header(token)} if token else {}
-        self.host, self.port = parse_master_url(url)
+        address = master_address(url)
+        self.host, self.port = address.host, address.port
+        self._connection = http.client.HTTPSConnection if address.scheme == "https" else http.client.HTTPConnection
         self.timeout_s = timeout_s
         self._conn: http.client.HTTPConnection | None = None
 
@@ -64,7 +112,7 @@ class MasterClient:
         for attempt in (1, 2):
             reused = self._conn is not None
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                self._conn = self._connection(self.host, self.port, timeout=self.timeout_s)
             try:
                 self._conn.timeout = timeout_s or self.timeout_s
                 if self._conn.sock is not None:
@@ -196,7 +244,8 @@ class MasterClient:
 
 
 def wait_for_master(url: str, timeout_s: float) -> bool:
-    """True once the master answers /healthz within `timeout_s` (used by launchers and tests)."""
+    """True once the master answers /healthz within `timeout_s` (used by launchers and tests, which
+    start masters speaking plain http)."""
     import time
 
     host, port = parse_master_url(url)

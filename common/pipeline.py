@@ -116,6 +116,8 @@ STAGES: dict[str, StageInfo] = {
                        "holds the task sleep:MS milliseconds without using the CPU and finds nothing: a detector "
                        "of known duration for tests and scaling benchmarks"),
     # filters: image -> image (file jobs tile them without seams; see worker/filters.py)
+    "copy": StageInfo("filter", (), "the image unchanged: a file job that only re-encodes its video as H.264 "
+                                    "(sender.client's default)", lambda a: 0),
     "canny": StageInfo("filter", (Param("low", int, 100, 0, 1000), Param("high", int, 200, 0, 1000)),
                        "edges, OpenCV Canny (canny[:low:high])",
                        lambda a: 16),  # 3x3 Sobel + non-max suppression need 2 px; the rest is margin for hysteresis

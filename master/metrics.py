@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from common.jobproto import TILE_PORT
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=utf-8
 P = "framehive_"
 
@@ -34,6 +36,7 @@ STORE_COUNTERS: dict[str, tuple[str, str]] = {
     "rejected_full": ("tasks_rejected_full", "Tasks refused because the store was full."),
     "quarantined": ("tasks_quarantined", "Tasks failed without retry: workers kept dying while holding them."),
 }
+TILE_EVENTS = ("added", "completed", "failed", "cancelled")  # file-job tile counters, shown on their own
 # Per-port store counters that are not drops.
 PORT_FLOWS = {"added": "frames_in", "completed": "frames_out", "failed": "frames_failed", "skipped": "frames_skipped"}
 # Receiver per-port counters that are drops, with the reason label they get.
@@ -48,11 +51,24 @@ RECEIVER_COUNTERS: dict[str, tuple[str, str]] = {
 }
 
 
+def camera_ports(ports: Mapping[str, Any]) -> dict[str, Any]:
+    """The store's per-port counters of cameras only: file-job tiles are counted under TILE_PORT (0),
+    which no camera has, and belong to no camera view."""
+    return {p: c for p, c in ports.items() if str(p) != str(TILE_PORT)}
+
+
+def tile_counters(ports: Mapping[str, Any]) -> dict[str, float]:
+    """File-job tiles the master queued, completed, failed or cancelled (all jobs together)."""
+    c = ports.get(str(TILE_PORT), {})
+    return {k: float(c.get(k, 0)) for k in TILE_EVENTS}
+
+
 def families(stats: Mapping[str, Any]) -> list[Metric]:
     """Every metric family for one `MasterService.stats()` snapshot."""
     out: list[Metric] = []
     out += _service(stats)
-    out += _ports(stats.get("ports", {}), stats.get("sources", {}))
+    out += _ports(camera_ports(stats.get("ports", {})), stats.get("sources", {}))
+    out += [_tiles(stats.get("ports", {}))]
     out += _sources(stats.get("sources", {}))
     out += _workers(stats.get("workers", []))
     out += _events(stats.get("events", {}))
@@ -171,11 +187,19 @@ def _ports(ports: Mapping[str, Any], sources: Mapping[str, Any]) -> list[Metric]
         depth.add_metric([port], _f(c.get("pending", 0)))
         results.add_metric([port], _f(c.get("results", 0)))
         for key, value in sorted(c.items()):
-            if key.startswith("dropped_") or key == "cancelled":
+            if key.startswith("dropped_"):
                 drops.add_metric(["master", port, key.removeprefix("dropped_")], _f(value))
     for port, reason, value in _receiver_drops(sources):
         drops.add_metric(["receiver", port, reason], _f(value))
     return [*flows.values(), depth, results, drops]
+
+
+def _tiles(ports: Mapping[str, Any]) -> Metric:
+    tiles = _counter("file_job_tiles", "File-job tiles on the master, all jobs together, by event: added, "
+                     "completed, failed (after the last attempt), cancelled (their job ended first).", ["event"])
+    for event, n in tile_counters(ports).items():
+        tiles.add_metric([event], n)
+    return tiles
 
 
 def _receiver_drops(sources: Mapping[str, Any]) -> list[tuple[str, str, float]]:

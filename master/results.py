@@ -8,10 +8,12 @@ import sys
 import xmlrpc.client
 
 from common import auth
+from common.cli import DefaultsHelpFormatter
 from common.errors import BadRequest, ConfigError, MasterUnavailable, Unauthorized
 from common.masterclient import MasterClient, parse_master_url
 from common.results import Result, ResultStatus
 from common.runtime import stop_on_signals
+from master.metrics import camera_ports
 
 POLL_S = 0.5
 
@@ -25,15 +27,38 @@ def describe(r: Result) -> str:
             f"{found}  ({timings}){state}")
 
 
+def known_cameras(client: MasterClient) -> list[int]:
+    """The camera ports the master has had frames from (file-job tiles' port left out)."""
+    return sorted(int(p) for p in camera_ports(client.get_stats().get("ports", {})))
+
+
+def check_camera(client: MasterClient, port: int, *, follow: bool) -> bool:
+    """Whether to go on reading `port`: a camera the master does not know is an error, unless we
+    follow it (it may not have started yet: say so and wait)."""
+    known = known_cameras(client)
+    if port in known:
+        return True
+    names = ", ".join(map(str, known)) or "none yet"
+    if follow:
+        print(f"(no camera {port} on the master yet; known cameras: {names}; waiting for its results)",
+              file=sys.stderr)
+        return True
+    print(f"error: the master has no camera {port}; known cameras: {names}", file=sys.stderr)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m master.results", description=__doc__)
-    p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
+    p = argparse.ArgumentParser(prog="python -m master.results", description=__doc__,
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
     p.add_argument("--port", type=int, required=True, help="camera port whose results to print")
     p.add_argument("--since", type=int, default=0, help="cursor to start after (0: the oldest kept)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new results until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     args = p.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        p.error(f"--port must be a camera port 1..65535, got {args.port}")
     try:
         parse_master_url(args.master)
         auth.configure(args.token_file)
@@ -42,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = stop_on_signals()
     cursor, incarnation = args.since, ""
     with MasterClient(args.master) as client:
+        checked = False
         while True:
             try:
+                if not checked and not check_camera(client, args.port, follow=args.follow):
+                    return 2
+                checked = True
                 page = client.get_results(args.port, cursor, 1000, incarnation)
                 results = [Result.from_wire(r) for r in page["results"]]
             except MasterUnavailable as e:

@@ -22,6 +22,7 @@ from common.runtime import Component
 from common.tasks import Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
 from master.events import EventLog, annotate
+from master.rates import RateMeter
 from master.rules import Rule, RuleEngine
 from master.store import StoreConfig, TaskStore
 from master.timing import BUCKETS_S, STAGES, LatencyHistograms
@@ -77,6 +78,7 @@ class MasterService(Component):
         self.rules = RuleEngine(list(self.config.rules)) if self.config.rules else None
         self.events = EventLog()
         self.latency = LatencyHistograms()  # per camera port and stage (master/timing.py)
+        self.fps = RateMeter()  # frames finished per camera per second (master/rates.py)
         self.webhooks = WebhookSender() if any(r.webhook for r in self.config.rules) else None
         self.started_at = clock()
         self._work = threading.Condition()
@@ -146,6 +148,8 @@ class MasterService(Component):
         for spec, payload in items:
             try:
                 ids.append(self.store.add(spec, payload, now))
+                if spec.kind is TaskKind.FRAME and spec.meta.get("skip"):  # stored at once as a skipped result
+                    self.fps.observe(spec.port, now)
             except QueueFull as e:
                 full = e
                 ids.append("")
@@ -250,6 +254,8 @@ class MasterService(Component):
             except TaskError as e:
                 rejected.append({"task_id": o.task_id, "reason": str(e)})
                 continue
+            if result.kind is TaskKind.FRAME:
+                self.fps.observe(result.port, result.completed_at)
             if result.status is ResultStatus.OK and result.kind is TaskKind.FRAME:
                 self.latency.observe(result.port, result.stages_ms)
             if self.rules:
@@ -340,6 +346,8 @@ class MasterService(Component):
         """A wire-safe snapshot of the whole master."""
         now = self.clock()
         snap = self.store.snapshot()
+        fps = self.fps.rates(now)
+        snap["ports"] = {p: {**c, "fps": fps.get(int(p), 0.0)} for p, c in snap["ports"].items()}
         return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
                 "sources": self._sources_snapshot(now),
                 "rejected_requests": dict(self.errors),

@@ -1,14 +1,17 @@
 """The dashboard in a terminal: `python -m master.status --master http://127.0.0.1:8000 [--watch]`.
 
 Reads the same `GET /api/v1/dashboard` document as the web page and draws it with rich: totals,
-cameras, workers and the newest events. One shot by default; `--watch` redraws every second.
+cameras, workers and the newest events. One shot by default; `--watch` redraws every second and,
+while the master restarts, says it is waiting for it and retries with backoff.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,14 +24,21 @@ from rich.table import Table
 from rich.text import Text
 
 from common import auth
-from common.errors import ConfigError
+from common.cli import DefaultsHelpFormatter
+from common.errors import BadRequest, ConfigError, MasterUnavailable, Unauthorized
+from common.masterclient import master_address
+from common.runtime import stop_on_signals
 
 STATE_STYLE = {"busy": "green", "idle": "dim", "dead": "red"}
+RETRY_FIRST_S = 0.5  # --watch: first wait after the master stopped answering; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 10.0
 
 
 def fetch(master: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """The dashboard document of a master; raises OSError with a readable message when unreachable."""
-    url = master.rstrip("/") + "/api/v1/dashboard"
+    """The dashboard document of a master. Raises MasterUnavailable when it cannot be reached (or
+    answers 5xx: it may be starting), Unauthorized without the right token, BadRequest when what
+    answers is not a framehive master."""
+    url = master_address(master).base_url + "/api/v1/dashboard"
     token = auth.default_token()
     request = urllib.request.Request(url, headers={"Authorization": auth.header(token)} if token else {})
     try:
@@ -36,11 +46,15 @@ def fetch(master: str, timeout_s: float = 5.0) -> dict[str, Any]:
             return json.load(r)
     except urllib.error.HTTPError as e:
         if e.code == 401:
-            raise OSError(f"{url}: the master wants a token: set $FRAMEHIVE_TOKEN or --token-file") from e
-        raise OSError(f"{url}: HTTP {e.code} (is this a framehive master?)") from e
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            raise Unauthorized(f"{url}: the master wants a token: set $FRAMEHIVE_TOKEN or --token-file") from e
+        if e.code >= 500:
+            raise MasterUnavailable(f"{url}: HTTP {e.code}") from e
+        raise BadRequest(f"{url}: HTTP {e.code} (is this a framehive master?)") from e
+    except ValueError as e:  # a reply that is not JSON
+        raise BadRequest(f"{url}: the answer is not a dashboard document (is this a framehive master?)") from e
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise OSError(f"cannot reach the master at {master}: {reason}") from e
+        raise MasterUnavailable(f"cannot reach the master at {master}: {reason}") from e
 
 
 def _n(v: Any, fmt: str = "{:,}") -> str:
@@ -102,27 +116,51 @@ def render(d: Mapping[str, Any]) -> Group:
                  events_table(d["events"]["recent"]))
 
 
+def watch(master: str, interval_s: float, console: Console, stop: threading.Event) -> int:
+    """Redraw every `interval_s` until `stop`. While the master cannot be reached (restarting), say so
+    on stderr and on screen, keep the last picture, and retry with backoff up to RETRY_MAX_S."""
+    screen: Any = Text(f"connecting to {master} ...")
+    delay = 0.0  # the current retry backoff; 0 while the master answers
+    with Live(screen, console=console, auto_refresh=False) as live:
+        while not stop.is_set():
+            try:
+                screen = render(fetch(master))
+            except MasterUnavailable as e:
+                delay = min(RETRY_MAX_S, delay * 2) if delay else RETRY_FIRST_S
+                note = f"waiting for the master ({e}); retrying in {delay:.1f} s"
+                print(f"master.status: {note}", file=sys.stderr, flush=True)
+                live.update(Group(Text(note, style="yellow"), screen), refresh=True)
+                stop.wait(delay)
+                continue
+            if delay:
+                print(f"master.status: the master at {master} answers again", file=sys.stderr, flush=True)
+                delay = 0.0
+            live.update(screen, refresh=True)
+            stop.wait(max(0.1, interval_s))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m master.status", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m master.status", description=__doc__.splitlines()[0],
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
-    ap.add_argument("--watch", action="store_true", help="redraw until Ctrl-C")
+    ap.add_argument("--watch", action="store_true",
+                    help="redraw until Ctrl-C, waiting for the master (retrying with backoff) while it restarts")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with --watch")
     ap.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     args = ap.parse_args(argv)
     try:
+        master_address(args.master)
         auth.configure(args.token_file)
-    except ConfigError as e:
+    except (ValueError, ConfigError) as e:
         ap.error(str(e))
     console = Console()
     try:
-        if not args.watch:
-            console.print(render(fetch(args.master)))
-            return 0
-        with Live(render(fetch(args.master)), console=console, auto_refresh=False) as live:
-            while True:
-                time.sleep(max(0.1, args.interval))
-                live.update(render(fetch(args.master)), refresh=True)
-    except OSError as e:
+        if args.watch:
+            return watch(args.master, args.interval, console, stop_on_signals())
+        console.print(render(fetch(args.master)))
+        return 0
+    except (MasterUnavailable, BadRequest) as e:
         print(f"master.status: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

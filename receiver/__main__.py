@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs-host", default="localhost",
                    help="file-job address: localhost (127.0.0.1 and ::1), or :: for every IPv6 and IPv4 address")
     p.add_argument("--jobs-http-port", type=int, default=0,
-                   help="HTTP preview of file jobs (progress, /metrics, /frame/<n>, /gif) on this port; 0: off")
+                   help="HTTP preview of file jobs (pages, /progress.json, /frame/<n>, /gif) on this port; 0: off")
     p.add_argument("--jobs-max", type=int, default=8, help="file jobs at once; more are told 'busy'")
     p.add_argument("--jobs-max-spool-gb", type=float, default=8.0,
                    help="bytes of running uploads the job server spools at once (each at most 4 GiB)")

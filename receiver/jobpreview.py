@@ -1,4 +1,5 @@
-"""The job server's HTTP preview: progress, metrics, thumbnails and the preview GIF of file jobs."""
+"""The job server's HTTP preview of file jobs: a page of all jobs, a page per job with its thumbnails
+and preview GIF, the images themselves, and their progress as JSON (`/progress.json`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from receiver.jobs import Job, JobServer
 
 log = logging.getLogger(__name__)
 
+JOB_PAGE = re.compile(r"/jobs/([\w-]{1,64})/?")
 FRAME = re.compile(r"/jobs/([\w-]{1,64})/frame/(\d{1,9})")
 GIF = re.compile(r"/jobs/([\w-]{1,64})/gif")
 LATEST_FRAME = re.compile(r"/frame/(\d{1,9})")
@@ -28,6 +30,46 @@ def thumbnail_at(job: Job, n: int) -> bytes | None:
         if index <= n:
             best = jpeg
     return best
+
+
+HEAD = ("<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        "<title>framehive jobs</title>")
+
+
+def index_page(snap: dict[str, Any]) -> str:
+    """Every running and recent job: a row each, linking to its own page and, once made, its GIF."""
+    rows = []
+    for j in snap["jobs"]:
+        jid = html.escape(j["job_id"])
+        thumbs = "".join(f'<img src="/jobs/{jid}/frame/{i}" width="160" alt="frame {i}">'
+                         for i in j["thumbnails"][-6:])
+        gif = f'<a href="/jobs/{jid}/gif">GIF</a>' if j["gif"] else "–"
+        rows.append(f'<tr><td><a href="/jobs/{jid}">{jid}</a></td><td>{html.escape(j["name"])}</td>'
+                    f"<td>{html.escape(j['state'])}</td><td>{j.get('frames_out', 0)} / {j.get('frames_in', 0)}</td>"
+                    f"<td>{html.escape(j['filters'])} {html.escape(j['tiles'])}</td><td>{gif}</td>"
+                    f"<td>{thumbs}</td></tr>")
+    return (HEAD + "<meta http-equiv=refresh content=2><h1>framehive file jobs</h1>"
+            "<table border=1 cellpadding=4><tr><th>job</th><th>file</th><th>state</th><th>frames out / in</th>"
+            "<th>pipeline</th><th>preview</th><th>latest frames</th></tr>" + "".join(rows) + "</table>"
+            '<p><a href="/progress.json">progress.json</a></p>')
+
+
+def job_page(j: dict[str, Any]) -> str:
+    """One job: its progress, its newest thumbnails and, when the job is done, its preview GIF (the
+    page reloads itself until then)."""
+    jid = html.escape(j["job_id"])
+    running = j["state"] == "running"
+    thumbs = "".join(f'<img src="/jobs/{jid}/frame/{i}" width="240" alt="frame {i}">' for i in j["thumbnails"][-12:])
+    if j["gif"]:
+        gif = f'<p><a href="/jobs/{jid}/gif"><img src="/jobs/{jid}/gif" alt="preview GIF of {jid}"></a></p>'
+    else:
+        gif = "<p>The preview GIF appears here when the job is done.</p>" if running else "<p>No GIF.</p>"
+    error = f"<p>Error: {html.escape(j['error'])}</p>" if j.get("error") else ""
+    return (HEAD + ("<meta http-equiv=refresh content=2>" if running else "")
+            + f"<h1>{html.escape(j['name'])}</h1><p>job {jid}: {html.escape(j['state'])}, "
+            f"{j.get('frames_out', 0)} of {j.get('frames_total') or '?'} frames written, "
+            f"pipeline {html.escape(j['filters'])} on {html.escape(j['tiles'])} tiles</p>"
+            + error + gif + f"<p>{thumbs}</p>" + '<p><a href="/">all jobs</a></p>')
 
 
 class PreviewHandler(BaseHTTPRequestHandler):
@@ -51,10 +93,16 @@ class PreviewHandler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         latest = next(iter(reversed(jobs.recent)), None)
-        if path in ("/metrics", "/jobs"):
+        if path == "/progress.json":
             self._send(200, "application/json", json.dumps(jobs.snapshot()).encode())
         elif path == "/":
-            self._send(200, "text/html; charset=utf-8", self._page(jobs.snapshot()).encode())
+            self._send(200, "text/html; charset=utf-8", index_page(jobs.snapshot()).encode())
+        elif m := JOB_PAGE.fullmatch(path):
+            view = next((j for j in jobs.snapshot()["jobs"] if j["job_id"] == m[1]), None)
+            if view is None:
+                self._send(404, "text/plain", b"no such job (unknown, or finished too long ago)\n")
+            else:
+                self._send(200, "text/html; charset=utf-8", job_page(view).encode())
         elif m := FRAME.fullmatch(path):
             job = jobs.find(m[1])
             self._image(thumbnail_at(job, int(m[2])) if job else None, "image/jpeg")
@@ -73,21 +121,6 @@ class PreviewHandler(BaseHTTPRequestHandler):
             self._send(200, ctype, data)
         else:
             self._send(404, "text/plain", b"nothing to show (unknown job, no frame yet, or no preview asked for)\n")
-
-    @staticmethod
-    def _page(snap: dict[str, Any]) -> str:
-        rows = []
-        for j in snap["jobs"]:
-            thumbs = "".join(f'<img src="/jobs/{j["job_id"]}/frame/{i}" width="160" alt="frame {i}">'
-                             for i in j["thumbnails"][-6:])
-            rows.append(f"<tr><td>{html.escape(j['job_id'])}</td><td>{html.escape(j['name'])}</td>"
-                        f"<td>{j['state']}</td><td>{j.get('frames_out', 0)} / {j.get('frames_in', 0)}</td>"
-                        f"<td>{html.escape(j['filters'])} {j['tiles']}</td><td>{thumbs}</td></tr>")
-        return ("<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2>"
-                "<meta name=viewport content='width=device-width'><title>framehive jobs</title>"
-                "<h1>framehive file jobs</h1><table border=1 cellpadding=4><tr><th>job</th><th>file</th>"
-                "<th>state</th><th>frames out / in</th><th>pipeline</th><th>latest frames</th></tr>"
-                + "".join(rows) + "</table>")
 
     def _send(self, status: int, ctype: str, body: bytes) -> None:
         self.send_response(status)
@@ -109,6 +142,7 @@ class PreviewServer(ThreadingHTTPServer):
         self.refused = 0
         self._slots = threading.BoundedSemaphore(max_connections)  # a page and its GIF: a few per viewer
         super().__init__(address, PreviewHandler)
+        jobs.preview_address = self.server_address[:2]  # the job server tells clients where to look
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

@@ -45,7 +45,7 @@ from common.results import Result, ResultStatus
 from common.runtime import Component, Loop
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import Tile, assemble, cut, decode_tile, encode_tile, plan_tiles
-from receiver.video import H264Writer, iter_frames, probe, thumbnail_jpeg, write_gif
+from receiver.video import H264Writer, add_audio, iter_frames, probe, thumbnail_jpeg, write_gif
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,10 @@ class TileRunner(Component):
                 raise self._failure
             with self._timed("flush"):
                 self.writer.close()
-            job.metrics = self._metrics(info, time.monotonic() - t0, cpu0)
+            with self._timed("audio"):
+                reader.seek(0)
+                audio = add_audio(job.out_path, reader)  # the input's sound track, or why it is missing
+            job.metrics = {**self._metrics(info, time.monotonic() - t0, cpu0), "audio": audio}
             if job.handshake.preview:
                 job.gif = self._gif(float(info.fps))
         except Cancelled:
@@ -337,7 +340,7 @@ class TileRunner(Component):
                 pixels = np.vstack([cut(previous, t), cut(frame, t)]) if self.stacked else cut(frame, t)
                 data = encode_tile_bytes(pixels, self.job.handshake.tile_format)
                 meta = {"frame": index, "tile": t.index, **({"stacked": True} if self.stacked else {})}
-                spec = TaskSpec(port=0, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters,
+                spec = TaskSpec(port=jobproto.TILE_PORT, seq=index & 0x7FFFFFFF, pipeline=self.job.handshake.filters,
                                 captured_ns=now_ns, received_ns=now_ns, kind=TaskKind.TILE, job_id=self.job.id,
                                 meta=meta)
                 items.append((spec, data))
@@ -549,6 +552,7 @@ class JobServer:
         self.jobs: dict[str, Job] = {}
         self.runners: dict[str, TileRunner] = {}  # by job id, until the job's connection is finished
         self.recent: deque[Job] = deque(maxlen=RECENT_JOBS)  # finished jobs, for the preview page
+        self.preview_address: tuple[str, int] | None = None  # set by the preview server that shows these jobs
         self._server: asyncio.base_events.Server | None = None
         self.spool = Path(config.spool_dir)  # made per port once listening (_clean_spool)
 
@@ -625,8 +629,18 @@ class JobServer:
         self.jobs[job_id] = job
         self.counters["accepted"] += 1
         log.info("job %s accepted: %s, %d bytes, %dx%d tiles, %s", job_id, hs.name, total, *hs.tiles, hs.filters)
-        await self._send(writer, {"type": "accepted", "job_id": job_id})
+        await self._send(writer, {"type": "accepted", "job_id": job_id, **self._preview_where(job)})
         return job
+
+    def _preview_where(self, job: Job) -> dict[str, Any]:
+        """Where a job that asked for a preview can be watched (docs/PROTOCOL.md section 4): the preview
+        server's host (empty when it listens on every address: the one the client used) and port, and
+        the job's page and GIF on it. Nothing when no preview was asked for or none is served."""
+        if not job.handshake.preview or self.preview_address is None:
+            return {}
+        host, port = self.preview_address
+        return {"preview": {"host": "" if host in ("", "0.0.0.0", "::") else host, "port": port,
+                            "page": f"/jobs/{job.id}", "gif": f"/jobs/{job.id}/gif"}}
 
     def _check_token(self, msg: dict) -> None:
         token = self.config.token
@@ -733,8 +747,8 @@ class JobServer:
         result = {"type": "result", "ok": True, "job_id": job.id, "metrics": job.metrics,
                   "output": {"name": name, "size": size, "sha256": digest.hexdigest()}}
         if job.handshake.preview:
-            result["preview"] = {"gif": f"/jobs/{job.id}/gif", "frames": f"/jobs/{job.id}/frame/<n>",
-                                 "thumbnails": len(job.thumbnails)}
+            result["preview"] = {"page": f"/jobs/{job.id}", "gif": f"/jobs/{job.id}/gif",
+                                 "frames": f"/jobs/{job.id}/frame/<n>", "thumbnails": len(job.thumbnails)}
         await self._send(writer, result)
         with open(job.out_path, "rb") as f:
             for block in iter(lambda: f.read(OUT_CHUNK_BYTES), b""):
@@ -775,7 +789,7 @@ class JobServer:
         self.recent.append(job)
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters and every active and recent job, for the preview page and /metrics."""
+        """Counters and every active and recent job, for the preview pages and /progress.json."""
         def view(job: Job, state: str) -> dict[str, Any]:
             return {"job_id": job.id, "state": state, "name": job.handshake.name, "filters": job.handshake.filters,
                     "tiles": "x".join(map(str, job.handshake.tiles)), **grid_fields(job.handshake), "bytes": job.total,

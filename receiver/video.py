@@ -2,11 +2,13 @@
 
 Both directions stream one frame at a time through PyAV (libx264 in-process), so memory does not
 grow with the length of the video. Every PyAV/FFmpeg failure while reading surfaces as
-`DecodeError` with a message saying which input failed and why.
+`DecodeError` with a message saying which input failed and why. `add_audio` gives a finished MP4
+the input's sound track back, packets copied (or re-encoded to AAC when MP4 cannot carry them).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -29,6 +31,8 @@ CRF = 23  # libx264 constant rate factor: 0 lossless, 23 default, 51 worst
 PRESET = "veryfast"
 MAX_FPS_DENOMINATOR = 1001  # float rates snap to the nearest fraction with at most this denominator
 THUMBNAIL_JPEG_QUALITY = 85
+MP4_AUDIO_COPY = frozenset({"aac", "mp3"})  # MP4 carries these and browsers play them: copied untouched
+AAC_LAYOUTS = {"1 channels": "mono", "2 channels": "stereo"}  # unordered layouts, named so the AAC encoder takes them
 
 Source = str | os.PathLike[str] | BinaryIO
 
@@ -201,6 +205,91 @@ def iter_frames(source: Source, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[
         raise DecodeError(f"{name}: truncated: decoded {index} of the {announced} frames the header announces")
 
 
+def add_audio(video: str | os.PathLike[str], source: Source) -> str:
+    """Give the finished MP4 `video` the first audio stream of `source` (the video it was made from: a
+    path, or a binary file object at its start), rewriting `video` in place; its video is copied as is.
+
+    AAC and MP3 packets are copied untouched; any other codec is re-encoded to AAC. The sound keeps
+    its place against the pictures: it is shifted by the source video's start time, as the MP4's
+    frames start at 0. Returns what happened, for the job's metrics: "none" (the source has no
+    audio), "copied", "transcoded <codec> to aac", or "dropped: <why>" (logged; `video` is then left
+    as it was)."""
+    video = Path(video)
+    tmp = video.with_name(f".{video.name}.audio.part")
+    try:
+        with _open(source) as src:
+            if not src.streams.audio:
+                return "none"
+            status = _remux_with_audio(video, src, tmp)
+        os.replace(tmp, video)
+        return status
+    except (av.error.FFmpegError, DecodeError, OSError, ValueError) as e:
+        log.warning("%s: the output has no sound: the audio could not be carried over (%s)", _name(source), e)
+        return f"dropped: {e}"
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remux_with_audio(video: Path, src: av.container.InputContainer, out_path: Path) -> str:
+    """Write `out_path`: the video packets of `video` and the first audio stream of `src`, interleaved
+    by time; returns "copied" or "transcoded <codec> to aac"."""
+    audio = src.streams.audio[0]
+    shift_s = _start_s(src.streams.video[0]) if src.streams.video else 0.0
+    codec = audio.codec_context.codec.canonical_name  # "mp3", where the decoder's own name is "mp3float"
+    with av.open(str(video)) as vin, av.open(str(out_path), mode="w", format="mp4",
+                                             container_options={"movflags": "+faststart"}) as out:
+        pictures = _copied(vin, vin.streams.video[0], out.add_stream_from_template(vin.streams.video[0]), 0.0)
+        if codec in MP4_AUDIO_COPY:
+            sound, status = _copied(src, audio, out.add_stream_from_template(audio), shift_s), "copied"
+        else:
+            layout = AAC_LAYOUTS.get(audio.layout.name, audio.layout.name)
+            aac = out.add_stream("aac", rate=audio.rate, layout=layout)
+            sound, status = _encoded(src, audio, aac, shift_s), f"transcoded {codec} to aac"
+        for _, packet in heapq.merge(_timed(pictures), _timed(sound), key=lambda item: item[0]):
+            out.mux(packet)
+    return status
+
+
+def _start_s(stream: av.stream.Stream) -> float:
+    """When a stream's first frame is due, in seconds (0 when the container does not say)."""
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+
+
+def _copied(container: av.container.InputContainer, stream: av.stream.Stream, into: av.stream.Stream,
+            shift_s: float) -> Iterator[av.Packet]:
+    """The packets of `stream`, moved `shift_s` seconds earlier and re-addressed to the output stream `into`."""
+    for packet in container.demux(stream):
+        if not packet.size:  # the demuxer's end-of-stream marker
+            continue
+        if shift_s and packet.time_base:
+            delta = round(shift_s / packet.time_base)
+            packet.pts = None if packet.pts is None else packet.pts - delta
+            packet.dts = None if packet.dts is None else packet.dts - delta
+        packet.stream = into
+        yield packet
+
+
+def _encoded(container: av.container.InputContainer, stream: av.stream.Stream, into: av.stream.Stream,
+             shift_s: float) -> Iterator[av.Packet]:
+    """The audio of `stream` decoded and encoded by the output stream `into`, `shift_s` seconds earlier."""
+    for packet in container.demux(stream):
+        for frame in packet.decode():
+            if shift_s and frame.pts is not None and frame.time_base:
+                frame.pts -= round(shift_s / frame.time_base)
+            yield from into.encode(frame)
+    yield from into.encode(None)
+
+
+def _timed(packets: Iterable[av.Packet]) -> Iterator[tuple[float, av.Packet]]:
+    """(seconds, packet) pairs to interleave streams by; a packet without a time takes the previous one's."""
+    t = float("-inf")
+    for packet in packets:
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        if stamp is not None and packet.time_base:
+            t = float(stamp * packet.time_base)
+        yield t, packet
+
+
 def write_gif(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: float | Fraction) -> int:
     """Write BGR frames (all the same size) as an animated GIF preview; returns the frame count."""
     rate = exact_rate(fps)
@@ -234,6 +323,7 @@ def thumbnail_jpeg(bgr: np.ndarray, max_width: int = 320) -> bytes:
 
 __all__ = [
     "H264Writer",
+    "add_audio",
     "VideoInfo",
     "exact_rate",
     "even_size",

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.cli import DefaultsHelpFormatter
 from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
 from common.runtime import is_loopback, setup_logging, stop_on_signals
 from sender.sources import CaptureSource, FrameSource, open_source
@@ -89,13 +91,14 @@ class Publisher:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--source", default="synthetic",
                    help="camera index (0), video file, rtsp:// or http:// URL, or synthetic[:WxH]")
     p.add_argument("--receiver", default="127.0.0.1:5000",
                    help="HOST:PORT of the receiver's UDP port for this camera "
                         "(its imagezmq hub with --transport zmq)")
-    p.add_argument("--transport", choices=["udp", "zmq"], default="udp")
+    p.add_argument("--transport", choices=["udp", "zmq"], default="udp",
+                   help="udp: chunked datagrams, newest frame wins; zmq: imagezmq REQ/REP, every frame acknowledged")
     p.add_argument("--camera-port", type=int, default=0,
                    help="with --transport zmq: the camera port results are filed under (default: the hub's port)")
     p.add_argument("--fps", type=float, default=0.0, help="frames per second (0: the source's own rate)")
@@ -111,12 +114,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key-file", default="",
                    help=f"file holding the shared key as hex (else ${KEY_ENV}): every datagram or imagezmq "
                         "request is signed with it")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much to log on stderr")
     args = p.parse_args(argv)
     try:
         args.host, args.port = parse_hostport(args.receiver)
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)
     except ValueError as e:
         p.error(str(e))
+    except OSError as e:  # socket.gaierror: a host name nobody knows
+        p.error(f"cannot resolve the receiver's host {args.host!r}: {e.strerror or e}")
     try:
         args.key = key_from(Path(args.key_file).read_text() if args.key_file else None, args.key_file,
                             os.environ.get(KEY_ENV))

@@ -14,9 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ import av
 import av.error
 
 from common import auth
+from common.cli import DefaultsHelpFormatter
 from common.errors import ConfigError, FramehiveError, PipelineSpecError
 from common.jobproto import (
     DEFAULT_PORT,
@@ -48,6 +49,7 @@ log = logging.getLogger("client")
 CHUNK_BYTES = 1024 * 1024  # upload data chunk and file-hashing block
 PROGRESS_EVERY_S = 0.1  # stderr redraw interval
 TIMEOUT_S = 60.0
+DEFAULT_FILTERS = "copy"  # no filter: the job re-encodes the video through the cluster as it is
 ERROR_READ_TIMEOUT_S = 2.0  # wait for the server's error message after it cut an upload short
 MB = 1_000_000
 
@@ -186,13 +188,37 @@ def _raise_if_error(msg: dict) -> None:
         raise JobError(str(msg.get("message", "(no message)")), str(msg.get("code", "internal")))
 
 
-def await_accepted(sock: socket.socket) -> str:
-    """The job id from `accepted`; JobError carrying the server's message on `error`."""
+def await_accepted(sock: socket.socket) -> dict:
+    """The `accepted` message (job id, and where its preview is); JobError carrying the server's
+    message on `error`."""
     msg = recv_message(sock)
     _raise_if_error(msg)
     if msg["type"] != "accepted":
         raise JobError(f"server answered the handshake with {msg['type']!r}", "bad_handshake")
-    return str(msg.get("job_id", ""))
+    return msg
+
+
+def preview_urls(accepted: dict, host: str) -> dict[str, str]:
+    """Absolute URLs of a job's preview page and GIF from the `accepted` message ({} when the server
+    names no preview server). `host` (the one we connected to) stands in when the preview server
+    listens on every address."""
+    where = accepted.get("preview")
+    if not isinstance(where, dict) or not isinstance(where.get("port"), int) or not 0 < where["port"] < 65536:
+        return {}
+    name = where.get("host") if isinstance(where.get("host"), str) and where.get("host") else host
+    base = f"http://[{name}]:{where['port']}" if ":" in name else f"http://{name}:{where['port']}"
+    return {key: base + str(where[key]) for key in ("page", "gif") if isinstance(where.get(key), str)
+            and str(where[key]).startswith("/")}
+
+
+def announce_preview(urls: dict[str, str], stream: TextIO) -> None:
+    """Tell the user where to watch the job (or that the server shows no preview)."""
+    if "page" in urls:
+        print(f"preview: {urls['page']} (the GIF, once the job is done: {urls.get('gif', 'on that page')})",
+              file=stream, flush=True)
+    else:
+        print("preview: the job server shows none (its receiver runs without --jobs-http-port)",
+              file=stream, flush=True)
 
 
 def upload(sock: socket.socket, video: Path, total: int, progress: ProgressLine) -> None:
@@ -251,10 +277,12 @@ def _expected_output(result: dict) -> tuple[int, str]:
 
 def receive_output(sock: socket.socket, size: int, digest: str, out: Path) -> dict:
     """Stream `size` bytes of data messages to `out` (via a temp file); verify SHA-256 and H.264."""
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}.part"
+    # "x": a new file, created like any other (0666 less the umask); mkstemp's 0600 would follow the
+    # rename and leave the video unreadable to everyone else
+    f = open(tmp, "xb")  # noqa: SIM115 - closed by the with below; opened first so a clash is never unlinked
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             got = _receive_into(sock, f, size)
         if got != digest:
             raise JobError(f"output SHA-256 {got} does not match the announced {digest}", "checksum")
@@ -303,8 +331,12 @@ def run_job(opts: Options, *, progress: ProgressLine) -> dict:
     handshake = build_handshake(opts)
     with connect(opts.host, opts.port, family=opts.family, timeout_s=opts.timeout_s) as sock:
         send_message(sock, handshake)
-        job_id = await_accepted(sock)
+        accepted = await_accepted(sock)
+        job_id = str(accepted.get("job_id", ""))
         log.info("job %s accepted by %s:%d", job_id, opts.host, opts.port)
+        urls = preview_urls(accepted, opts.host) if opts.preview else {}
+        if opts.preview:
+            announce_preview(urls, progress.stream)
         if opts.protocol == "stream":
             upload(sock, opts.video, handshake["size"], progress)
         send_message(sock, {"type": "eof"})
@@ -312,7 +344,10 @@ def run_job(opts: Options, *, progress: ProgressLine) -> dict:
         size, digest = _expected_output(result)
         verified = receive_output(sock, size, digest, opts.out)
     output = {**result["output"], **verified, "path": str(opts.out)}
-    return {"job_id": job_id, "ok": True, "metrics": result.get("metrics", {}), "output": output}
+    summary = {"job_id": job_id, "ok": True, "metrics": result.get("metrics", {}), "output": output}
+    if isinstance(result.get("preview"), dict):
+        summary["preview"] = {**result["preview"], **{f"{k}_url": v for k, v in urls.items()}}
+    return summary
 
 
 def _tiles_arg(text: str) -> str:
@@ -345,9 +380,10 @@ def _positive_arg(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sender.client", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sender.client", description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--host", default="localhost", help="job server host name or address")
-    p.add_argument("--port", type=_port_arg, default=DEFAULT_PORT)
+    p.add_argument("--port", type=_port_arg, default=DEFAULT_PORT, help="job server TCP port (receiver --jobs-port)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("--ipv4", dest="family", action="store_const", const=socket.AF_INET,
                      help="resolve --host to IPv4 only")
@@ -356,18 +392,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, required=True, help="input video")
     p.add_argument("--out", type=Path, required=True, help="where to write the processed MP4")
     p.add_argument("--tiles", type=_tiles_arg, default="1x1", help="COLSxROWS grid, 1x1..16x16")
-    p.add_argument("--filters", type=_filters_arg, required=True, help="pipeline, e.g. canny,blur:3")
-    p.add_argument("--codec", choices=("h264",), default="h264")
+    p.add_argument("--filters", type=_filters_arg, default=DEFAULT_FILTERS,
+                   help="pipeline run on every tile, e.g. canny,blur:3 or person; copy: none, the video is only "
+                        "re-encoded")
+    p.add_argument("--codec", choices=("h264",), default="h264", help="codec of the returned MP4")
     p.add_argument("--protocol", choices=("stream", "file"), default="stream",
                    help="stream: upload the bytes; file: send only the path (the server must read it)")
-    p.add_argument("--preview", action="store_true")
+    p.add_argument("--preview", action="store_true",
+                   help="ask for thumbnails and a GIF: the preview page's URL is printed on stderr when the job "
+                        "starts (the receiver serves it with --jobs-http-port)")
     p.add_argument("--tile-format", choices=TILE_FORMATS, default="raw",
                    help="how tiles travel to the workers: raw (least CPU) or png (fewer bytes on a slow LAN)")
     p.add_argument("--metrics", type=Path, help="also save the result JSON here")
     p.add_argument("--token-file", default="",
                    help="file holding the cluster's token, if the job server wants one (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--timeout-s", type=_positive_arg, default=TIMEOUT_S, help="socket timeout (s)")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much to log on stderr")
     return p
 
 

@@ -55,9 +55,9 @@ def person_frames(person_clip: Path) -> list:
 class RunningMaster:
     """An in-process master serving on 127.0.0.1 with a real HTTP socket."""
 
-    def __init__(self, config: ServiceConfig | None = None, **server_kw) -> None:
+    def __init__(self, config: ServiceConfig | None = None, *, port: int = 0, **server_kw) -> None:
         self.service = MasterService(config)
-        self.server = MasterHTTPServer(("127.0.0.1", 0), self.service, **server_kw)
+        self.server = MasterHTTPServer(("127.0.0.1", port), self.service, **server_kw)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})

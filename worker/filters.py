@@ -32,6 +32,11 @@ def _like(result: np.ndarray, image: np.ndarray) -> np.ndarray:
     return result if image.ndim == 2 else cv2.cvtColor(result, cv2.COLOR_GRAY2BGR)
 
 
+def copy(image: np.ndarray) -> np.ndarray:
+    """The image unchanged (a pass-through stage: the job only re-encodes its video)."""
+    return image
+
+
 def canny(image: np.ndarray, low: int = CANNY_LOW, high: int = CANNY_HIGH) -> np.ndarray:
     """Canny edges (255 on edges, 0 elsewhere) with a 3x3 Sobel aperture and L1 gradient."""
     return _like(cv2.Canny(_gray(image), low, high), image)

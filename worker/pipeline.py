@@ -40,6 +40,7 @@ Stage = Callable[[np.ndarray], Any]  # a detector returns detections, a filter a
 
 # Filter stages: image in, image out (worker/filters.py holds the pure functions and their halos).
 FILTER_STAGES: dict[str, Callable[[StageSpec, StageEnv], Stage]] = {
+    "copy": lambda s, e: filters.copy,
     "canny": lambda s, e: lambda img: filters.canny(img, int(s.args[0]), int(s.args[1])),
     "blur": lambda s, e: lambda img: filters.blur(img, int(s.args[0])),
     "gaussian": lambda s, e: lambda img: filters.gaussian(img, int(s.args[0])),

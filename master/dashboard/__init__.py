@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.results import Result, ResultStatus
-from master.metrics import worker_state
+from master.metrics import camera_ports, tile_counters, worker_state
 from master.service import MasterService
 
 HERE = Path(__file__).resolve().parent
@@ -26,8 +26,7 @@ STATIC = {  # the only files served: name -> content type
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
-RECENT_RESULTS = 30  # results per camera read for fps, latency and detections
-FPS_WINDOW_S = 5.0
+RECENT_RESULTS = 30  # results per camera read for latency, stages and detections (fps is counted apart)
 RECENT_EVENTS = 12
 HISTORY_S = 300.0  # the chart's span
 SAMPLE_EVERY_S = 1.0
@@ -73,24 +72,25 @@ def rates_between(a: tuple[float, Mapping[str, float]], b: tuple[float, Mapping[
 
 
 def totals(stats: Mapping[str, Any]) -> dict[str, float]:
-    """The cluster totals the chart draws: frames in, results out, frames dropped by the master."""
-    ports = stats.get("ports", {}).values()
+    """The cluster totals the chart draws: camera frames in, results out, frames dropped by the master
+    (file-job tiles are left out: a job's burst of tiles is not camera traffic)."""
+    ports = camera_ports(stats.get("ports", {})).values()
     return {"in": float(sum(p.get("added", 0) for p in ports)),
             "out": float(sum(p.get("completed", 0) for p in ports)),
             "dropped": float(sum(v for p in ports for k, v in p.items() if k.startswith("dropped_")))}
 
 
 def camera(port: str, counters: Mapping[str, Any], recent: list[Result], now: float) -> dict[str, Any]:
-    """One camera card from its store counters and its newest results (oldest first)."""
+    """One camera card from its store counters (with the master's `fps`, master/rates.py) and its newest
+    results (oldest first)."""
     done = [r for r in recent if r.status is ResultStatus.OK]
-    fresh = [r for r in recent if now - float(r.completed_at) <= FPS_WINDOW_S]
     latencies = [float(r.latency_ms) for r in done[-10:]]
     last = recent[-1] if recent else None
     detections = [{"label": d.label, "score": round(float(d.score), 2), "seq": r.seq}
                   for r in reversed(done) for d in r.detections][:6]
     return {
         "port": int(port),
-        "fps": round(len(fresh) / FPS_WINDOW_S, 2),
+        "fps": round(float(counters.get("fps", 0.0)), 2),
         "latency_ms": round(statistics.median(latencies), 1) if latencies else None,
         "frames_in": int(counters.get("added", 0)), "frames_out": int(counters.get("completed", 0)),
         "dropped": int(sum(v for k, v in counters.items() if k.startswith("dropped_"))),
@@ -142,7 +142,7 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
     stats = svc.stats()
     history.observe(now, totals(stats))
     cameras = []
-    for port, counters in sorted(stats.get("ports", {}).items(), key=lambda kv: int(kv[0])):
+    for port, counters in sorted(camera_ports(stats.get("ports", {})).items(), key=lambda kv: int(kv[0])):
         last = int(counters.get("results", 0))
         page = svc.results(int(port), max(0, last - RECENT_RESULTS), RECENT_RESULTS)
         cameras.append(camera(port, counters, page["results"], now))
@@ -160,6 +160,7 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
         "sources": {name: {"age_s": s.get("age_s")} for name, s in stats.get("sources", {}).items()},
         "throughput": history.rates(),
         "jobs": file_jobs(stats.get("sources", {})),
+        "tiles": {k: int(v) for k, v in tile_counters(stats.get("ports", {})).items()},
     }
 
 

@@ -105,8 +105,12 @@ function renderWorkers(workers) {
     ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 9, class: "empty" }, "No workers yet."))]));
 }
 
-function renderJobs(jobs) {
+function renderJobs(jobs, tiles) {
   $("jobs-panel").hidden = !jobs.length;
+  $("tiles-total").textContent = tiles
+    ? `tiles on the master: ${fmt.num(tiles.completed)} done of ${fmt.num(tiles.added)}` +
+      (tiles.failed ? `, ${fmt.num(tiles.failed)} failed` : "")
+    : "";
   $("jobs").tBodies[0].replaceChildren(...jobs.map((j) => {
     const pct = j.frames_total ? Math.min(100, Math.round((100 * j.frames_out) / j.frames_total)) : null;
     const bar = el("div", { class: "progress", title: `${j.frames_out} of ${j.frames_total || "?"} frames written` },
@@ -177,7 +181,7 @@ async function poll() {
     renderCameras(d.cameras);
     renderWorkers(d.workers);
     renderEvents(d.events);
-    renderJobs(d.jobs || []);
+    renderJobs(d.jobs || [], d.tiles);
     renderChart(d.throughput);
     $("status").dataset.state = d.durable === false ? "degraded" : "live";
     $("status").textContent = `live · ${fmt.clock(d.now)}` +

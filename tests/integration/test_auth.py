@@ -135,6 +135,6 @@ def test_the_job_server_and_its_preview_want_the_token_too(cluster, tmp_path):
     assert upload("a-wrong-token-0123456789").returncode == 1
     ok = upload(TOKEN)
     assert ok.returncode == 0, ok.stderr
-    assert get(preview_port, "/metrics")[0] == 401
-    status, _, body = get(preview_port, "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+    assert get(preview_port, "/progress.json")[0] == 401
+    status, _, body = get(preview_port, "/progress.json", {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and b"refused_unauthorized" in body

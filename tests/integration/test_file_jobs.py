@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from cluster.local import ROOT, LocalCluster, free_port, packaged_clip
+from cluster.testdata import clip_with_sound
 from common import jobproto
 from common.masterclient import MasterClient
 from tests.conftest import wait_until
@@ -77,6 +80,7 @@ def test_upload_tiles_and_get_h264_back(cluster, clip, tmp_path, host, family, f
     assert m["frames"] == FRAMES and m["fallback_tiles"] == 0 and m["tiles"] == 9 * FRAMES
     assert (m["grid"], m["grid_requested"], m["grid_note"], m["tile_format"]) == ("3x3", "3x3", "", tile_format)
     assert m["tile_channels"] == (1 if filters.startswith("canny") else 3)  # canny looks at gray only
+    assert m["audio"] == "none"  # the clip has no sound track
     for key in ("fps_in", "fps_out", "tiles_per_s", "tile_latency_p50_ms", "tile_latency_p95_ms", "retries", "server"):
         assert key in m
     stages = StageCache()
@@ -135,7 +139,12 @@ def test_preview_gif_thumbnails_and_progress_page(cluster, clip, tmp_path):
                            "--preview", "--out", str(tmp_path / "p.mp4")], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    job_id = json.loads(done.stdout)["job_id"]
+    summary = json.loads(done.stdout)
+    job_id = summary["job_id"]
+    page_url = f"http://127.0.0.1:{cluster.preview_port}/jobs/{job_id}"
+    assert f"preview: {page_url} " in done.stderr, done.stderr  # told when the job starts
+    assert summary["preview"]["page_url"] == page_url and summary["preview"]["gif_url"] == page_url + "/gif"
+    assert summary["preview"]["gif"] == f"/jobs/{job_id}/gif" and summary["preview"]["thumbnails"] > 0
 
     def get(path: str) -> tuple[int, str, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", cluster.preview_port, timeout=10)
@@ -147,9 +156,54 @@ def test_preview_gif_thumbnails_and_progress_page(cluster, clip, tmp_path):
     assert status == 200 and ctype == "image/gif" and gif[:6] in (b"GIF89a", b"GIF87a")
     status, ctype, jpg = get(f"/jobs/{job_id}/frame/7")
     assert status == 200 and cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR) is not None
-    status, _, body = get("/jobs")
+    status, ctype, body = get("/progress.json")
+    assert status == 200 and ctype == "application/json"
     [job] = [j for j in json.loads(body)["jobs"] if j["job_id"] == job_id]
     assert job["state"] == "done" and job["frames_out"] == FRAMES and job["gif"]
+    assert get("/metrics")[0] == 404  # that name means Prometheus text; the preview serves none
     status, ctype, page = get("/")
-    assert status == 200 and job_id.encode() in page
-    assert get("/jobs/nope/gif")[0] == 404
+    assert status == 200 and f'href="/jobs/{job_id}"'.encode() in page and f'href="/jobs/{job_id}/gif"'.encode() in page
+    status, ctype, page = get(f"/jobs/{job_id}")
+    assert status == 200 and ctype.startswith("text/html") and f'src="/jobs/{job_id}/gif"'.encode() in page
+    assert get("/jobs/nope/gif")[0] == 404 and get("/jobs/nope")[0] == 404
+
+
+def test_without_a_preview_server_the_client_says_so(cluster, clip, tmp_path):
+    jobs_port = free_port()
+    cluster.start_receiver([free_port(socket.SOCK_DGRAM)], "--jobs-port", str(jobs_port), name="no-preview")
+    done = subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port", str(jobs_port),
+                           "--video", clip, "--preview", "--out", str(tmp_path / "np.mp4")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "preview: the job server shows none (its receiver runs without --jobs-http-port)" in done.stderr
+    assert "page_url" not in json.loads(done.stdout)["preview"]
+
+
+def test_the_output_mp4_gets_the_usual_file_mode(cluster, clip, tmp_path):
+    old = os.umask(0o022)  # what most users have; the client inherits it
+    try:
+        done = subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port",
+                               str(cluster.jobs_port), "--video", clip, "--out", str(tmp_path / "mode.mp4")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        os.umask(old)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((tmp_path / "mode.mp4").stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".mode.mp4.*")), "the temporary .part file is left behind"
+
+
+def test_the_sound_track_goes_through_a_file_job(cluster, tmp_path):
+    src = clip_with_sound(tmp_path / "talk.mp4", seconds=2.0, fps=25)
+    result, out = upload(cluster, src, "127.0.0.1", "ipv4", "blur:3", tmp_path)
+    assert result["metrics"]["audio"] == "copied"
+
+    def sound_s(path: str) -> float:
+        with av.open(path) as f:
+            stream = f.streams.audio[0]
+            spans = [(p.pts * p.time_base, (p.pts + p.duration) * p.time_base) for p in f.demux(stream) if p.size]
+        return float(max(b for _, b in spans) - min(a for a, _ in spans))
+
+    with av.open(out) as f:
+        assert f.streams.audio and f.streams.audio[0].codec_context.name == "aac"
+        assert sum(1 for p in f.demux(f.streams.video[0]) if p.size) == 50
+    assert abs(sound_s(out) - sound_s(src)) <= 1 / 25

@@ -15,13 +15,13 @@ def result(seq: int, at: float, *, status: str = "ok", latency: float = 50.0, de
                   stages_ms=stages or {})
 
 
-def test_camera_card_counts_recent_frames_and_takes_the_median_latency():
+def test_camera_card_shows_the_masters_fps_and_takes_the_median_latency():
     now = 1000.0
-    recent = [result(i, now - 20 + i, latency=10.0 * i) for i in range(10)]  # old: outside the fps window
+    recent = [result(i, now - 20 + i, latency=10.0 * i) for i in range(10)]
     recent += [result(10 + i, now - 4 + i, latency=100.0, dets=[("person", 0.91)]) for i in range(5)]
-    card = camera("5000", {"added": 20, "completed": 15, "dropped_overflow": 2, "dropped_stale": 1, "pending": 3},
-                  recent, now)
-    assert card["port"] == 5000 and card["fps"] == 1.0  # 5 results in the last 5 s
+    card = camera("5000", {"added": 20, "completed": 15, "dropped_overflow": 2, "dropped_stale": 1, "pending": 3,
+                           "fps": 24.5}, recent, now)
+    assert card["port"] == 5000 and card["fps"] == 24.5  # counted by the master, not from the recent results
     assert card["latency_ms"] == 95.0  # median of the newest ten: 50, 60, 70, 80, 90 and five at 100
     assert card["dropped"] == 3 and card["pending"] == 3 and card["last_seq"] == 14
     assert card["detections"][0] == {"label": "person", "score": 0.91, "seq": 14}
@@ -50,9 +50,10 @@ def test_a_counter_that_goes_back_is_a_restart_not_a_negative_rate():
     assert rates_between((0.0, {"out": 0.0}), (0.0, {"out": 4.0}))["out"] == 0.0
 
 
-def test_totals_sum_ports_and_master_drops():
+def test_totals_sum_camera_ports_and_master_drops_but_not_file_job_tiles():
     stats = {"ports": {"1": {"added": 5, "completed": 4, "dropped_stale": 1},
-                       "2": {"added": 3, "completed": 3, "dropped_overflow": 2}}}
+                       "2": {"added": 3, "completed": 3, "dropped_overflow": 2},
+                       "0": {"added": 900, "completed": 900}}}  # port 0: file-job tiles
     assert totals(stats) == {"in": 8.0, "out": 7.0, "dropped": 3.0}
 
 

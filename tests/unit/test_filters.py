@@ -55,8 +55,8 @@ def tiled(frame, spec, grid, halo_px, previous=None):
 
 
 EXACT_CHAINS = [
-    "blur:3", "blur:31", "gaussian:5", "gaussian:31", "sobel", "threshold", "motion",
-    "gaussian:5,sobel", "blur:3,threshold", "blur:5,motion,gaussian:3", "sobel,threshold",
+    "copy", "blur:3", "blur:31", "gaussian:5", "gaussian:31", "sobel", "threshold", "motion",
+    "gaussian:5,sobel", "copy,blur:3", "blur:3,threshold", "blur:5,motion,gaussian:3", "sobel,threshold",
 ]
 
 
@@ -67,6 +67,10 @@ def test_local_filters_tile_without_seams(frames, spec):
         assert whole.shape == frame.shape and whole.dtype == np.uint8
         for grid in GRIDS:
             assert np.array_equal(tiled(frame, spec, grid, halo(spec), previous), whole), grid
+
+
+def test_copy_passes_the_image_through_unchanged(frames):
+    assert np.array_equal(run(frames[1], "copy"), frames[1])
 
 
 @pytest.mark.parametrize("spec", ["blur:3", "gaussian:5,sobel", "blur:3,threshold"])

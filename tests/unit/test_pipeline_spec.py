@@ -36,7 +36,7 @@ def test_canonical_form(spec, canonical):
 
 @pytest.mark.parametrize("spec,words", [
     ("", "empty"),
-    ("cat", "unknown stage 'cat'; known stages: blur, canny, face, gaussian, motion, noop, objects, person, "
+    ("cat", "unknown stage 'cat'; known stages: blur, canny, copy, face, gaussian, motion, noop, objects, person, "
             "person-hog, person-ssd, sleep, sobel, threshold, onnx:<path>"),
     ("person:abc", "min_score must be float"),
     ("person:2", "min_score must be in"),

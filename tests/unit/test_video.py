@@ -10,8 +10,9 @@ import psutil
 import pytest
 
 from cluster.local import packaged_clip
+from cluster.testdata import clip_with_sound
 from common.errors import DecodeError
-from receiver.video import H264Writer, VideoInfo, iter_frames, probe, thumbnail_jpeg, write_gif
+from receiver.video import H264Writer, VideoInfo, add_audio, iter_frames, probe, thumbnail_jpeg, write_gif
 
 
 def synthetic(i: int, width: int = 320, height: int = 240) -> np.ndarray:
@@ -166,3 +167,78 @@ def test_gif_preview_and_jpeg_thumbnail(tmp_path):
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
     small = thumbnail_jpeg(np.zeros((100, 200, 3), np.uint8), max_width=320)
     assert cv2.imdecode(np.frombuffer(small, np.uint8), cv2.IMREAD_COLOR).shape == (100, 200, 3)
+
+
+def spans_s(path: Path | str) -> dict[str, tuple[float, float]]:
+    """(first time, duration) in seconds of the first video and audio streams, from their packets."""
+    out = {}
+    with av.open(str(path)) as f:
+        streams = {"video": f.streams.video[0], "audio": f.streams.audio[0]}
+        times: dict[str, list] = {"video": [], "audio": []}
+        for p in f.demux(*streams.values()):
+            if p.size and p.pts is not None:
+                kind = "video" if p.stream is streams["video"] else "audio"
+                times[kind].append((p.pts * p.time_base, (p.pts + (p.duration or 0)) * p.time_base))
+    for kind, spans in times.items():
+        start = min(a for a, _ in spans)
+        out[kind] = (float(start), float(max(b for _, b in spans) - start))
+    return out
+
+
+def reencode(src: str, out: Path) -> Path:
+    """What a file job writes before its sound goes back in: the source's frames as a video-only MP4."""
+    info = probe(src)
+    with H264Writer(out, width=info.width, height=info.height, fps=info.fps) as w:
+        for _, frame in iter_frames(src):
+            w.write(frame)
+    return out
+
+
+@pytest.mark.parametrize("codec,container,status", [
+    ("aac", "mp4", "copied"), ("mp3", "mp4", "copied"),
+    ("aac", "mpegts", "copied"),  # ADTS AAC, and a video that starts at 0.08 s: the sound moves with it
+    ("pcm_s16le", "matroska", "transcoded pcm_s16le to aac")])
+def test_the_sound_track_comes_back_whole_and_in_step(tmp_path, codec, container, status):
+    src = clip_with_sound(tmp_path / f"in.{container}", seconds=2.0, fps=25, audio_codec=codec, container=container)
+    out = reencode(src, tmp_path / "out.mp4")
+    assert add_audio(out, src) == status
+    with av.open(str(out)) as f:
+        assert f.streams.video[0].codec_context.name == "h264"
+        assert f.streams.audio[0].codec_context.codec.canonical_name == ("mp3" if codec == "mp3" else "aac")
+        frames = sum(1 for p in f.demux(f.streams.video[0]) if p.size)
+    assert frames == 50
+    source, got = spans_s(src), spans_s(out)
+    frame_s = 1 / 25
+    # as long as the source's sound, and as far from the first picture (the output's pictures start at 0)
+    assert abs(got["audio"][1] - source["audio"][1]) <= frame_s, (source, got)
+    assert abs(got["audio"][0] - (source["audio"][0] - source["video"][0])) <= frame_s, (source, got)
+    assert abs(got["audio"][1] - 2.0) <= 0.1 and got["video"][0] == 0.0
+    assert out.read_bytes()[4:8] == b"ftyp" and b"moov" in out.read_bytes()[:4096]  # still fast-start
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_source_file_object_works_too(tmp_path):
+    src = clip_with_sound(tmp_path / "in.mp4")
+    out = reencode(src, tmp_path / "out.mp4")
+    with open(src, "rb") as f:
+        assert add_audio(out, f) == "copied"
+    assert abs(spans_s(out)["audio"][1] - spans_s(src)["audio"][1]) <= 1 / 25
+
+
+def test_a_silent_source_leaves_the_video_as_it_was(clip, tmp_path):
+    path, _ = clip
+    out = tmp_path / "copy.mp4"
+    out.write_bytes(path.read_bytes())
+    assert add_audio(out, path) == "none"
+    assert out.read_bytes() == path.read_bytes()
+
+
+def test_an_unreadable_source_drops_the_sound_says_why_and_keeps_the_video(clip, tmp_path):
+    path, _ = clip
+    out = tmp_path / "copy.mp4"
+    out.write_bytes(path.read_bytes())
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x00not a video" * 100)
+    status = add_audio(out, garbage)
+    assert status.startswith("dropped: ") and "garbage.bin" in status
+    assert out.read_bytes() == path.read_bytes() and not list(tmp_path.glob(".*.part"))

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from common.cli import RawDescriptionDefaultsHelpFormatter
 from common.errors import ConfigError
 from common.runtime import setup_logging
 from worker.models.store import MODEL_DIR_ENV, ModelStore, default_model_dir
@@ -20,12 +21,13 @@ from worker.models.store import MODEL_DIR_ENV, ModelStore, default_model_dir
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m worker.models", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=RawDescriptionDefaultsHelpFormatter)
     p.add_argument("command", nargs="?", default="fetch", choices=["fetch", "check", "path"],
                    help="fetch (the default), check or path")
     p.add_argument("--model-dir", type=Path, default=None,
                    help=f"cache directory (default: ${MODEL_DIR_ENV}, else {default_model_dir()})")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much to log on stderr")
     return p.parse_args(argv)
 
 
