@@ -26,8 +26,6 @@ TOKEN_ENV = "FRAMEHIVE_TOKEN"
 MIN_TOKEN_CHARS = 16
 MAX_TOKEN_CHARS = 256
 
-_default: str | None = None  # the token this process's clients send when given none
-
 
 def validate(token: str, where: str) -> str:
     """A token stripped of surrounding whitespace, or ConfigError saying what is wrong with it."""
@@ -55,21 +53,6 @@ def load_token(path: str | None, env: Mapping[str, str] = os.environ) -> str | N
     if env.get(TOKEN_ENV):
         return validate(env[TOKEN_ENV], f"${TOKEN_ENV}")
     return None
-
-
-def configure(path: str | None, env: Mapping[str, str] = os.environ) -> str | None:
-    """Load the token (see load_token) and make it what this process's master clients send."""
-    global _default
-    _default = load_token(path, env)
-    return _default
-
-
-def default_token() -> str | None:
-    """The token set by configure(), else $FRAMEHIVE_TOKEN (checked), else None."""
-    if _default is not None:
-        return _default
-    raw = os.environ.get(TOKEN_ENV)
-    return validate(raw, f"${TOKEN_ENV}") if raw else None
 
 
 def header(token: str) -> str:

@@ -86,7 +86,6 @@ class MasterClient:
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None) -> None:
         self.url = url
-        token = token if token is not None else auth.default_token()
         self._headers = {"Authorization": auth.header(token)} if token else {}
         address = master_address(url)
         self.host, self.port = address.host, address.port

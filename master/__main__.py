@@ -8,6 +8,7 @@ import sqlite3
 import sys
 
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S
+from common.cli import DefaultsHelpFormatter
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.runtime import ServerThread, Supervisor, setup_logging, stop_on_signals
@@ -23,7 +24,7 @@ log = logging.getLogger("master")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m master", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (:: for every IPv6 and IPv4 address)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (XML-RPC at /RPC2)")
     p.add_argument("--token-file", default="",
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="most tasks handed to Celery at once (bounds frame bytes in Redis and live latency)")
     p.add_argument("--visibility-s", type=float, default=DEFAULT_VISIBILITY_S,
                    help="Celery: a task whose worker died goes to another after this; use the workers' value")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log")
     return p.parse_args(argv)
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,10 @@ import json
 import sys
 import xmlrpc.client
 
-from common import auth
 from common.cli import DefaultsHelpFormatter
+from common.config import MasterLink
 from common.errors import BadRequest, ConfigError, MasterUnavailable, Unauthorized
-from common.masterclient import MasterClient, parse_master_url
+from common.masterclient import MasterClient
 from common.results import Result, ResultStatus
 from common.runtime import stop_on_signals
 from master.metrics import camera_ports
@@ -60,13 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.port <= 65535:
         p.error(f"--port must be a camera port 1..65535, got {args.port}")
     try:
-        parse_master_url(args.master)
-        auth.configure(args.token_file)
-    except (ValueError, ConfigError) as e:
+        link = MasterLink.load(args.master, args.token_file)
+    except ConfigError as e:
         p.error(str(e))
     stop = stop_on_signals()
     cursor, incarnation = args.since, ""
-    with MasterClient(args.master) as client:
+    with link.client() as client:
         checked = False
         while True:
             try:

@@ -34,12 +34,11 @@ RETRY_FIRST_S = 0.5  # --watch: first wait after the master stopped answering; d
 RETRY_MAX_S = 10.0
 
 
-def fetch(master: str, timeout_s: float = 5.0) -> dict[str, Any]:
+def fetch(master: str, token: str | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
     """The dashboard document of a master. Raises MasterUnavailable when it cannot be reached (or
     answers 5xx: it may be starting), Unauthorized without the right token, BadRequest when what
     answers is not a framehive master."""
     url = master_address(master).base_url + "/api/v1/dashboard"
-    token = auth.default_token()
     request = urllib.request.Request(url, headers={"Authorization": auth.header(token)} if token else {})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as r:
@@ -116,7 +115,7 @@ def render(d: Mapping[str, Any]) -> Group:
                  events_table(d["events"]["recent"]))
 
 
-def watch(master: str, interval_s: float, console: Console, stop: threading.Event) -> int:
+def watch(master: str, token: str | None, interval_s: float, console: Console, stop: threading.Event) -> int:
     """Redraw every `interval_s` until `stop`. While the master cannot be reached (restarting), say so
     on stderr and on screen, keep the last picture, and retry with backoff up to RETRY_MAX_S."""
     screen: Any = Text(f"connecting to {master} ...")
@@ -124,7 +123,7 @@ def watch(master: str, interval_s: float, console: Console, stop: threading.Even
     with Live(screen, console=console, auto_refresh=False) as live:
         while not stop.is_set():
             try:
-                screen = render(fetch(master))
+                screen = render(fetch(master, token))
             except MasterUnavailable as e:
                 delay = min(RETRY_MAX_S, delay * 2) if delay else RETRY_FIRST_S
                 note = f"waiting for the master ({e}); retrying in {delay:.1f} s"
@@ -151,14 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         master_address(args.master)
-        auth.configure(args.token_file)
+        token = auth.load_token(args.token_file or None)
     except (ValueError, ConfigError) as e:
         ap.error(str(e))
     console = Console()
     try:
         if args.watch:
-            return watch(args.master, args.interval, console, stop_on_signals())
-        console.print(render(fetch(args.master)))
+            return watch(args.master, token, args.interval, console, stop_on_signals())
+        console.print(render(fetch(args.master, token)))
         return 0
     except (MasterUnavailable, BadRequest) as e:
         print(f"master.status: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from common.cli import DefaultsHelpFormatter
 from common.config import MasterLink, build, load_key
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
@@ -72,7 +73,7 @@ def parse_pipelines(items: list[str], ports: list[int]) -> tuple[str, dict[int, 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m receiver", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--ports", default="5000-5003",
                    help="UDP ports, one per camera: 5000,5001 or 5000-5003; none: no UDP cameras (a receiver "
                         "serving only imagezmq cameras or file jobs)")
@@ -88,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what workers run on these cameras, e.g. person or person,face; PORT=SPEC "
                         "overrides one port (repeatable). Default: person")
     p.add_argument("--detect", action="append", default=[],
-                   help="when frames go to the detector: every (default), motion (only frames with motion, "
-                        "plus 2 s after it and one a second), motion:AREA (moving fraction, default 0.003), "
+                   help="when frames go to the detector: every (the default), motion (only frames with motion, "
+                        "plus 2 s after it and one a second), motion:AREA (the moving fraction, 0.003 if not given), "
                         "or rate:N (at most N per second); PORT=POLICY for one port. Skipped frames still "
                         "appear in results as status 'skipped'")
     p.add_argument("--zmq-port", type=int, default=0,
@@ -112,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="",
                    help="receiver name in the master's stats; each receiver needs its own (default: "
                         "receiver@HOST:PORTS, e.g. receiver@cam-hub:5000-5003)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log")
     return p.parse_args(argv)
 
 

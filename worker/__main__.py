@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 
 from common import auth
+from common.cli import DefaultsHelpFormatter
 from common.config import build
 from common.errors import ConfigError, PipelineSpecError
 from common.imageinfo import MAX_IMAGE_PIXELS
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     stages = "; ".join(f"{k}: {v.help}" for k, v in STAGES.items())
     p = argparse.ArgumentParser(prog="python -m worker", description=__doc__,
                                 epilog=f"stages: {stages}",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
     p.add_argument("--name", default="", help="worker name shown by the master (default host-pid)")
     p.add_argument("--batch", type=int, default=WorkerConfig.batch, help="tasks leased per request (1..256)")
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "0 or 1: in this process. Use with --batch at least as large")
     p.add_argument("--preload", default="", help="pipeline to load before taking work, e.g. person,face")
     p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log")
     args = p.parse_args(argv)
     try:
         if args.preload:

@@ -50,11 +50,15 @@ def dashboard(master: RunningMaster) -> dict:
 
 
 def test_a_busy_camera_shows_its_true_frame_rate(master):
+    started = time.monotonic()
     assert finish(master, [frame(5000, i) for i in range(200)]) == 200
+    took = time.monotonic() - started
     [cam] = dashboard(master)["cameras"]
-    # 200 frames finished within the 5 s window: at least 40 fps, however slowly this machine ran them
-    assert cam["port"] == 5000 and cam["fps"] >= 30.0, cam
-    assert master.service.stats()["ports"]["5000"]["fps"] == cam["fps"]
+    # the 5 s window holds the frames of its last 5 s: 200 over max(took, 5) s, whatever this machine's
+    # load (the old reading topped out at 6.0: 30 recent results over 5 s)
+    expected = 200 / max(took, 5.0)
+    assert cam["port"] == 5000 and cam["fps"] >= 0.7 * expected and cam["fps"] > 6.0, (cam, took)
+    assert abs(master.service.stats()["ports"]["5000"]["fps"] - cam["fps"]) <= 0.3 * expected
 
 
 def test_file_job_tiles_are_in_no_camera_view(master):

@@ -15,7 +15,8 @@ import pytest
 from cluster.local import ROOT
 from tests.conftest import RunningMaster, wait_until
 
-TOOLS = ["sender", "sender.client", "master.status", "master.results", "worker.models", "cluster.demo"]
+TOOLS = ["master", "receiver", "worker", "sender", "sender.client", "master.status", "master.results", "worker.models",
+         "cluster.demo"]
 EMPTY_DEFAULTS = ("(default: None)", "(default: [])", "(default: )", "(default: False)")
 
 

@@ -252,15 +252,16 @@ def test_key_options_refuse_bad_keys_and_never_take_a_key_on_the_command_line(tm
 
 
 def test_receiver_listens_beyond_loopback_with_a_key_and_refuses_without(tmp_path, monkeypatch):
+    from common.errors import ConfigError
     from common.protocol import KEY_ENV
-    from receiver.__main__ import parse_args
+    from receiver.__main__ import from_flags, parse_args
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     (tmp_path / "key").write_text(KEY.hex())
-    args = parse_args(["--host", "0.0.0.0", "--key-file", str(tmp_path / "key")])
-    assert args.key == KEY
-    with pytest.raises(SystemExit):
-        parse_args(["--host", "0.0.0.0"])
+    config = from_flags(parse_args(["--host", "0.0.0.0", "--key-file", str(tmp_path / "key")]))
+    assert config.key == KEY
+    with pytest.raises(ConfigError, match="without a datagram key"):
+        from_flags(parse_args(["--host", "0.0.0.0"]))
 
 
 def test_hub_answers_hostile_numbers_and_unknown_ports_and_keeps_serving():

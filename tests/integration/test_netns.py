@@ -35,8 +35,8 @@ def lab(netns_ok, tmp_path):
 
 QUERY = """
 import json
-from common.masterclient import MasterClient
-with MasterClient({url!r}) as c:  # the token comes from $FRAMEHIVE_TOKEN
+from common.config import MasterLink
+with MasterLink.load({url!r}).client() as c:  # the token comes from $FRAMEHIVE_TOKEN
     out = {{"stats": c.get_stats(), "results": {{}}}}
     for port in {ports!r}:
         rs, cursor = [], 0
