@@ -13,6 +13,17 @@ class DecodeError(FramehiveError):
     """Bytes from the wire could not be decoded."""
 
 
+class ProtocolError(DecodeError):
+    """A peer's bytes or request break one of framehive's wire protocols: a datagram
+    (common.protocol.DatagramError), an imagezmq request (receiver.zmqhub.Refused) or a file-job
+    message (common.jobproto.JobProtocolError). `reason` is the short name it is counted under (for
+    file jobs, the error code sent back)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class PipelineSpecError(ConfigError):
     """A pipeline spec names an unknown stage or gives a bad argument."""
 

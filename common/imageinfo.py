@@ -13,7 +13,7 @@ import struct
 
 from common.errors import DecodeError
 from common.jpeginfo import jpeg_size
-from common.tiling import RAW_HEADER_BYTES, RAW_MAGIC
+from common.rawtile import RAW_HEADER_BYTES, RAW_MAGIC
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP: a 4K DCI frame (8.8 MP) fits twice; about 50 MB decoded as BGR
 MAX_IMAGE_SIDE = 16384

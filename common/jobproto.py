@@ -7,7 +7,7 @@ client uses (`send_message`, `recv_message`, `recv_exact`) and the asyncio reade
 
 End of stream: the async readers let `asyncio.IncompleteReadError` propagate unchanged (a peer that
 hangs up is not a protocol violation; the server cancels the job), the blocking ones raise
-`ConnectionError`. Malformed bytes raise `ProtocolError`, whose `code` is the `error.code` to send.
+`ConnectionError`. Malformed bytes raise `JobProtocolError`, whose `code` is the `error.code` to send.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from common.errors import DecodeError, PipelineSpecError
+from common.errors import PipelineSpecError, ProtocolError
 from common.pipeline import STAGES, StageSpec, parse_pipeline
 from common.tiling import parse_grid
 
@@ -45,14 +45,17 @@ _LEN = struct.Struct("!I")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
-class ProtocolError(DecodeError):
-    """A file-job message is malformed or refused; `code` is one of ERROR_CODES."""
+class JobProtocolError(ProtocolError):
+    """A file-job message is malformed or refused; `code` (its `reason`) is one of ERROR_CODES."""
 
     def __init__(self, message: str, code: str = "bad_handshake") -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}")
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
+
+    @property
+    def code(self) -> str:
+        return self.reason
 
 
 def encode(msg: dict) -> bytes:
@@ -82,30 +85,30 @@ def _no_constants(name: str) -> None:
 
 
 def decode_body(body: bytes) -> dict:
-    """Decode one control message body: a JSON object with a string "type", else ProtocolError."""
+    """Decode one control message body: a JSON object with a string "type", else JobProtocolError."""
     try:
         msg = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"control message is not UTF-8 JSON: {e}") from e
+        raise JobProtocolError(f"control message is not UTF-8 JSON: {e}") from e
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        raise ProtocolError("control message must be a JSON object with a string 'type'")
+        raise JobProtocolError("control message must be a JSON object with a string 'type'")
     return msg
 
 
 def _body_length(prefix: bytes) -> int:
     (n,) = _LEN.unpack(prefix)
     if n > MAX_CONTROL_BYTES:
-        raise ProtocolError(f"control message of {n} bytes exceeds {MAX_CONTROL_BYTES}", "too_large")
+        raise JobProtocolError(f"control message of {n} bytes exceeds {MAX_CONTROL_BYTES}", "too_large")
     return n
 
 
 def data_size(msg: dict) -> int:
-    """The byte count a `data` message announces (0..MAX_DATA_CHUNK), else ProtocolError."""
+    """The byte count a `data` message announces (0..MAX_DATA_CHUNK), else JobProtocolError."""
     size = msg.get("size")
     if msg.get("type") != "data" or not _is_int(size) or size < 0:
-        raise ProtocolError(f"expected a data message with an integer size, got {msg!r:.200}")
+        raise JobProtocolError(f"expected a data message with an integer size, got {msg!r:.200}")
     if size > MAX_DATA_CHUNK:
-        raise ProtocolError(f"data chunk of {size} bytes exceeds {MAX_DATA_CHUNK}", "too_large")
+        raise JobProtocolError(f"data chunk of {size} bytes exceeds {MAX_DATA_CHUNK}", "too_large")
     return size
 
 
@@ -118,7 +121,7 @@ async def read_message(reader: asyncio.StreamReader) -> dict:
 async def read_data(reader: asyncio.StreamReader, size: int) -> bytes:
     """Read the `size` raw bytes after a data message; EOF raises asyncio.IncompleteReadError."""
     if not _is_int(size) or not 0 <= size <= MAX_DATA_CHUNK:
-        raise ProtocolError(f"data chunk of {size} bytes is outside 0..{MAX_DATA_CHUNK}", "too_large")
+        raise JobProtocolError(f"data chunk of {size} bytes is outside 0..{MAX_DATA_CHUNK}", "too_large")
     return await reader.readexactly(size)
 
 
@@ -188,43 +191,43 @@ def _is_int(v: object) -> bool:
 
 
 def parse_tiles(value: object) -> tuple[int, int]:
-    """(cols, rows) from "3x3" or [3, 3]; ProtocolError code "bad_tiles"."""
+    """(cols, rows) from "3x3" or [3, 3]; JobProtocolError code "bad_tiles"."""
     if isinstance(value, list | tuple) and len(value) == 2 and all(_is_int(v) for v in value):
         value = f"{value[0]}x{value[1]}"
     if not isinstance(value, str):
-        raise ProtocolError(f"tiles must be 'COLSxROWS' or [cols, rows], got {value!r:.100}", "bad_tiles")
+        raise JobProtocolError(f"tiles must be 'COLSxROWS' or [cols, rows], got {value!r:.100}", "bad_tiles")
     try:
         return parse_grid(value)
     except ValueError as e:
-        raise ProtocolError(str(e), "bad_tiles") from e
+        raise JobProtocolError(str(e), "bad_tiles") from e
 
 
 def _parse_filters(value: object) -> tuple[str, tuple[StageSpec, ...]]:
     try:
         stages = parse_pipeline(value)  # type: ignore[arg-type]  # it refuses non-strings itself
     except PipelineSpecError as e:
-        raise ProtocolError(str(e), "unknown_filter") from e
+        raise JobProtocolError(str(e), "unknown_filter") from e
     return ",".join(str(s) for s in stages), stages
 
 
 def _parse_common(msg: dict) -> dict:
     if msg.get("type") != "handshake":
-        raise ProtocolError(f"expected a handshake, got a {msg.get('type')!r} message")
+        raise JobProtocolError(f"expected a handshake, got a {msg.get('type')!r} message")
     version = msg.get("version")
     if version != VERSION or not _is_int(version):
-        raise ProtocolError(f"unsupported protocol version {version!r} (this server speaks {VERSION})")
+        raise JobProtocolError(f"unsupported protocol version {version!r} (this server speaks {VERSION})")
     protocol = msg.get("protocol")
     if protocol not in PROTOCOLS:
-        raise ProtocolError(f"protocol must be 'stream' or 'file', got {protocol!r:.100}")
+        raise JobProtocolError(f"protocol must be 'stream' or 'file', got {protocol!r:.100}")
     name = msg.get("name", "upload")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
-        raise ProtocolError(f"name must be a string of 1..{MAX_NAME_CHARS} characters")
+        raise JobProtocolError(f"name must be a string of 1..{MAX_NAME_CHARS} characters")
     preview = msg.get("preview", False)
     if not isinstance(preview, bool):
-        raise ProtocolError(f"preview must be true or false, got {preview!r:.100}")
+        raise JobProtocolError(f"preview must be true or false, got {preview!r:.100}")
     tile_format = msg.get("tile_format", "raw")
     if tile_format not in TILE_FORMATS:
-        raise ProtocolError(f"tile_format must be one of {', '.join(TILE_FORMATS)}, got {tile_format!r:.100}")
+        raise JobProtocolError(f"tile_format must be one of {', '.join(TILE_FORMATS)}, got {tile_format!r:.100}")
     return {"version": version, "protocol": protocol, "name": name, "preview": preview, "tile_format": tile_format}
 
 
@@ -232,24 +235,24 @@ def _parse_source(protocol: str, msg: dict) -> dict:
     if protocol == "file":
         path = msg.get("path")
         if not isinstance(path, str) or not path or "\0" in path:
-            raise ProtocolError("a file job needs a non-empty 'path'")
+            raise JobProtocolError("a file job needs a non-empty 'path'")
         return {"path": path}
     size, digest = msg.get("size"), msg.get("sha256")
     if not _is_int(size) or size <= 0:
-        raise ProtocolError(f"a stream job needs an integer 'size' > 0, got {size!r:.100}")
+        raise JobProtocolError(f"a stream job needs an integer 'size' > 0, got {size!r:.100}")
     if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest.lower()):
-        raise ProtocolError("a stream job needs 'sha256' as 64 hex digits")
+        raise JobProtocolError("a stream job needs 'sha256' as 64 hex digits")
     return {"size": size, "sha256": digest.lower()}
 
 
 def parse_handshake(msg: dict) -> Handshake:
-    """Validate a handshake message; ProtocolError with code bad_handshake/bad_tiles/unknown_filter/bad_codec."""
+    """Validate a handshake message; JobProtocolError with code bad_handshake/bad_tiles/unknown_filter/bad_codec."""
     fields = _parse_common(msg)
     tiles = parse_tiles(msg.get("tiles"))
     filters, stages = _parse_filters(msg.get("filters"))
     codec = msg.get("codec", "h264")
     if codec not in CODECS:
-        raise ProtocolError(f"codec must be one of {', '.join(CODECS)}, got {codec!r:.100}", "bad_codec")
+        raise JobProtocolError(f"codec must be one of {', '.join(CODECS)}, got {codec!r:.100}", "bad_codec")
     return Handshake(tiles=tiles, filters=filters, stages=stages, codec=codec,
                      **fields, **_parse_source(fields["protocol"], msg))
 

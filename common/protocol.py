@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from common.errors import DecodeError
+from common.errors import ProtocolError
 
 MAGIC = b"FH"
 VERSION = 1
@@ -51,12 +51,11 @@ class ChunkHeader(NamedTuple):
     payload_len: int
 
 
-class ProtocolError(DecodeError):
+class DatagramError(ProtocolError):
     """A datagram that breaks the frame protocol; `reason` is a short counter name."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+        super().__init__(f"{reason}: {message}", reason)
 
 
 def _crc(header_without_crc: bytes | memoryview, payload: bytes | memoryview) -> int:
@@ -138,34 +137,34 @@ def encode_frame(
 
 
 def decode_datagram(datagram: bytes | memoryview) -> tuple[ChunkHeader, memoryview]:
-    """Parse and check one datagram; raise ProtocolError whose `reason` names what is wrong.
+    """Parse and check one datagram; raise DatagramError whose `reason` names what is wrong.
 
     A signed datagram's trailer is located and skipped here, not verified: that needs the key
     (`verify_mac`). The payload returned never includes the trailer.
     """
     view = memoryview(datagram)
     if len(view) < HEADER_BYTES:
-        raise ProtocolError("short", f"datagram of {len(view)} bytes is shorter than the header")
+        raise DatagramError("short", f"datagram of {len(view)} bytes is shorter than the header")
     try:
         magic, version, flags, stream_id, seq, index, count, capture_ns, frame_len, payload_len, crc = (
             HEADER.unpack_from(view))
     except struct.error as e:  # unreachable after the length check; kept to honour the contract
-        raise ProtocolError("short", str(e)) from e
+        raise DatagramError("short", str(e)) from e
     if magic != MAGIC:
-        raise ProtocolError("bad_magic", f"magic {bytes(magic)!r} is not {MAGIC!r}")
+        raise DatagramError("bad_magic", f"magic {bytes(magic)!r} is not {MAGIC!r}")
     if version != VERSION:
-        raise ProtocolError("bad_version", f"version {version} is not supported (expected {VERSION})")
+        raise DatagramError("bad_version", f"version {version} is not supported (expected {VERSION})")
     if flags & ~KNOWN_FLAGS:
-        raise ProtocolError("bad_flags", f"unknown flags 0x{flags:02x}")
+        raise DatagramError("bad_flags", f"unknown flags 0x{flags:02x}")
     if flags & FLAG_SIGNED and len(view) < HEADER_BYTES + MAC_BYTES:
-        raise ProtocolError("short", f"signed datagram of {len(view)} bytes has no room for its {MAC_BYTES}-byte MAC")
+        raise DatagramError("short", f"signed datagram of {len(view)} bytes has no room for its {MAC_BYTES}-byte MAC")
     payload = view[HEADER_BYTES:len(view) - MAC_BYTES] if flags & FLAG_SIGNED else view[HEADER_BYTES:]
     if payload_len != len(payload):
-        raise ProtocolError("bad_length", f"header says {payload_len} payload bytes, datagram has {len(payload)}")
+        raise DatagramError("bad_length", f"header says {payload_len} payload bytes, datagram has {len(payload)}")
     if count == 0 or index >= count:
-        raise ProtocolError("bad_chunk", f"chunk {index} of {count}")
+        raise DatagramError("bad_chunk", f"chunk {index} of {count}")
     if _crc(view[:CRC_OFFSET], payload) != crc:
-        raise ProtocolError("bad_checksum", "CRC32 mismatch")
+        raise DatagramError("bad_checksum", "CRC32 mismatch")
     return ChunkHeader(flags, stream_id, seq, index, count, capture_ns, frame_len, payload_len), payload
 
 

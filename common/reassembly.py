@@ -15,7 +15,7 @@ from common.protocol import (
     FLAG_SIGNED,
     SEQ_MODULUS,
     ChunkHeader,
-    ProtocolError,
+    DatagramError,
     decode_datagram,
     seq_newer,
     verify_mac,
@@ -150,7 +150,7 @@ class FrameAssembler:
         self.counters["bytes"] += len(datagram)
         try:
             head, payload = decode_datagram(datagram)
-        except ProtocolError as e:
+        except DatagramError as e:
             self.counters[e.reason] += 1
             return None
         reason = self._authenticate(datagram, head) or self._check_limits(head)

@@ -10,7 +10,6 @@ border the cut touches the real border, so the filter's border mode sees the sam
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,6 +17,8 @@ import cv2
 import numpy as np
 
 from common.errors import DecodeError
+from common.imageinfo import check_image
+from common.rawtile import decode_raw_tile, encode_raw_tile, is_raw_tile
 
 MAX_GRID = 16
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -132,56 +133,6 @@ def assemble(tiles_and_outputs: Iterable[tuple[Tile, np.ndarray]], width: int, h
     return canvas
 
 
-# ----- raw tile bytes --------------------------------------------------------------------------------
-# A tile crosses the wire twice (job server -> worker -> job server). PNG costs ~26 ms per 768x432
-# frame in encode + decode; raw bytes cost a copy. Format (docs/PROTOCOL.md section 5):
-#   magic b"FHRT" | height u32 BE | width u32 BE | channels u8 | height*width*channels uint8, row-major
-# Channels is 1 (grey, e.g. Canny's output) or 3 (BGR). Nothing else: no compression, no padding.
-
-RAW_MAGIC = b"FHRT"
-_RAW_HEADER = struct.Struct(">4sIIB")
-RAW_HEADER_BYTES = _RAW_HEADER.size
-
-
-def is_raw_tile(data: bytes | memoryview) -> bool:
-    """True if `data` starts with the raw tile magic (JPEG and PNG never do)."""
-    return bytes(data[:4]) == RAW_MAGIC
-
-
-def encode_raw_tile(image: np.ndarray) -> bytes:
-    """A uint8 HxW or HxWx{1,3} image as raw tile bytes (header + pixels)."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"a raw tile must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] in (1, 3):
-        channels = image.shape[2]
-    elif image.ndim == 2:
-        channels = 1
-    else:
-        raise ValueError(f"a raw tile must be HxW, HxWx1 or HxWx3, got shape {image.shape}")
-    h, w = image.shape[:2]
-    return _RAW_HEADER.pack(RAW_MAGIC, h, w, channels) + np.ascontiguousarray(image).tobytes()
-
-
-def decode_raw_tile(data: bytes | memoryview) -> np.ndarray:
-    """Raw tile bytes back to an image: HxW for 1 channel, HxWx3 for 3. A read-only view of `data`.
-
-    ValueError if the header is not a raw tile's or the pixel count does not match it.
-    """
-    if len(data) < RAW_HEADER_BYTES:
-        raise ValueError(f"raw tile of {len(data)} bytes is shorter than its {RAW_HEADER_BYTES}-byte header")
-    magic, h, w, channels = _RAW_HEADER.unpack_from(data)
-    if magic != RAW_MAGIC:
-        raise ValueError(f"not a raw tile: magic {magic!r}, expected {RAW_MAGIC!r}")
-    if channels not in (1, 3) or h < 1 or w < 1:
-        raise ValueError(f"raw tile header is invalid: {h}x{w}, {channels} channels")
-    expected = h * w * channels
-    got = len(data) - RAW_HEADER_BYTES
-    if got != expected:
-        raise ValueError(f"raw tile {h}x{w}x{channels} needs {expected} pixel bytes, got {got}")
-    pixels = np.frombuffer(data, np.uint8, count=expected, offset=RAW_HEADER_BYTES)
-    return pixels.reshape((h, w) if channels == 1 else (h, w, 3))
-
-
 # ----- the tile codec: what travels between the job server and the workers ------------------------
 
 
@@ -200,8 +151,6 @@ def decode_tile(data: bytes, max_pixels: int, *, color: bool = False) -> np.ndar
     """Raw tile bytes, PNG or JPEG back to a writable image, after its header's size is checked against
     `max_pixels`. A raw tile keeps its channels; an encoded image is read as it is (gray stays gray),
     or as BGR with `color`. DecodeError (ImageTooLarge for a bomb) when the bytes are not an image."""
-    from common.imageinfo import check_image  # imageinfo reads the raw tile header defined here
-
     check_image(data, max_pixels)
     if is_raw_tile(data):
         try:

@@ -38,7 +38,7 @@ import psutil
 from common import jobproto
 from common.errors import DecodeError, FramehiveError, MasterUnavailable, QueueFull
 from common.imageinfo import MAX_IMAGE_PIXELS
-from common.jobproto import Handshake, ProtocolError
+from common.jobproto import Handshake, JobProtocolError
 from common.masterclient import MasterClient
 from common.pipeline import STAGES, StageSpec, needs_previous, pipeline_halo
 from common.results import Result, ResultStatus
@@ -616,7 +616,7 @@ class JobServer:
             self._check_token(msg)
             hs = jobproto.parse_handshake(msg)
             source, total = self._source(hs)
-        except ProtocolError as e:
+        except JobProtocolError as e:
             self.counters[f"refused_{e.code}"] += 1
             await self._send(writer, jobproto.error_message(e.code, str(e)))
             return None
@@ -648,27 +648,27 @@ class JobServer:
             return
         given = msg.get("token") if isinstance(msg, dict) else None
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
-            raise ProtocolError("this job server wants the cluster's token in the handshake: set $FRAMEHIVE_TOKEN "
+            raise JobProtocolError("this job server wants the cluster's token in the handshake: set $FRAMEHIVE_TOKEN "
                                 "or --token-file", "unauthorized")
 
     def _admit(self, hs: Handshake) -> None:
         """Refuse ("busy") a job beyond the concurrent-jobs cap, or an upload the spool cannot hold now."""
         running = [j for j in self.jobs.values() if not j.done.is_set()]
         if len(running) >= self.config.max_jobs:
-            raise ProtocolError(f"{len(running)} jobs are running (max {self.config.max_jobs}): try again later",
+            raise JobProtocolError(f"{len(running)} jobs are running (max {self.config.max_jobs}): try again later",
                                 "busy")
         if hs.protocol != "stream":
             return
         if hs.size > self.config.max_upload_bytes:
-            raise ProtocolError(f"upload of {hs.size} bytes is over the limit of {self.config.max_upload_bytes}",
+            raise JobProtocolError(f"upload of {hs.size} bytes is over the limit of {self.config.max_upload_bytes}",
                                 "too_large")
         spooled = sum(j.total for j in running if j.handshake.protocol == "stream")
         if spooled + hs.size > self.config.max_spool_bytes:
-            raise ProtocolError(f"running uploads hold {spooled} bytes; {hs.size} more would pass the spool's "
+            raise JobProtocolError(f"running uploads hold {spooled} bytes; {hs.size} more would pass the spool's "
                                 f"{self.config.max_spool_bytes}: try again later", "busy")
         free = shutil.disk_usage(self.spool).free
         if free - hs.size < SPOOL_FREE_RESERVE_BYTES:
-            raise ProtocolError(f"the server's spool disk has {free} bytes free, too few for {hs.size}: try again "
+            raise JobProtocolError(f"the server's spool disk has {free} bytes free, too few for {hs.size}: try again "
                                 "later", "busy")
 
     def _source(self, hs: Handshake) -> tuple[Path, int]:
@@ -678,7 +678,7 @@ class JobServer:
         root = self.config.root
         path = Path(hs.path).resolve()
         if root is None or not path.is_relative_to(Path(root).resolve()) or not path.is_file():
-            raise ProtocolError(f"path {hs.path!r} is not a readable file under the server's --jobs-root",
+            raise JobProtocolError(f"path {hs.path!r} is not a readable file under the server's --jobs-root",
                                 "path_refused")
         return path, path.stat().st_size
 

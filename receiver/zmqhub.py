@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import zmq
 
+from common.errors import ProtocolError
 from common.protocol import zmq_mac
 from common.runtime import Component
 from receiver.buffer import FrameBuffer, ReadyFrame
@@ -40,12 +41,11 @@ MAX_SENDERS = 4096  # sender ids whose last counter the hub remembers
 _SID_RE = re.compile(r"[0-9a-f]{8,32}")
 
 
-class Refused(ValueError):
-    """A request a keyed hub will not take; `reason` is its counter name."""
+class Refused(ProtocolError):
+    """A request the hub will not take; `reason` is its counter name."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason.removeprefix('dropped_')}: {message}")
-        self.reason = reason
+        super().__init__(f"{reason.removeprefix('dropped_')}: {message}", reason)
 
 
 class ReplayGuard:

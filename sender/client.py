@@ -32,7 +32,7 @@ from common.jobproto import (
     DEFAULT_PORT,
     TILE_FORMATS,
     VERSION,
-    ProtocolError,
+    JobProtocolError,
     data_size,
     parse_handshake,
     parse_tiles,
@@ -243,7 +243,7 @@ def _read_pending_error(sock: socket.socket) -> None:
     try:
         sock.settimeout(ERROR_READ_TIMEOUT_S)
         msg = recv_message(sock)
-    except (OSError, ProtocolError):
+    except (OSError, JobProtocolError):
         return
     _raise_if_error(msg)
 
@@ -353,7 +353,7 @@ def run_job(opts: Options, *, progress: ProgressLine) -> dict:
 def _tiles_arg(text: str) -> str:
     try:
         cols, rows = parse_tiles(text)
-    except ProtocolError as e:
+    except JobProtocolError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
     return f"{cols}x{rows}"
 
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.done()
         print(f"error [{e.code}]: {e}", file=sys.stderr)
         return 1
-    except (OSError, ProtocolError) as e:
+    except (OSError, JobProtocolError) as e:
         progress.done()
         print(f"error: {opts.host}:{opts.port}: {e}", file=sys.stderr)
         return 1

@@ -17,8 +17,9 @@ import numpy as np
 from common.errors import DecodeError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.pipeline import STAGES, StageSpec, parse_pipeline
+from common.rawtile import is_raw_tile
 from common.tasks import Detection
-from common.tiling import decode_tile, encode_tile, is_raw_tile
+from common.tiling import decode_tile, encode_tile
 from worker import filters
 from worker.detectors import DETECTORS, StageEnv
 

@@ -10,8 +10,9 @@ import pytest
 
 from common.masterclient import MasterClient
 from common.pipeline import parse_pipeline, pipeline_halo
+from common.rawtile import decode_raw_tile, encode_raw_tile, is_raw_tile
 from common.tasks import TaskKind, TaskSpec
-from common.tiling import assemble, cut, decode_raw_tile, encode_raw_tile, is_raw_tile, plan_tiles
+from common.tiling import assemble, cut, plan_tiles
 from worker.loop import Worker, WorkerConfig
 from worker.pipeline import StageCache, run_pipeline
 

@@ -23,7 +23,7 @@ from common.protocol import (
     HEADER_BYTES,
     MAC_BYTES,
     MAGIC,
-    ProtocolError,
+    DatagramError,
     decode_datagram,
     encode_frame,
 )
@@ -62,7 +62,7 @@ any_datagram = st.binary(max_size=200) | crafted_datagrams()
 def test_decode_datagram_raises_only_protocol_error_and_what_it_returns_is_consistent(datagram: bytes) -> None:
     try:
         head, payload = decode_datagram(datagram)
-    except ProtocolError as e:
+    except DatagramError as e:
         assert e.reason in {"short", "bad_magic", "bad_version", "bad_flags", "bad_length", "bad_chunk",
                             "bad_checksum"}
         return
@@ -177,7 +177,7 @@ handshake_like = st.fixed_dictionaries(
 def test_jobproto_decode_body_raises_only_protocol_error(body: bytes) -> None:
     try:
         msg = jobproto.decode_body(body)
-    except jobproto.ProtocolError as e:
+    except jobproto.JobProtocolError as e:
         assert e.code in jobproto.ERROR_CODES
         return
     assert isinstance(msg, dict) and isinstance(msg["type"], str)
@@ -188,7 +188,7 @@ def test_jobproto_decode_body_raises_only_protocol_error(body: bytes) -> None:
 def test_jobproto_parse_handshake_raises_only_protocol_error(msg: dict) -> None:
     try:
         hs = jobproto.parse_handshake(msg)
-    except jobproto.ProtocolError as e:
+    except jobproto.JobProtocolError as e:
         assert e.code in jobproto.ERROR_CODES
         return
     assert 1 <= hs.tiles[0] <= 16 and 1 <= hs.tiles[1] <= 16 and hs.protocol in jobproto.PROTOCOLS
@@ -200,7 +200,7 @@ def test_jobproto_parse_handshake_raises_only_protocol_error(msg: dict) -> None:
 def test_jobproto_data_size_raises_only_protocol_error(msg: dict) -> None:
     try:
         size = jobproto.data_size(msg)
-    except jobproto.ProtocolError:
+    except jobproto.JobProtocolError:
         return
     assert 0 <= size <= jobproto.MAX_DATA_CHUNK
 
@@ -217,5 +217,5 @@ def test_jobproto_stream_reader_raises_only_protocol_error_or_incomplete_read(st
 
     try:
         asyncio.run(go())
-    except (jobproto.ProtocolError, asyncio.IncompleteReadError):
+    except (jobproto.JobProtocolError, asyncio.IncompleteReadError):
         pass

@@ -12,7 +12,7 @@ import pytest
 from cluster.testdata import jpeg_claiming
 from common.errors import DecodeError
 from common.imageinfo import MAX_IMAGE_PIXELS, ImageTooLarge, check_image, image_size
-from common.tiling import encode_raw_tile
+from common.rawtile import encode_raw_tile
 
 
 def png_claiming(width: int, height: int) -> bytes:

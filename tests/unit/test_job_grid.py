@@ -5,7 +5,7 @@ import pytest
 
 from common.jobproto import parse_handshake
 from common.pipeline import parse_pipeline
-from common.tiling import encode_raw_tile
+from common.rawtile import encode_raw_tile
 from receiver.jobs import decode_tile_bytes, encode_tile_bytes, grid_fields, job_grid
 
 

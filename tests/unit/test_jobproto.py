@@ -19,7 +19,7 @@ from common.jobproto import (
     MAX_CONTROL_BYTES,
     MAX_DATA_CHUNK,
     Handshake,
-    ProtocolError,
+    JobProtocolError,
     data_header,
     data_size,
     decode_body,
@@ -115,20 +115,20 @@ def test_encode_refuses_nan() -> None:
 @pytest.mark.parametrize("body", [b"\xff\xfe", b"not json", b"[1, 2]", b'"type"', b"{}",
                                   b'{"type": 1}', b'{"type": "x", "v": NaN}'])
 def test_decode_body_refuses_bad_bodies(body: bytes) -> None:
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(JobProtocolError) as err:
         decode_body(body)
     assert isinstance(err.value, DecodeError)
     assert err.value.code == "bad_handshake"
 
 
 def test_protocol_error_refuses_unknown_codes() -> None:
-    assert ProtocolError("x").code == "bad_handshake"
+    assert JobProtocolError("x").code == "bad_handshake"
     with pytest.raises(ValueError):
-        ProtocolError("x", "nope")
+        JobProtocolError("x", "nope")
 
 
 def test_read_message_refuses_an_oversized_length_before_reading_the_body() -> None:
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(JobProtocolError) as err:
         read_with(struct.pack("!I", MAX_CONTROL_BYTES + 1), read_message, eof=False)
     assert err.value.code == "too_large"
 
@@ -152,7 +152,7 @@ def test_read_data_reads_exactly_the_announced_bytes() -> None:
 def test_read_data_truncated_and_oversized() -> None:
     with pytest.raises(asyncio.IncompleteReadError):
         read_with(b"abc", lambda r: read_data(r, 5))
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(JobProtocolError) as err:
         read_with(b"", lambda r: read_data(r, MAX_DATA_CHUNK + 1))
     assert err.value.code == "too_large"
 
@@ -165,7 +165,7 @@ def test_read_data_truncated_and_oversized() -> None:
     ({"type": "eof", "size": 3}, "bad_handshake"),
 ])
 def test_data_size_refuses(msg: dict, code: str) -> None:
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(JobProtocolError) as err:
         data_size(msg)
     assert err.value.code == code
 
@@ -178,7 +178,7 @@ def test_blocking_helpers_over_a_socket_pair() -> None:
         assert recv_message(b) == {"type": "accepted", "job_id": "j1"}
         assert recv_exact(b, data_size(recv_message(b))) == b"xyz"
         a.sendall(struct.pack("!I", MAX_CONTROL_BYTES + 1))
-        with pytest.raises(ProtocolError):
+        with pytest.raises(JobProtocolError):
             recv_message(b)
         a.sendall(b"ab")
         a.shutdown(socket.SHUT_WR)
@@ -242,7 +242,7 @@ def test_tile_format_png_survives_the_wire() -> None:
     ({"tile_format": None}, "bad_handshake"),
 ])
 def test_parse_handshake_refusals(overrides: dict, code: str) -> None:
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(JobProtocolError) as err:
         parse_handshake(stream_handshake(**overrides))
     assert err.value.code == code
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.protocol import HEADER, HEADER_BYTES, MAGIC, ProtocolError, decode_datagram, encode_frame, seq_newer
+from common.protocol import HEADER, HEADER_BYTES, MAGIC, DatagramError, decode_datagram, encode_frame, seq_newer
 from common.reassembly import FrameAssembler, ReassemblyLimits
 
 SRC = ("127.0.0.1", 40000)
@@ -63,7 +63,7 @@ def test_header_layout_is_34_bytes_big_endian():
 ])
 def test_malformed_datagrams_counted_by_reason(mutate, reason):
     g = next(encode_frame(frame_bytes(100), stream_id=1, seq=1, capture_ns=1))
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(DatagramError) as e:
         decode_datagram(mutate(g))
     assert e.value.reason == reason
     asm = FrameAssembler()
@@ -173,3 +173,14 @@ def test_flood_of_new_frame_ids_stays_bounded():
         assert asm.frames_in_flight <= 4 * 8 and asm.buffered_bytes <= 200_000
     real = list(encode_frame(frame_bytes(3000), stream_id=99, seq=1, capture_ns=1, chunk_bytes=1000))
     assert len(feed(asm, real, now=2.0)) == 1
+
+
+def test_every_wire_protocol_error_is_one_family_under_the_root_error():
+    from common.errors import DecodeError, FramehiveError
+    from common.errors import ProtocolError as Base
+    from common.jobproto import JobProtocolError
+    from receiver.zmqhub import Refused
+
+    errors = [DatagramError("bad_magic", "x"), JobProtocolError("x", "busy"), Refused("dropped_forged", "x")]
+    assert all(isinstance(e, Base) and isinstance(e, DecodeError) and isinstance(e, FramehiveError) for e in errors)
+    assert [e.reason for e in errors] == ["bad_magic", "busy", "dropped_forged"]

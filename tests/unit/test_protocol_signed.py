@@ -11,7 +11,7 @@ from common.protocol import (
     FLAG_SIGNED,
     HEADER_BYTES,
     MAC_BYTES,
-    ProtocolError,
+    DatagramError,
     decode_datagram,
     encode_frame,
     key_from,
@@ -47,7 +47,7 @@ def test_signed_layout_is_header_payload_and_16_byte_hmac_sha256():
 
 def test_signed_datagram_too_short_for_its_mac_is_short():
     [g] = grams(b"abc")
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(DatagramError) as e:
         decode_datagram(g[:HEADER_BYTES + 5])
     assert e.value.reason == "short"
 

@@ -5,18 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.tiling import (
-    RAW_HEADER_BYTES,
-    Rect,
-    assemble,
-    cut,
-    decode_raw_tile,
-    encode_raw_tile,
-    is_raw_tile,
-    parse_grid,
-    place,
-    plan_tiles,
-)
+from common.rawtile import RAW_HEADER_BYTES, decode_raw_tile, encode_raw_tile, is_raw_tile
+from common.tiling import Rect, assemble, cut, parse_grid, place, plan_tiles
 
 
 @pytest.mark.parametrize("text, grid", [("3x3", (3, 3)), ("2X4", (2, 4)), (" 16x1 ", (16, 1)), ("1x16", (1, 16))])
