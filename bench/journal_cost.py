@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import benchlib  # noqa: E402
 from common.tasks import Outcome, TaskKind, TaskSpec  # noqa: E402
-from master.journal import SqliteJournal  # noqa: E402
-from master.store import StoreConfig, TaskStore  # noqa: E402
+from master.core.journal import SqliteJournal  # noqa: E402
+from master.core.store import StoreConfig, TaskStore  # noqa: E402
 
 TILE_BYTES = 256 * 144 * 3  # one ninth of a 768x432 BGR frame
 

@@ -12,12 +12,12 @@ from common.cli import DefaultsHelpFormatter
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.runtime import ServerThread, Supervisor, setup_logging, stop_on_signals
-from master.celerybackend import CeleryDispatcher
+from master.api.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
+from master.backends.celery import CeleryDispatcher
 from master.config import from_flags
-from master.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
-from master.journal import SqliteJournal
-from master.service import MasterService, ServiceConfig
-from master.store import StoreConfig, TaskStore
+from master.core.journal import SqliteJournal
+from master.core.service import MasterService, ServiceConfig
+from master.core.store import StoreConfig, TaskStore
 
 log = logging.getLogger("master")
 

@@ -12,10 +12,10 @@ from common import auth
 from common.celeryconf import DEFAULT_VISIBILITY_S, redis_url
 from common.config import build, require_secret
 from common.errors import ConfigError
-from master.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES
-from master.rules import load_rules
-from master.service import ServiceConfig
-from master.store import StoreConfig
+from master.alerts.rules import load_rules
+from master.api.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES
+from master.core.service import ServiceConfig
+from master.core.store import StoreConfig
 
 BACKENDS = ("builtin", "celery")
 

@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError) as e:
         print(f"python -m receiver: error: {e}", file=sys.stderr)
         return 2
+    return run(config)
+
+
+def run(config: ReceiverConfig) -> int:
+    """Serve as `config` says until SIGINT/SIGTERM; the process's exit code."""
     setup_logging(config.log_level)
     stop = stop_on_signals()
     buffer = FrameBuffer(config.backlog)
@@ -171,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.add(part)
 
     def ready() -> None:
-        log.info("receiving UDP on %s ports %s%s; queueing on %s as %s; %s", config.host, config.ports_text,
-                 f", imagezmq on {config.zmq_port}" if config.zmq_port else "", config.master.url, forwarder.name,
-                 "only signed datagrams and requests are taken" if config.key else "no key: nothing is authenticated")
+        if config.ports or config.zmq_port:
+            log.info("receiving %s%s; queueing on %s as %s; %s",
+                     f"UDP on {config.host} ports {config.ports_text}" if config.ports else "no UDP",
+                     f", imagezmq on {config.zmq_port}" if config.zmq_port else "", config.master.url,
+                     forwarder.name, "only signed datagrams and requests are taken" if config.key
+                     else "no key: nothing is authenticated")
         if config.jobs:
             log.info("serving file jobs on %s port %d%s", config.jobs.host, config.jobs.port,
                      f"; preview at http://{config.jobs.preview_host}:{config.jobs.http_port}/" if preview else "")
@@ -205,7 +213,7 @@ def job_parts(config: ReceiverConfig) -> tuple[Component | None, Component | Non
         max_jobs=settings.max_jobs, max_spool_bytes=settings.max_spool_bytes))
     if not settings.http_port:
         return jobs, None
-    from receiver.jobpreview import PreviewServer
+    from receiver.jobs.preview import PreviewServer
 
     return jobs, ServerThread(PreviewServer((settings.preview_host, settings.http_port), jobs.server), "preview")
 

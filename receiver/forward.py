@@ -139,7 +139,7 @@ class Forwarder(Component):
                 meta["skip"] = reason
                 payload = b""
                 self.port_stats.setdefault(f.port, Counter())[f"skipped_{reason.replace(' ', '_')}"] += 1
-        meta["forwarded_ns"] = str(time.time_ns())  # receiver clock: buffering and gating time (master/timing.py)
+        meta["forwarded_ns"] = str(time.time_ns())  # receiver clock: buffering and gating time (master/core/timing.py)
         spec = TaskSpec(port=f.port, seq=f.seq & 0x7FFFFFFF, pipeline=f.pipeline, captured_ns=f.capture_ns,
                         received_ns=f.received_ns, meta=meta)
         return spec, payload

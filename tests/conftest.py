@@ -11,8 +11,8 @@ import cv2
 import pytest
 
 from cluster.local import packaged_clip
-from master.httpserver import MasterHTTPServer
-from master.service import MasterService, ServiceConfig
+from master.api.httpserver import MasterHTTPServer
+from master.core.service import MasterService, ServiceConfig
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 

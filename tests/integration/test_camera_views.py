@@ -1,5 +1,5 @@
 """What users see of cameras on a real master: the true frame rate, and file-job tiles kept out of every
-camera view (dashboard, `python -m master.status`, /metrics, the throughput chart)."""
+camera view (dashboard, `python -m master.cli.status`, /metrics, the throughput chart)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.local import ROOT
 from common.jobproto import TILE_PORT
-from master.dashboard import totals
+from master.observe.dashboard import totals
 from tests.conftest import RunningMaster
 
 NOW_NS = time.time_ns()
@@ -77,7 +77,7 @@ def test_file_job_tiles_are_in_no_camera_view(master):
              if s.name.endswith("_total")}
     assert tiles == {"added": 24.0, "completed": 24.0, "failed": 0.0, "cancelled": 0.0}
 
-    out = subprocess.run([sys.executable, "-m", "master.status", "--master", master.url], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "master.cli.status", "--master", master.url], cwd=ROOT,
                          capture_output=True, text=True, timeout=30, env={"COLUMNS": "160", "PATH": ""})
     assert out.returncode == 0, out.stderr
     rows = [line.split("│")[1].strip() for line in out.stdout.splitlines()

@@ -17,7 +17,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("module", ["master", "receiver", "worker", "sender", "master.results", "cluster.demo"])
+@pytest.mark.parametrize("module", ["master", "receiver", "worker", "sender", "master.cli.results", "cluster.demo"])
 def test_help(module):
     out = run(module, "--help")
     assert out.returncode == 0 and "usage:" in out.stdout
@@ -39,7 +39,7 @@ def test_help(module):
     (("sender", "--quality", "0"), "--quality must be 1..100"),
     (("sender", "--source", "/no/such/file.mp4"), "no such video file"),
     (("sender", "--source", "synthetic:10x"), "synthetic size"),
-    (("master.results",), "--port"),
+    (("master.cli.results",), "--port"),
 ])
 def test_bad_flags_are_refused_with_a_message(args, words):
     out = run(*args)

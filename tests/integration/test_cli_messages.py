@@ -15,8 +15,8 @@ import pytest
 from cluster.local import ROOT
 from tests.conftest import RunningMaster, wait_until
 
-TOOLS = ["master", "receiver", "worker", "sender", "sender.client", "master.status", "master.results", "worker.models",
-         "cluster.demo"]
+TOOLS = ["master", "receiver", "worker", "sender", "sender.client", "master.cli.status", "master.cli.results",
+         "worker.models", "cluster.demo"]
 EMPTY_DEFAULTS = ("(default: None)", "(default: [])", "(default: )", "(default: False)")
 
 
@@ -71,10 +71,10 @@ def test_the_file_job_client_shows_its_defaults_and_needs_no_filters():
 @pytest.mark.parametrize("args,words", [
     (("sender", "--receiver", "nosuchhost.invalid:5000", "--max-frames", "1"),
      "cannot resolve the receiver's host 'nosuchhost.invalid'"),
-    (("master.status", "--master", "not-a-url"), "master URL must look like http://HOST:PORT, got 'not-a-url'"),
-    (("master.status", "--master", "http://127.0.0.1:99999"), "bad port in master URL"),
-    (("master.results", "--master", "127.0.0.1:8000", "--port", "5000"), "master URL must look like"),
-    (("master.results", "--port", "0"), "--port must be a camera port 1..65535"),
+    (("master.cli.status", "--master", "not-a-url"), "master URL must look like http://HOST:PORT, got 'not-a-url'"),
+    (("master.cli.status", "--master", "http://127.0.0.1:99999"), "bad port in master URL"),
+    (("master.cli.results", "--master", "127.0.0.1:8000", "--port", "5000"), "master URL must look like"),
+    (("master.cli.results", "--port", "0"), "--port must be a camera port 1..65535"),
     (("worker", "--master", "not-a-url"), "master URL must look like http://HOST:PORT"),
     (("receiver", "--master", "http://127.0.0.1:0"), "bad port in master URL"),
     (("receiver", "--master", "http://bad host:8000"), "master URL must look like"),
@@ -91,15 +91,15 @@ def test_results_for_a_camera_the_master_does_not_have_names_the_known_ones(mast
     for port in (5000, 5002):
         p.add_tasks([{"port": port, "seq": 0, "pipeline": "noop", "captured_ns": "1",
                       "payload": xmlrpc.client.Binary(b"\xff\xd8x")}])
-    out = run("master.results", "--master", master.url, "--port", "5001")
+    out = run("master.cli.results", "--master", master.url, "--port", "5001")
     assert out.returncode == 2 and out.stdout == ""
     assert "the master has no camera 5001; known cameras: 5000, 5002" in out.stderr, out.stderr
-    assert run("master.results", "--master", master.url, "--port", "5000").returncode == 0
+    assert run("master.cli.results", "--master", master.url, "--port", "5000").returncode == 0
 
 
 def test_status_watch_waits_for_a_restarting_master():
     first = RunningMaster().start()
-    proc = subprocess.Popen([sys.executable, "-m", "master.status", "--master", first.url, "--watch",
+    proc = subprocess.Popen([sys.executable, "-m", "master.cli.status", "--master", first.url, "--watch",
                              "--interval", "0.1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []

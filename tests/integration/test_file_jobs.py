@@ -207,3 +207,22 @@ def test_the_sound_track_goes_through_a_file_job(cluster, tmp_path):
         assert f.streams.audio and f.streams.audio[0].codec_context.name == "aac"
         assert sum(1 for p in f.demux(f.streams.video[0]) if p.size) == 50
     assert abs(sound_s(out) - sound_s(src)) <= 1 / 25
+
+
+def test_a_job_server_on_its_own_serves_a_job(cluster, clip, tmp_path):
+    """`python -m receiver.jobs`: no cameras, the same protocol, its jobs on the master's dashboard."""
+    from cluster.local import wait_for_log
+
+    port = free_port()
+    alone = cluster.spawn("jobs-alone", "receiver.jobs", "--port", str(port), "--master", cluster.master_url,
+                          "--name", "jobs-alone")
+    wait_for_log(alone, "serving file jobs", 30)
+    out = tmp_path / "alone.mp4"
+    done = subprocess.run([sys.executable, "-m", "sender.client", "--host", "127.0.0.1", "--port", str(port),
+                           "--video", clip, "--tiles", "2x2", "--filters", "blur:3", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr + alone.log_text()[-3000:]
+    assert json.loads(done.stdout)["metrics"]["frames"] == FRAMES and len(frames_of(str(out))) == FRAMES
+    with MasterClient(cluster.master_url) as c:  # its finished job reaches the master's stats
+        wait_until(lambda: any(j["state"] == "done" for j in
+                               c.get_stats()["sources"].get("jobs-alone", {}).get("jobs", {}).get("jobs", [])), 15)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from master.rpc import FAULT_BAD_ARGS
-from master.workers import MAX_WORKERS
+from master.api.rpc import FAULT_BAD_ARGS
+from master.core.workers import MAX_WORKERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def read_outs_are_valid(master) -> dict:
     status, body = get(master, "/metrics")
     assert status == 200 and list(text_string_to_metric_families(body.decode()))
     assert rpc(master).get_stats()["uptime_s"] >= 0
-    out = subprocess.run([sys.executable, "-m", "master.status", "--master", master.url], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "master.cli.status", "--master", master.url], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "workers" in out.stdout, out.stderr[-2000:]
     return stats

@@ -11,13 +11,13 @@ import pytest
 
 from cluster.local import free_port
 from common import jobproto
-from receiver import jobs as jobs_mod
 from receiver.jobs import JobConfig, JobServerThread
+from receiver.jobs import server as jobs_server
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs_mod, "UPLOAD_STALL_S", 1.0)
+    monkeypatch.setattr(jobs_server, "UPLOAD_STALL_S", 1.0)
     port = free_port()
     stray = tmp_path / f"framehive-jobs-{port}"
     stray.mkdir()

@@ -22,15 +22,17 @@ def test_every_role_with_its_heavier_flags_exits_0_on_one_sigterm(tmp_path):
         [udp] = free_udp_ports(1)
         receiver = c.start_receiver([udp], "--zmq-port", str(free_port()), "--jobs-port", str(free_port()),
                                     "--jobs-http-port", str(free_port()), "--detect", "motion")
-        jobs_only = c.spawn("jobs-only", "receiver", "--ports", "none", "--jobs-port", str(free_port()),
-                            "--master", c.master_url)
+        jobs_only = c.spawn("jobs-only", "receiver.jobs", "--port", str(free_port()), "--master", c.master_url)
+        zmq_only = c.spawn("zmq-only", "receiver", "--ports", "none", "--zmq-port", str(free_port()),
+                           "--master", c.master_url)
         workers = c.start_workers(1, "--preload", "person", "--processes", "2", "--batch", "2")
         celery_workers = c.start_celery_workers(1, redis.url)
         publisher = c.start_publisher(udp, "synthetic", "--fps", "10")
         wait_for_log(jobs_only, "serving file jobs", 15)
+        wait_for_log(zmq_only, "receiving no UDP, imagezmq on", 15)
         with c.client() as client:  # frames flow end to end before anything is stopped
             wait_until(lambda: client.get_results(udp, 0)["next"] >= 3, 60)
-        roles = [publisher, receiver, jobs_only, *workers, *celery_workers, celery_master]
+        roles = [publisher, receiver, jobs_only, zmq_only, *workers, *celery_workers, celery_master]
         for p in roles:
             p.popen.send_signal(signal.SIGTERM)
         for p in roles:

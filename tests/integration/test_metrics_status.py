@@ -1,4 +1,4 @@
-"""/metrics, /api/v1/dashboard and `python -m master.status` against a real cluster on loopback."""
+"""/metrics, /api/v1/dashboard and `python -m master.cli.status` against a real cluster on loopback."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.local import ROOT, LocalCluster, free_udp_ports
 from common.masterclient import MasterClient
-from master.metrics import families
+from master.observe.metrics import families
 from tests.conftest import wait_until
 
 N = 30
@@ -152,7 +152,7 @@ def test_dashboard_document_describes_camera_workers_and_events(traffic):
 
 def test_status_command_prints_the_cluster_table(traffic):
     cluster, port, _ = traffic
-    out = subprocess.run([sys.executable, "-m", "master.status", "--master", cluster.master_url], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "master.cli.status", "--master", cluster.master_url], cwd=ROOT,
                          capture_output=True, text=True, timeout=30, env={"COLUMNS": "160", "PATH": ""})
     assert out.returncode == 0, out.stderr
     for text in ("cameras", "workers", "events", str(port), "worker0", "anyone", "person"):
@@ -161,7 +161,7 @@ def test_status_command_prints_the_cluster_table(traffic):
 
 def test_status_command_says_clearly_when_the_master_is_unreachable():
     from cluster.local import free_port
-    out = subprocess.run([sys.executable, "-m", "master.status", "--master", f"http://127.0.0.1:{free_port()}"],
+    out = subprocess.run([sys.executable, "-m", "master.cli.status", "--master", f"http://127.0.0.1:{free_port()}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "cannot reach the master" in out.stderr, out.stderr
 

@@ -16,9 +16,9 @@ from cluster.local import ROOT, free_port
 from common.masterclient import MasterClient
 from common.pipeline import parse_stage
 from common.tasks import TaskSpec
-from master.httpserver import MasterHTTPServer
-from master.service import MasterService, ServiceConfig
-from master.store import StoreConfig
+from master.api.httpserver import MasterHTTPServer
+from master.core.service import MasterService, ServiceConfig
+from master.core.store import StoreConfig
 from tests.conftest import RunningMaster, wait_until
 from worker.loop import Worker, WorkerConfig
 from worker.pipeline import StageCache

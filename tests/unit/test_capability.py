@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from master.workers import MAX_CAPABILITY_STAGES, WorkerRegistry, clean_capabilities
+from master.core.workers import MAX_CAPABILITY_STAGES, WorkerRegistry, clean_capabilities
 from worker.capability import Capabilities, StageTimes, runnable_stages
 from worker.detectors import StageEnv
 

@@ -7,8 +7,8 @@ import pytest
 import common.celeryconf as cc
 from common.errors import BadRequest, ConfigError
 from common.tasks import Detection, Lease, Outcome, Task, TaskKind, TaskSpec, lease_from_wire
-from master.celerybackend import redact
-from master.workers import WorkerRegistry
+from master.backends.celery import redact
+from master.core.workers import WorkerRegistry
 
 
 def test_settings_are_json_only_late_acked_one_at_a_time_with_our_visibility_timeout():

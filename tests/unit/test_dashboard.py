@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.results import Result, ResultStatus
 from common.tasks import Detection, TaskKind
-from master.dashboard import History, camera, rates_between, static_file, totals
+from master.observe.dashboard import History, camera, rates_between, static_file, totals
 
 
 def result(seq: int, at: float, *, status: str = "ok", latency: float = 50.0, dets=(), stages=None) -> Result:
@@ -66,7 +66,7 @@ def test_only_the_dashboard_files_are_served():
 
 
 def test_a_camera_card_says_where_recent_frames_spent_their_time():
-    from master.dashboard import camera
+    from master.observe.dashboard import camera
 
     recent = [result(i, 100.0, stages={"queue": 10.0 + i, "work": 30.0, "dispatch": 2.0, "end_to_end": 60.0})
               for i in range(5)]
@@ -77,7 +77,7 @@ def test_a_camera_card_says_where_recent_frames_spent_their_time():
 
 
 def test_xmlrpc_safe_turns_what_xmlrpc_cannot_carry_into_what_it_can():
-    from master.rpc import xmlrpc_safe
+    from master.api.rpc import xmlrpc_safe
 
     assert xmlrpc_safe({"a": [2**31, -(2**31) - 1, 2**31 - 1, True, None, 1.5], 3: "x"}) == {
         "a": [float(2**31), float(-(2**31) - 1), 2**31 - 1, True, "", 1.5], "3": "x"}

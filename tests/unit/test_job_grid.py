@@ -6,7 +6,7 @@ import pytest
 from common.jobproto import parse_handshake
 from common.pipeline import parse_pipeline
 from common.rawtile import encode_raw_tile
-from receiver.jobs import decode_tile_bytes, encode_tile_bytes, grid_fields, job_grid
+from receiver.jobs.plan import decode_tile_bytes, encode_tile_bytes, grid_fields, job_grid
 
 
 @pytest.mark.parametrize("spec", ["canny,blur:3", "gaussian:5,sobel", "blur:3,motion", "threshold"])

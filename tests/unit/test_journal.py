@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from common.tasks import Outcome, TaskKind, TaskSpec
-from master.journal import SqliteJournal, iter_tables
-from master.store import StoreConfig, TaskStore
+from master.core.journal import SqliteJournal, iter_tables
+from master.core.store import StoreConfig, TaskStore
 
 NOW = 1_800_000_000.0
 
@@ -76,7 +76,7 @@ def test_results_are_pruned_to_the_ring_size(tmp_path):
 
 
 def test_the_incarnation_is_kept_with_the_results(tmp_path):
-    from master.journal import NullJournal, SqliteJournal
+    from master.core.journal import NullJournal, SqliteJournal
 
     first = SqliteJournal(tmp_path / "m.sqlite3")
     value = first.incarnation()

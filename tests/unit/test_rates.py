@@ -1,10 +1,10 @@
-"""The per-camera frame rate (master/rates.py): a count over a sliding window, at any rate."""
+"""The per-camera frame rate (master/core/rates.py): a count over a sliding window, at any rate."""
 
 from __future__ import annotations
 
 import pytest
 
-from master.rates import RateMeter
+from master.core.rates import RateMeter
 
 
 def feed(meter: RateMeter, key: int, fps: float, start: float, seconds: float) -> float:

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from common.errors import ConfigError
-from master.service import MasterService
+from master.core.service import MasterService
 from receiver.__main__ import from_flags, log_counters, parse_args, parse_ports
 
 

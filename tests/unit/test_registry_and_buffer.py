@@ -2,7 +2,7 @@
 
 import threading
 
-from master.workers import WorkerRegistry
+from master.core.workers import WorkerRegistry
 from receiver.buffer import FrameBuffer, ReadyFrame
 
 

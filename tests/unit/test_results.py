@@ -12,14 +12,14 @@ from common import batch
 from common.errors import BadRequest
 from common.results import Result, ResultStatus
 from common.tasks import Detection, Outcome, TaskKind, TaskSpec
-from master import taskapi
-from master.journal import SqliteJournal
-from master.service import MasterService, ServiceConfig
-from master.store import StoreConfig, TaskStore
+from master.api import taskapi
+from master.core.journal import SqliteJournal
+from master.core.service import MasterService, ServiceConfig
+from master.core.store import StoreConfig, TaskStore
 
 T0 = 1_700_000_000.25
 
-# What master/store.py returned for these cases when results were plain dicts (captured from that code):
+# What master/core/store.py returned for these cases when results were plain dicts (captured from that code):
 # the wire format is these keys, in this order, with these types and this rounding.
 EXPECTED = {
     "frame": {

@@ -11,8 +11,8 @@ import pytest
 from common.errors import ConfigError
 from common.results import Result, ResultStatus
 from common.tasks import Detection, TaskKind
-from master.events import Event, EventLog, annotate, to_wire
-from master.rules import Rule, RuleEngine, RulesError, load_rules, parse_rules, point_in_polygon
+from master.alerts.events import Event, EventLog, annotate, to_wire
+from master.alerts.rules import Rule, RuleEngine, RulesError, load_rules, parse_rules, point_in_polygon
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
 T0 = 1_700_000_000.0

@@ -7,7 +7,7 @@ import pytest
 
 from common.errors import QueueFull, StaleLease, UnknownTask
 from common.tasks import Detection, Outcome, TaskKind, TaskSpec, TaskState
-from master.store import StoreConfig, TaskStore
+from master.core.store import StoreConfig, TaskStore
 
 T0 = 1_700_000_000.0
 

@@ -1,10 +1,10 @@
-"""Per-frame stage durations and their histograms (master/timing.py)."""
+"""Per-frame stage durations and their histograms (master/core/timing.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from master.timing import BUCKETS_S, STAGES, LatencyHistograms, frame_stages
+from master.core.timing import BUCKETS_S, STAGES, LatencyHistograms, frame_stages
 
 MS = 1_000_000
 

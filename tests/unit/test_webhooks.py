@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from common.tasks import Detection
-from master.events import Event, to_wire
-from master.webhooks import WebhookConfig, WebhookSender, delivery_body
+from master.alerts.events import Event, to_wire
+from master.alerts.webhooks import WebhookConfig, WebhookSender, delivery_body
 from tests.conftest import wait_until
 
 T0 = 1_700_000_000.0

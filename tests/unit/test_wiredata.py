@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from common.errors import BadRequest
 from common.wiredata import META, STATS, Limits, clean
-from master.rpc import xmlrpc_safe
+from master.api.rpc import xmlrpc_safe
 
 
 def test_plain_counters_pass_unchanged():

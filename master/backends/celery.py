@@ -28,7 +28,7 @@ from common.celeryconf import QUEUES, TASK_NAMES, lease_message, outcome_from_re
 from common.errors import FramehiveError
 from common.runtime import Component
 from common.tasks import Lease, Outcome
-from master.service import MasterService
+from master.core.service import MasterService
 
 log = logging.getLogger(__name__)
 

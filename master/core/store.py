@@ -1,7 +1,7 @@
 """The task store: task states, leases with fencing tokens, fair scheduling and result rings.
 
 Pure and thread-safe: no sockets, no threads of its own, no clock reads; what must survive a
-restart goes to an injected journal (master/journal.py), called under the store's lock. Every call that
+restart goes to an injected journal (master/core/journal.py), called under the store's lock. Every call that
 depends on time takes `now` (seconds since the Unix epoch, as a float).
 
     PENDING --request--> IN PROGRESS --complete--> COMPLETED (result stored, record forgotten)
@@ -24,8 +24,8 @@ from typing import Any
 from common.errors import QueueFull, StaleLease, UnknownTask
 from common.results import Result, ResultStatus
 from common.tasks import SEQ_WIRE_MASK, Detection, Lease, Outcome, Task, TaskKind, TaskSpec, TaskState
-from master.journal import NullJournal, Restored
-from master.timing import frame_stages
+from master.core.journal import NullJournal, Restored
+from master.core.timing import frame_stages
 
 NS = 1_000_000_000
 
@@ -131,7 +131,7 @@ class TaskStore:
         self._job_results: dict[str, deque[tuple[Result, bytes]]] = {}  # finished tiles per job
         self.counters: Counter[str] = Counter()
         self.port_counters: dict[int, Counter[str]] = {}
-        self.journal = journal or NullJournal()  # what survives a restart (master/journal.py)
+        self.journal = journal or NullJournal()  # what survives a restart (master/core/journal.py)
         self.incarnation = self.journal.incarnation()  # which numbering of result cursors this is
         self._restore(self.journal.restore())
 

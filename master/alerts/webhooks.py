@@ -27,7 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from common.runtime import Component
-from master.events import Event, to_wire
+from master.alerts.events import Event, to_wire
 
 log = logging.getLogger(__name__)
 

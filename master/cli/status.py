@@ -1,4 +1,4 @@
-"""The dashboard in a terminal: `python -m master.status --master http://127.0.0.1:8000 [--watch]`.
+"""The dashboard in a terminal: `python -m master.cli.status --master http://127.0.0.1:8000 [--watch]`.
 
 Reads the same `GET /api/v1/dashboard` document as the web page and draws it with rich: totals,
 cameras, workers and the newest events. One shot by default; `--watch` redraws every second and,
@@ -127,12 +127,12 @@ def watch(master: str, token: str | None, interval_s: float, console: Console, s
             except MasterUnavailable as e:
                 delay = min(RETRY_MAX_S, delay * 2) if delay else RETRY_FIRST_S
                 note = f"waiting for the master ({e}); retrying in {delay:.1f} s"
-                print(f"master.status: {note}", file=sys.stderr, flush=True)
+                print(f"master.cli.status: {note}", file=sys.stderr, flush=True)
                 live.update(Group(Text(note, style="yellow"), screen), refresh=True)
                 stop.wait(delay)
                 continue
             if delay:
-                print(f"master.status: the master at {master} answers again", file=sys.stderr, flush=True)
+                print(f"master.cli.status: the master at {master} answers again", file=sys.stderr, flush=True)
                 delay = 0.0
             live.update(screen, refresh=True)
             stop.wait(max(0.1, interval_s))
@@ -140,7 +140,7 @@ def watch(master: str, token: str | None, interval_s: float, console: Console, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m master.status", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="python -m master.cli.status", description=__doc__.splitlines()[0],
                                  formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
     ap.add_argument("--watch", action="store_true",
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(render(fetch(args.master, token)))
         return 0
     except (MasterUnavailable, BadRequest) as e:
-        print(f"master.status: {e}", file=sys.stderr)
+        print(f"master.cli.status: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

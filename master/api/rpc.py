@@ -17,7 +17,7 @@ from xmlrpc.server import SimpleXMLRPCDispatcher
 
 from common.errors import BadRequest, FramehiveError, QueueFull, StaleLease, UnknownTask, UnknownWorker
 from common.tasks import Lease, lease_to_wire, outcome_from_wire, spec_from_wire
-from master.service import MasterService
+from master.core.service import MasterService
 
 log = logging.getLogger(__name__)
 

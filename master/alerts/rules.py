@@ -38,7 +38,7 @@ from typing import Any
 from common.errors import ConfigError
 from common.results import Result, ResultStatus
 from common.tasks import Detection, TaskKind
-from master.events import Event
+from master.alerts.events import Event
 
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_MIN_FRAMES = 1

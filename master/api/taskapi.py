@@ -12,8 +12,8 @@ from typing import Any
 from common import batch
 from common.errors import BadRequest, FramehiveError, TaskError
 from common.tasks import MAX_ERROR_CHARS, lease_to_wire, outcome_from_wire, spec_from_wire
-from master.rpc import MAX_BATCH_ITEMS, results_page
-from master.service import MasterService
+from master.api.rpc import MAX_BATCH_ITEMS, results_page
+from master.core.service import MasterService
 
 JSON = "application/json"
 

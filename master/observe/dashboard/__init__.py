@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from common.results import Result, ResultStatus
-from master.metrics import camera_ports, tile_counters, worker_state
-from master.service import MasterService
+from master.core.service import MasterService
+from master.observe.metrics import camera_ports, tile_counters, worker_state
 
 HERE = Path(__file__).resolve().parent
 STATIC = {  # the only files served: name -> content type
@@ -81,7 +81,7 @@ def totals(stats: Mapping[str, Any]) -> dict[str, float]:
 
 
 def camera(port: str, counters: Mapping[str, Any], recent: list[Result], now: float) -> dict[str, Any]:
-    """One camera card from its store counters (with the master's `fps`, master/rates.py) and its newest
+    """One camera card from its store counters (with the master's `fps`, master/core/rates.py) and its newest
     results (oldest first)."""
     done = [r for r in recent if r.status is ResultStatus.OK]
     latencies = [float(r.latency_ms) for r in done[-10:]]
@@ -108,7 +108,7 @@ BAR_STAGES = ("network_in", "receiver", "to_master", "queue", "work", "dispatch"
 
 
 def stage_medians(results: list[Result]) -> list[dict[str, Any]]:
-    """Where recent frames' time went: the median of each stage (master/timing.py), in pipeline order."""
+    """Where recent frames' time went: the median of each stage (master/core/timing.py), in pipeline order."""
     out = []
     for stage in BAR_STAGES:
         values = [float(r.stages_ms[stage]) for r in results if stage in r.stages_ms]

@@ -21,13 +21,13 @@ from common.results import Result, ResultStatus
 from common.runtime import Component
 from common.tasks import Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
-from master.events import EventLog, annotate
-from master.rates import RateMeter
-from master.rules import Rule, RuleEngine
-from master.store import StoreConfig, TaskStore
-from master.timing import BUCKETS_S, STAGES, LatencyHistograms
-from master.webhooks import WebhookSender
-from master.workers import WorkerRegistry
+from master.alerts.events import EventLog, annotate
+from master.alerts.rules import Rule, RuleEngine
+from master.alerts.webhooks import WebhookSender
+from master.core.rates import RateMeter
+from master.core.store import StoreConfig, TaskStore
+from master.core.timing import BUCKETS_S, STAGES, LatencyHistograms
+from master.core.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,13 @@ class MasterService(Component):
         self.errors: Counter[str] = Counter()  # rejected requests by kind
         self.rules = RuleEngine(list(self.config.rules)) if self.config.rules else None
         self.events = EventLog()
-        self.latency = LatencyHistograms()  # per camera port and stage (master/timing.py)
-        self.fps = RateMeter()  # frames finished per camera per second (master/rates.py)
+        self.latency = LatencyHistograms()  # per camera port and stage (master/core/timing.py)
+        self.fps = RateMeter()  # frames finished per camera per second (master/core/rates.py)
         self.webhooks = WebhookSender() if any(r.webhook for r in self.config.rules) else None
         self.started_at = clock()
         self._work = threading.Condition()
         self._generation = 0
-        self.backend: Any = None  # a dispatcher to another engine (master.celerybackend), when one is used
+        self.backend: Any = None  # a dispatcher to another engine (master.backends.celery), when one is used
 
     # ----- lifecycle ---------------------------------------------------------------------------
 

@@ -25,9 +25,10 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler
 from common import auth
 from common.errors import BadRequest, DecodeError, FramehiveError, QueueFull
 from common.runtime import is_loopback
-from master import dashboard, metrics, taskapi
-from master.rpc import MasterRpc, RpcDispatcher
-from master.service import MasterService
+from master.api import taskapi
+from master.api.rpc import MasterRpc, RpcDispatcher
+from master.core.service import MasterService
+from master.observe import dashboard, metrics
 
 log = logging.getLogger(__name__)
 

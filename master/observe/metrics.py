@@ -102,7 +102,7 @@ def _job_servers(sources: Mapping[str, Any]) -> list[Metric]:
 
 
 def _latency(latency: Mapping[str, Any]) -> list[Metric]:
-    """Per camera and stage duration histograms (master/timing.py), and capture-to-result latency."""
+    """Per camera and stage duration histograms (master/core/timing.py), and capture-to-result latency."""
     bounds = latency.get("buckets_s", [])
     stages = latency.get("stages", {})
     stage = HistogramMetricFamily(P + "stage_duration_seconds",

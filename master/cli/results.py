@@ -1,4 +1,4 @@
-"""`python -m master.results`: print one camera port's results, optionally as they arrive (--follow)."""
+"""`python -m master.cli.results`: print one camera port's results, optionally as they arrive (--follow)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from common.errors import BadRequest, ConfigError, MasterUnavailable, Unauthoriz
 from common.masterclient import MasterClient
 from common.results import Result, ResultStatus
 from common.runtime import stop_on_signals
-from master.metrics import camera_ports
+from master.observe.metrics import camera_ports
 
 POLL_S = 0.5
 
@@ -48,7 +48,7 @@ def check_camera(client: MasterClient, port: int, *, follow: bool) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m master.results", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m master.cli.results", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
     p.add_argument("--port", type=int, required=True, help="camera port whose results to print")

@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from common import auth
-from receiver.jobs import Job, JobServer
+from receiver.jobs.runner import Job
+from receiver.jobs.server import JobServer
 
 log = logging.getLogger(__name__)
 

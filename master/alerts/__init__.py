@@ -1,0 +1,1 @@
+"""From results to behaviours: rules, events and the webhooks that deliver them."""

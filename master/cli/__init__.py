@@ -1,0 +1,1 @@
+"""Tools a user runs against a master: status and results."""

@@ -1,0 +1,1 @@
+"""What the master shows: Prometheus metrics and the dashboard."""
