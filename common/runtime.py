@@ -102,6 +102,7 @@ class Component:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = False
+        self.on_end: Callable[[], None] | None = None  # called when a loop returns by itself (a finite part)
 
     def run(self) -> None:
         raise NotImplementedError
@@ -128,6 +129,9 @@ class Component:
                 loop()
             except BaseException as e:  # noqa: BLE001 - any escape from a loop that must not end is fatal
                 fatal(f"{type(self).__name__} thread {name!r}", e)
+                return
+            if self.on_end is not None:
+                self.on_end()
         return run
 
     def stop(self) -> None:
@@ -205,8 +209,12 @@ class Supervisor:
         self.parts: list[tuple[Component, float]] = []
         self._log = logging.getLogger(role)
 
-    def add(self, part: C, *, join_timeout_s: float | None = None) -> C:
-        """Add a part (started after those added before it, stopped before them); returns it."""
+    def add(self, part: C, *, join_timeout_s: float | None = None, ends_run: bool = False) -> C:
+        """Add a part (started after those added before it, stopped before them); returns it. With
+        `ends_run`, the part's work is finite (a publisher at the end of its file): when its loop
+        returns, the whole process stops as if signalled."""
+        if ends_run:
+            part.on_end = self.stop.set
         self.parts.append((part, self.join_timeout_s if join_timeout_s is None else join_timeout_s))
         return part
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from common.cli import DefaultsHelpFormatter
 from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
-from common.runtime import is_loopback, setup_logging, stop_on_signals
+from common.runtime import Component, Supervisor, is_loopback, setup_logging, stop_on_signals
 from sender.sources import CaptureSource, FrameSource, open_source
 from sender.transport import Transport, UdpTransport, ZmqTransport, parse_hostport
 
@@ -30,11 +30,14 @@ STATS_EVERY_S = 10.0
 REOPEN_BACKOFF_MAX_S = 10.0
 
 
-class Publisher:
+class Publisher(Component):
     """Reads, encodes and sends frames at a steady pace until the source ends or it is stopped."""
+
+    thread_name = "publisher"
 
     def __init__(self, source: FrameSource, transport: Transport, *, fps: float, quality: int,
                  max_frames: int = 0, max_width: int = 0) -> None:
+        super().__init__()
         self.source, self.transport = source, transport
         self.period = 1.0 / fps
         self.params = [cv2.IMWRITE_JPEG_QUALITY, quality]
@@ -42,8 +45,10 @@ class Publisher:
         self.counters: Counter[str] = Counter()
         self.seq = 0
 
-    def run(self, stop: threading.Event) -> None:
-        """Publish until the source is exhausted, max_frames are sent, or `stop` is set."""
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Publish until the source is exhausted, max_frames are sent, or `stop` (by default this part's
+        own stop) is set."""
+        stop = stop or self._stop
         next_at = time.monotonic()
         last_stats = next_at
         while not stop.is_set() and not (self.max_frames and self.seq >= self.max_frames):
@@ -161,19 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         transport = ZmqTransport(args.host, args.port, camera_port=args.camera_port or args.port,
                                  name=args.name or args.source, key=args.key)
-    stop = stop_on_signals()
     pub = Publisher(source, transport, fps=fps, quality=args.quality, max_frames=args.max_frames,
                     max_width=args.max_width)
+    supervisor = Supervisor("publisher", stop_on_signals())
+    supervisor.add(pub, ends_run=True)  # the end of a file (or --max-frames) ends the process
     log.info("publishing %s to %s:%d over %s at %.1f fps%s", args.source, args.host, args.port, args.transport, fps,
              ", signed" if args.key else "")
     try:
-        pub.run(stop)
+        code = supervisor.run()
     finally:
         source.close()
         transport.close()
     print(json.dumps({"frames": pub.seq, **pub.counters, **transport.counters}))
-    return 0
-
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

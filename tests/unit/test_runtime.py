@@ -115,3 +115,16 @@ def test_give_up_stops_the_process_with_its_code():
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert "the master refused this worker's token; stopping" in out.stderr
+
+
+def test_a_finite_part_that_ends_stops_the_run():
+    class Finite(Component):
+        thread_name = "publisher"
+
+        def run(self):  # a file's last frame: the loop returns by itself
+            pass
+
+    stop = threading.Event()
+    sup = Supervisor("publisher", stop)
+    sup.add(Finite(), ends_run=True)
+    assert sup.run() == 0 and stop.is_set()
