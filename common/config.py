@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,16 @@ def build(cls: type[T], values: Mapping[str, Any], *, where: str = "") -> T:
         return cls(**values)
     except (ConfigError, TypeError, ValueError) as e:
         raise ConfigError(f"{prefix}{e}") from e
+
+
+def config_or_exit(prog: str, make: Callable[[], T]) -> T:
+    """The config `make()` builds from flags, or its error as one line on stderr and exit code 2, as a
+    usage error (a role's main: `config = config_or_exit("python -m x", lambda: from_flags(parse_args(argv)))`)."""
+    try:
+        return make()
+    except (ValueError, ConfigError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @dataclass(frozen=True)

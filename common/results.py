@@ -19,7 +19,16 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from common.errors import BadRequest
-from common.tasks import MAX_DETECTIONS, MAX_PORT, MAX_TIMINGS, SEQ_WIRE_MASK, Detection, TaskKind, detection_from_wire
+from common.tasks import (
+    MAX_DETECTIONS,
+    MAX_PORT,
+    MAX_TIMINGS,
+    SEQ_WIRE_MASK,
+    Detection,
+    TaskKind,
+    detection_from_wire,
+    wire_text,
+)
 from common.wiredata import META, clean
 
 MAX_CURSOR = 2**31 - 1  # cursors travel as XML-RPC ints
@@ -97,18 +106,18 @@ class Result:
         if not isinstance(meta, Mapping):
             raise BadRequest("'meta' must be a struct/dict")
         return cls(
-            cursor=_int(d, "cursor", 0, MAX_CURSOR), task_id=_text(d, "task_id", 64),
+            cursor=_int(d, "cursor", 0, MAX_CURSOR), task_id=wire_text(d, "task_id", 64),
             port=_int(d, "port", 0, MAX_PORT), seq=_int(d, "seq", 0, SEQ_WIRE_MASK),
-            kind=_enum(TaskKind, d, "kind"), pipeline=_text(d, "pipeline", 512),
-            status=_enum(ResultStatus, d, "status"), error=_text(d, "error", MAX_TEXT_CHARS),
-            worker=_text(d, "worker", 256), attempts=_int(d, "attempts", 0, 1000),
+            kind=_enum(TaskKind, d, "kind"), pipeline=wire_text(d, "pipeline", 512),
+            status=_enum(ResultStatus, d, "status"), error=wire_text(d, "error", MAX_TEXT_CHARS),
+            worker=wire_text(d, "worker", 256), attempts=_int(d, "attempts", 0, 1000),
             detections=tuple(detection_from_wire(x) for x in dets), timings_ms=_ms(d, "timings_ms"),
             captured_at=_number(d, "captured_at"), received_at=_number(d, "received_at"),
             queued_at=_number(d, "queued_at"), completed_at=_number(d, "completed_at"),
             latency_ms=_number(d, "latency_ms"), stages_ms=_ms(d, "stages_ms"),
-            job_id=_text(d, "job_id", 128, ""),
+            job_id=wire_text(d, "job_id", 128, ""),
             motion=_number(d, "motion") if "motion" in d else None,
-            skip_reason=_text(d, "skip_reason", MAX_TEXT_CHARS, ""),
+            skip_reason=wire_text(d, "skip_reason", MAX_TEXT_CHARS, ""),
             meta=clean(dict(meta), META, what="meta"),
         )
 
@@ -117,13 +126,6 @@ def _int(d: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
     v = d.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise BadRequest(f"{key!r} must be an integer in {lo}..{hi}, got {v!r:.40}")
-    return v
-
-
-def _text(d: Mapping[str, Any], key: str, max_chars: int, default: str | None = None) -> str:
-    v = d.get(key, default)
-    if not isinstance(v, str) or len(v) > max_chars:
-        raise BadRequest(f"{key!r} must be a string of at most {max_chars} characters, got {v!r:.80}")
     return v
 
 

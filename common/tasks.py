@@ -111,7 +111,8 @@ def _int(d: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
     return v
 
 
-def _str(d: Mapping[str, Any], key: str, max_chars: int, default: str | None = None) -> str:
+def wire_text(d: Mapping[str, Any], key: str, max_chars: int, default: str | None = None) -> str:
+    """d[key] as a string of at most `max_chars` (or `default` when missing); BadRequest naming the key."""
     v = d.get(key, default)
     if not isinstance(v, str) or len(v) > max_chars:
         raise BadRequest(f"{key!r} must be a string of at most {max_chars} characters, got {v!r:.80}")
@@ -140,11 +141,11 @@ def spec_from_wire(d: Any) -> TaskSpec:
     return TaskSpec(
         port=_int(d, "port", 0, MAX_PORT),
         seq=_int(d, "seq", 0, SEQ_WIRE_MASK),
-        pipeline=normalize_pipeline(_str(d, "pipeline", 512)),
+        pipeline=normalize_pipeline(wire_text(d, "pipeline", 512)),
         captured_ns=_int(d, "captured_ns", 0, 2**63 - 1),
         received_ns=_int(d, "received_ns", 0, 2**63 - 1) if "received_ns" in d else 0,
         kind=kind,
-        job_id=_str(d, "job_id", 128, ""),
+        job_id=wire_text(d, "job_id", 128, ""),
         meta=meta,
     )
 
@@ -156,7 +157,7 @@ def task_to_wire(task: Task) -> dict[str, Any]:
 
 def task_from_wire(d: Mapping[str, Any], payload: bytes) -> Task:
     """Rebuild a Task on the worker side."""
-    return Task(id=_str(d, "id", 64), spec=spec_from_wire(d), payload=payload,
+    return Task(id=wire_text(d, "id", 64), spec=spec_from_wire(d), payload=payload,
                 queued_ns=_int(d, "queued_ns", 0, 2**63 - 1))
 
 
@@ -167,7 +168,7 @@ def lease_to_wire(lease: Lease) -> dict[str, Any]:
 
 def lease_from_wire(d: Mapping[str, Any], payload: bytes) -> Lease:
     """Rebuild a Lease on the worker side."""
-    return Lease(task_from_wire(d, payload), _str(d, "token", 64), float(d.get("lease_s", 0.0)),
+    return Lease(task_from_wire(d, payload), wire_text(d, "token", 64), float(d.get("lease_s", 0.0)),
                  _int(d, "attempt", 0, 1000))
 
 
@@ -182,7 +183,7 @@ def detection_from_wire(d: Any) -> Detection:
     score = d.get("score")
     if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
         raise BadRequest(f"detection 'score' must be a number, got {score!r:.40}")
-    return Detection(_str(d, "label", MAX_LABEL_CHARS), float(score), tuple(int(v) for v in box))
+    return Detection(wire_text(d, "label", MAX_LABEL_CHARS), float(score), tuple(int(v) for v in box))
 
 
 def outcome_to_wire(o: Outcome) -> dict[str, Any]:
@@ -204,10 +205,10 @@ def outcome_from_wire(d: Any) -> Outcome:
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values())):
         raise BadRequest(f"'timings_ms' must map at most {MAX_TIMINGS} stage names to numbers")
     return Outcome(
-        task_id=_str(d, "task_id", 64), token=_str(d, "token", 64),
+        task_id=wire_text(d, "task_id", 64), token=wire_text(d, "token", 64),
         detections=tuple(detection_from_wire(x) for x in dets),
         timings_ms={str(k)[:64]: float(v) for k, v in timings.items()},
-        error=_str(d, "error", 100_000, "")[:MAX_ERROR_CHARS],
+        error=wire_text(d, "error", 100_000, "")[:MAX_ERROR_CHARS],
         started_ns=_int(d, "started_ns", 0, 2**63 - 1) if "started_ns" in d else 0,
         finished_ns=_int(d, "finished_ns", 0, 2**63 - 1) if "finished_ns" in d else 0,
     )

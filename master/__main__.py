@@ -9,7 +9,7 @@ import sys
 
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S
 from common.cli import DefaultsHelpFormatter
-from common.errors import ConfigError
+from common.config import config_or_exit
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.runtime import ServerThread, Supervisor, setup_logging, stop_on_signals
 from master.api.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
@@ -75,11 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = from_flags(parse_args(argv))
-    except (ValueError, ConfigError) as e:
-        print(f"python -m master: error: {e}", file=sys.stderr)
-        return 2
+    config = config_or_exit("python -m master", lambda: from_flags(parse_args(argv)))
     setup_logging(config.log_level)
     journal = None
     if config.state_dir is not None:

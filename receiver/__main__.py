@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from common.cli import DefaultsHelpFormatter
-from common.config import MasterLink, build, load_key
+from common.config import MasterLink, build, config_or_exit, load_key
 from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.pipeline import normalize_pipeline
@@ -137,11 +137,7 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = from_flags(parse_args(argv))
-    except (ValueError, ConfigError) as e:
-        print(f"python -m receiver: error: {e}", file=sys.stderr)
-        return 2
+    config = config_or_exit("python -m receiver", lambda: from_flags(parse_args(argv)))
     return run(config)
 
 

@@ -11,7 +11,7 @@ import cv2
 
 from common import auth
 from common.cli import DefaultsHelpFormatter
-from common.config import build
+from common.config import build, config_or_exit
 from common.errors import ConfigError, PipelineSpecError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.pipeline import DEVICES, STAGES, parse_pipeline
@@ -70,11 +70,7 @@ def from_flags(args: argparse.Namespace) -> WorkerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = from_flags(args)
-    except ConfigError as e:
-        print(f"python -m worker: error: {e}", file=sys.stderr)
-        return 2
+    config = config_or_exit("python -m worker", lambda: from_flags(args))
     setup_logging(args.log_level)
     if args.threads:
         cv2.setNumThreads(args.threads)

@@ -7,8 +7,7 @@ import argparse
 import sys
 
 from common.cli import DefaultsHelpFormatter
-from common.config import MasterLink, build
-from common.errors import ConfigError
+from common.config import MasterLink, build, config_or_exit
 from receiver.__main__ import run
 from receiver.config import JobSettings, ReceiverConfig
 
@@ -45,11 +44,7 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = from_flags(parse_args(argv))
-    except (ValueError, ConfigError) as e:
-        print(f"python -m receiver.jobs: error: {e}", file=sys.stderr)
-        return 2
+    config = config_or_exit("python -m receiver.jobs", lambda: from_flags(parse_args(argv)))
     return run(config)
 
 
