@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cv2  # noqa: E402
 
 from bench import benchlib  # noqa: E402
+from common.gating import GatePolicy  # noqa: E402
 from common.pipeline import parse_stage  # noqa: E402
 from common.results import Result, ResultStatus  # noqa: E402
 from common.tasks import Detection, TaskKind  # noqa: E402
 from master.alerts.events import Event  # noqa: E402
 from master.alerts.rules import RuleEngine, parse_rules  # noqa: E402
-from receiver.motion import GatePolicy, MotionGate  # noqa: E402
+from receiver.motion import MotionGate  # noqa: E402
 from worker.detectors import Detector  # noqa: E402
 from worker.pipeline import StageCache, decode_image  # noqa: E402
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 from common.cli import DefaultsHelpFormatter
 from common.config import MasterLink, build, config_or_exit, load_key
 from common.errors import ConfigError
+from common.gating import GatePolicy, parse_policy
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.pipeline import normalize_pipeline
 from common.protocol import KEY_ENV
@@ -20,7 +21,6 @@ from common.runtime import Component, ServerThread, Supervisor, setup_logging, s
 from receiver.buffer import FrameBuffer
 from receiver.config import MAX_PORTS, JobSettings, ReceiverConfig
 from receiver.forward import Forwarder
-from receiver.motion import GatePolicy, parse_policy
 from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
 
 log = logging.getLogger("receiver")

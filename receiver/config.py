@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from common import auth
 from common.config import MasterLink, require_secret
 from common.errors import ConfigError
+from common.gating import GatePolicy
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.protocol import KEY_ENV
 from common.runtime import is_loopback
-from receiver.motion import GatePolicy
 from receiver.udp import DEFAULT_RCVBUF_BYTES
 
 MAX_PORTS = 256

@@ -10,11 +10,12 @@ from collections.abc import Callable, Mapping
 
 from common.config import MasterLink
 from common.errors import BadRequest, DecodeError, MasterUnavailable, QueueFull
+from common.gating import GatePolicy
 from common.imageinfo import MAX_IMAGE_PIXELS, check_image
 from common.runtime import Component
 from common.tasks import TaskSpec
 from receiver.buffer import FrameBuffer, ReadyFrame
-from receiver.motion import GatePolicy, MotionGate
+from receiver.motion import MotionGate
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import threading
 import tomllib
 import urllib.parse
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,7 @@ def point_in_polygon(point: Point, polygon: Sequence[Point]) -> bool:
 
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 _TABLE_HEADER = re.compile(r"^\s*\[")
-_KEYS = ("name", "label", "ports", "min_score", "zone", "min_frames", "cooldown_s", "log", "webhook")
+_KEYS = ("name", "label", "ports", "cameras", "min_score", "zone", "min_frames", "cooldown_s", "log", "webhook")
 
 
 def load_rules(path: str | Path) -> list[Rule]:
@@ -132,18 +132,23 @@ def load_rules(path: str | Path) -> list[Rule]:
     return parse_rules(text, name)
 
 
-def parse_rules(text: str, path: str = "<rules>") -> list[Rule]:
-    """Validate the text of a rules file (`path` only names it in errors)."""
+def parse_rules(text: str, path: str = "<rules>", *, cameras: Mapping[str, int] | None = None,
+                others: Iterable[str] = ()) -> list[Rule]:
+    """Validate the text of a rules file (`path` only names it in errors). Inside a cluster config file
+    (`cameras` maps camera names to ports, and rules may name them; top-level tables in `others` belong
+    to the rest of the file) rules are optional."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise RulesError(path, int(m.group(1)) if m else 0, f"invalid TOML: {e}") from e
     lines = _Lines(text, path)
-    unknown = sorted(set(doc) - {"rule"})
+    unknown = sorted(set(doc) - {"rule", *others})
     if unknown:
         raise lines.error(lines.top_key(unknown[0]), f"unknown top-level key {unknown[0]!r} (expected [[rule]] tables)")
     tables = doc.get("rule")
+    if cameras is not None and tables is None:
+        return []
     if not isinstance(tables, list) or not tables:
         raise RulesError(path, lines.top_key("rule") if tables is not None else 0,
                          "no rules: expected one or more [[rule]] tables")
@@ -152,7 +157,7 @@ def parse_rules(text: str, path: str = "<rules>") -> list[Rule]:
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for index, table in enumerate(tables):
-        rule = _RuleParser(table, index, lines).parse()
+        rule = _RuleParser(table, index, lines, cameras or {}).parse()
         if rule.name in seen:
             raise lines.error(lines.key_line(index, "name"), f"duplicate rule name {rule.name!r} "
                               f"(first defined at line {lines.rule_line(seen[rule.name])})")
@@ -203,8 +208,8 @@ def _assigns(line: str, key: str) -> bool:
 class _RuleParser:
     """Validates one `[[rule]]` table into a Rule."""
 
-    def __init__(self, table: Any, index: int, lines: _Lines) -> None:
-        self.table, self.index, self.lines = table, index, lines
+    def __init__(self, table: Any, index: int, lines: _Lines, cameras: Mapping[str, int]) -> None:
+        self.table, self.index, self.lines, self.cameras = table, index, lines, cameras
         self.label = f"rule #{index + 1}"
 
     def fail(self, key: str | None, reason: str) -> RulesError:
@@ -256,7 +261,14 @@ class _RuleParser:
         if not isinstance(v, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535
                                               for p in v):
             raise self.fail("ports", f"ports must be a list of port numbers 1..65535, got {v!r:.80}")
-        return tuple(sorted(set(v)))
+        names = self.table.get("cameras", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise self.fail("cameras", f"cameras must be a list of camera names, got {names!r:.80}")
+        unknown = [n for n in names if n not in self.cameras]
+        if unknown:
+            raise self.fail("cameras", f"no camera named {unknown[0]!r} in this file"
+                            + (f" (cameras: {', '.join(sorted(self.cameras))})" if self.cameras else ""))
+        return tuple(sorted(set(v) | {self.cameras[n] for n in names}))
 
     def _zone(self) -> tuple[Point, ...] | None:
         v = self.table.get("zone")

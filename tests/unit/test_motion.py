@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from receiver.motion import GatePolicy, MotionGate, parse_policy
+from common.gating import GatePolicy, parse_policy
+from receiver.motion import MotionGate
 
 
 def jpeg(img: np.ndarray) -> bytes:

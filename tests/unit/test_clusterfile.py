@@ -1,0 +1,80 @@
+"""framehive.toml is checked whole: names, ports, receivers, pipelines, rules; errors name file, line and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.local import ROOT
+from common.errors import ConfigError
+from master.clusterfile import load, parse
+
+GOOD = """
+[receivers.a]
+ports = "6000-6003"
+[receivers.b]
+host = "10.0.0.2"
+ports = [7000, 7001]
+[cameras.door]
+source = "synthetic"
+receiver = "a"
+[cameras.yard]
+source = "rtsp://cam/stream"
+receiver = "a"
+port = 6000
+pipeline = "objects:car+person"
+[cameras.side]
+source = 0
+receiver = "b"
+detect = "motion:0.01"
+[[rule]]
+name = "door-person"
+cameras = ["door", "side"]
+label = "person"
+"""
+
+
+def test_a_good_file_names_cameras_and_assigns_free_ports():
+    c = parse(GOOD)
+    assert c.cameras["yard"].port == 6000 and c.cameras["door"].port == 6001 and c.cameras["side"].port == 7000
+    assert c.camera_names() == {6000: "yard", 6001: "door", 7000: "side"}
+    assert c.cameras["side"].source == "0" and c.cameras["yard"].pipeline.startswith("objects")
+    assert c.rules[0].ports == (6001, 7000)
+    view = c.receiver_view("a")
+    assert view["ports"]["6001"] == {"camera": "door", "pipeline": "person", "detect": "every"}
+
+
+def test_a_reload_keeps_a_cameras_port_when_another_goes():
+    first = parse(GOOD)
+    without_yard = GOOD.replace('port = 6000\n', '').replace('[cameras.yard]\nsource = "rtsp://cam/stream"\n'
+                                                             'receiver = "a"\n', '[cameras.gate]\nsource = "x.mp4"\n'
+                                                             'receiver = "a"\n')
+    second = parse(without_yard, previous=first)
+    assert second.cameras["door"].port == 6001, "door keeps its port"
+    assert second.cameras["gate"].port not in (6001, 7000)
+
+
+@pytest.mark.parametrize("edit,line,words", [
+    (('source = 0\n', 'source = 0\nsize = 3\n'), 17, "cameras.side.size: unknown key"),
+    (('receiver = "b"\n', 'receiver = "c"\n'), 17, "no receiver named 'c'"),
+    (('port = 6000\n', 'port = 6001\n[cameras.twin]\nsource = "synthetic"\nreceiver = "a"\nport = 6001\n'), 0,
+     "port 6001 is taken by camera 'yard'"),
+    (('pipeline = "objects:car+person"', 'pipeline = "dog"'), 14, "unknown stage 'dog'"),
+    (('detect = "motion:0.01"', 'detect = "sometimes"'), 18, "detect policy must be one of"),
+    (('port = 6000\n', 'port = 5000\n'), 13, "not one of receiver 'a'"),
+    (('cameras = ["door", "side"]', 'cameras = ["door", "attic"]'), 21, "no camera named 'attic'"),
+    (('[cameras.door]', '[cameras.Door]'), 7, "a name is 1..48 lowercase"),
+    (('[receivers.a]', '[recievers.a]'), 2, "unknown section"),
+    (('source = "synthetic"\n', 'source = "synthetic\n'), 8, "invalid TOML"),
+])
+def test_each_mistake_is_named_with_its_line(edit, line, words):
+    with pytest.raises(ConfigError) as e:
+        parse(GOOD.replace(*edit), "cams.toml")
+    assert words in str(e.value) and str(e.value).startswith("cams.toml:"), str(e.value)
+    if line:
+        assert str(e.value).startswith(f"cams.toml:{line}:"), str(e.value)
+
+
+def test_the_shipped_example_is_valid():
+    c = load(ROOT / "examples" / "framehive.toml")
+    assert set(c.cameras) == {"hall", "yard", "front-door"} and not c.cameras["front-door"].enabled
+    assert c.rules[0].ports == (c.cameras["hall"].port,)
