@@ -12,20 +12,24 @@ reachable beyond this machine needs a secret.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
+import time
+import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from common import auth
-from common.errors import ConfigError
+from common.errors import ConfigError, MasterUnavailable
 from common.masterclient import DEFAULT_TIMEOUT_S, MasterClient, parse_master_url
 from common.protocol import KEY_ENV, key_from
 from common.runtime import is_loopback
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 DEFAULT_MASTER_URL = "http://127.0.0.1:8000"
 
 
@@ -74,6 +78,26 @@ class MasterLink:
     def client(self, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> MasterClient:
         """A client of this master that presents the token."""
         return MasterClient(self.url, timeout_s=timeout_s, token=self.token)
+
+    def fetch_config(self, kind: str, name: str, wait_s: float = 60.0) -> dict[str, Any]:
+        """What the master's config file says about receiver or camera `name` (ConfigError with the
+        master's reason when it has no file or no such name), waiting up to `wait_s` for a master that
+        is still starting."""
+        deadline = time.monotonic() + wait_s
+        delay = 0.2
+        with self.client(timeout_s=5.0) as client:
+            while True:
+                try:
+                    return client.call("get_config", kind, name)
+                except xmlrpc.client.Fault as e:
+                    raise ConfigError(f"the master at {self.url} has no config for {kind} {name!r}: "
+                                      f"{e.faultString.partition(': ')[2] or e.faultString}") from None
+                except MasterUnavailable as e:
+                    if time.monotonic() + delay > deadline:
+                        raise ConfigError(f"no master answered at {self.url} within {wait_s:.0f} s: {e}") from None
+                    log.info("waiting for the master at %s (%s)", self.url, e)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
 
 
 def load_key(key_file: str = "", env: Mapping[str, str] = os.environ) -> bytes | None:

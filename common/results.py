@@ -73,6 +73,7 @@ class Result:
     motion: float | None = None  # fraction of the frame that moved; on the wire only when known
     skip_reason: str = ""  # on the wire only for a skipped result
     meta: Mapping[str, Any] = field(default_factory=dict)  # the task's meta; on the wire only for a tile
+    camera: str = ""  # the camera's name from the cluster file; on the wire only when it has one
 
     def to_wire(self) -> dict[str, Any]:
         """The result as users read it: JSON- and XML-RPC-safe, keys in the documented order."""
@@ -92,6 +93,8 @@ class Result:
             wire["skip_reason"] = self.skip_reason
         if self.kind is TaskKind.TILE:
             wire["meta"] = dict(self.meta)
+        if self.camera:
+            wire["camera"] = self.camera
         return wire
 
     @classmethod
@@ -115,7 +118,7 @@ class Result:
             captured_at=_number(d, "captured_at"), received_at=_number(d, "received_at"),
             queued_at=_number(d, "queued_at"), completed_at=_number(d, "completed_at"),
             latency_ms=_number(d, "latency_ms"), stages_ms=_ms(d, "stages_ms"),
-            job_id=wire_text(d, "job_id", 128, ""),
+            job_id=wire_text(d, "job_id", 128, ""), camera=wire_text(d, "camera", 64, ""),
             motion=_number(d, "motion") if "motion" in d else None,
             skip_reason=wire_text(d, "skip_reason", MAX_TEXT_CHARS, ""),
             meta=clean(dict(meta), META, what="meta"),

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sqlite3
 import sys
+import threading
 
 from common.celeryconf import DEFAULT_REDIS, DEFAULT_VISIBILITY_S
 from common.cli import DefaultsHelpFormatter
 from common.config import config_or_exit
+from common.errors import ConfigError
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.runtime import ServerThread, Supervisor, setup_logging, stop_on_signals
 from master.api.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES, MasterHTTPServer
 from master.backends.celery import CeleryDispatcher
+from master.clusterfile import CONFIG_ENV
 from master.config import from_flags
+from master.core.cameras import Cameras
 from master.core.journal import SqliteJournal
 from master.core.service import MasterService, ServiceConfig
 from master.core.store import StoreConfig, TaskStore
@@ -71,11 +76,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="most tasks handed to Celery at once (bounds frame bytes in Redis and live latency)")
     p.add_argument("--visibility-s", type=float, default=DEFAULT_VISIBILITY_S,
                    help="Celery: a task whose worker died goes to another after this; use the workers' value")
+    p.add_argument("--config", default="",
+                   help=f"the cluster file (framehive.toml): named cameras, receivers, rules; its [master] table "
+                        f"sets what no flag gives; SIGHUP re-reads it (default: ${CONFIG_ENV})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log")
     return p.parse_args(argv)
 
 def main(argv: list[str] | None = None) -> int:
-    config = config_or_exit("python -m master", lambda: from_flags(parse_args(argv)))
+    config = config_or_exit("python -m master", lambda: from_flags(parse_args(argv), defaults=vars(parse_args([]))))
     setup_logging(config.log_level)
     journal = None
     if config.state_dir is not None:
@@ -94,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m master: error: cannot listen on {config.host}:{config.port}: {e.strerror}",
               file=sys.stderr)
         return 1
+    if config.config_path:
+        try:
+            service.cameras = Cameras(config.config_path, service.apply_cluster)
+        except ConfigError as e:
+            print(f"python -m master: error: {e}", file=sys.stderr)
+            return 2
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=service.cameras.reload, name="reload").start())
     supervisor = Supervisor("master", stop)
     supervisor.add(service)  # the lease monitor (and webhooks): stopped last, after nothing can call it
     if config.backend == "celery":

@@ -10,7 +10,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,15 @@ def load(path: str | Path, *, previous: ClusterFile | None = None) -> ClusterFil
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{name}: cannot read the config file: {e}") from e
-    return parse(text, name, previous=previous)
+    cluster = parse(text, name, previous=previous)
+    base = Path(path).resolve().parent  # a file source is relative to the config file, not to a working directory
+    cameras = {n: replace(c, source=str(base / c.source)) if _is_relative_file(c.source) else c
+               for n, c in cluster.cameras.items()}
+    return replace(cluster, cameras=cameras)
+
+
+def _is_relative_file(source: str) -> bool:
+    return not (source.isdigit() or source.startswith(("synthetic", "fifo:", "/")) or "://" in source)
 
 
 def parse(text: str, path: str = "framehive.toml", *, previous: ClusterFile | None = None) -> ClusterFile:

@@ -14,6 +14,8 @@ from common.config import build, require_secret
 from common.errors import ConfigError
 from master.alerts.rules import load_rules
 from master.api.httpserver import DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_REQUEST_BYTES
+from master.clusterfile import CONFIG_ENV
+from master.clusterfile import load as load_file
 from master.core.service import ServiceConfig
 from master.core.store import StoreConfig
 
@@ -39,6 +41,7 @@ class MasterConfig:
     celery_in_flight: int = 16
     visibility_s: float = DEFAULT_VISIBILITY_S
     log_level: str = "INFO"
+    config_path: str = ""  # framehive.toml: cameras, receivers and rules, reloaded on SIGHUP
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -79,9 +82,21 @@ def service_config(values: Mapping[str, Any]) -> ServiceConfig:
                          max_image_pixels=values["max_image_pixels"], job_idle_s=values["job_idle_s"])
 
 
-def from_flags(args: Any, env: Mapping[str, str] = os.environ) -> MasterConfig:
-    """The master's config from parsed flags and the environment (the token file or $FRAMEHIVE_TOKEN,
-    $FRAMEHIVE_REDIS for the celery backend); ConfigError says what is wrong."""
+FILE_KEYS = {"host": "host", "port": "port", "token_file": "token_file", "state_dir": "state_dir",
+             "backend": "backend", "redis": "redis", "rules": "rules"}  # [master] key -> flag (dest)
+
+
+def from_flags(args: Any, env: Mapping[str, str] = os.environ,
+               defaults: Mapping[str, Any] | None = None) -> MasterConfig:
+    """The master's config from parsed flags, the config file's [master] table (a flag given on the
+    command line wins) and the environment (the token file or $FRAMEHIVE_TOKEN, $FRAMEHIVE_REDIS for
+    the celery backend); ConfigError says what is wrong."""
+    path = args.config or env.get(CONFIG_ENV, "")
+    if path:
+        table = load_file(path).master
+        for key, dest in FILE_KEYS.items():
+            if key in table and (defaults is None or getattr(args, dest) == defaults.get(dest)):
+                setattr(args, dest, table[key])
     a = vars(args)
     try:
         service = service_config(a)
@@ -95,4 +110,5 @@ def from_flags(args: Any, env: Mapping[str, str] = os.environ) -> MasterConfig:
         "max_request_bytes": int(args.max_request_mb * 2**20),
         "max_connections_per_host": args.max_connections_per_host, "backend": args.backend, "redis_url": redis,
         "celery_in_flight": args.celery_in_flight, "visibility_s": args.visibility_s, "log_level": args.log_level,
+        "config_path": path,
     })

@@ -22,11 +22,13 @@ from receiver.buffer import FrameBuffer
 from receiver.config import MAX_PORTS, JobSettings, ReceiverConfig
 from receiver.forward import Forwarder
 from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
+from receiver.watch import ConfigWatcher, fetch, ports_of
 
 log = logging.getLogger("receiver")
 T = TypeVar("T")
 
 STATS_EVERY_S = 10.0
+DEFAULT_HOST = "127.0.0.1"
 
 
 def parse_ports(text: str) -> list[int]:
@@ -74,10 +76,12 @@ def parse_pipelines(items: list[str], ports: list[int]) -> tuple[str, dict[int, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m receiver", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--ports", default="5000-5003",
-                   help="UDP ports, one per camera: 5000,5001 or 5000-5003; none: no UDP cameras (a receiver "
+    p.add_argument("--ports", default=None,
+                   help="UDP ports, one per camera: 5000,5001 or 5000-5003. Left out with --name: the master's "
+                        "config file says, and a reload changes them live; else 5000-5003. none: no UDP cameras "
+                        "(a receiver "
                         "serving only imagezmq cameras or file jobs)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (:: for every address)")
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (:: for every address)")
     p.add_argument("--insecure", action="store_true",
                    help="allow listening on a non-loopback address without a datagram key")
     p.add_argument("--key-file", default="",
@@ -120,20 +124,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def from_flags(args: argparse.Namespace) -> ReceiverConfig:
     """The receiver's config from parsed flags and the environment (token, key); ValueError or
     ConfigError says which flag is wrong."""
-    ports = parse_ports(args.ports)
-    default_pipeline, pipelines = parse_pipelines(args.pipeline, ports)
-    _, policies = parse_per_port("--detect", args.detect, ports, GatePolicy(), parse_policy)
+    link = MasterLink.load(args.master, args.token_file)
+    view = from_master(link, args) if args.ports is None and args.name else None
+    if view is not None:
+        pipelines, policies, _ = ports_of(view)
+        ports, default_pipeline = sorted(pipelines), "person"
+        args.ports = ",".join(map(str, ports)) or "none"
+        args.host = view["host"] if args.host == DEFAULT_HOST else args.host
+    else:
+        ports = parse_ports(args.ports or "5000-5003")
+        default_pipeline, pipelines = parse_pipelines(args.pipeline, ports)
+        _, policies = parse_per_port("--detect", args.detect, ports, GatePolicy(), parse_policy)
     if args.jobs_http_port and not args.jobs_port:
         raise ConfigError("--jobs-http-port needs --jobs-port")
     jobs = JobSettings(port=args.jobs_port, host=args.jobs_host, http_port=args.jobs_http_port,
                        max_jobs=args.jobs_max, max_spool_bytes=int(args.jobs_max_spool_gb * 1024**3),
                        root=args.jobs_root) if args.jobs_port else None
     return build(ReceiverConfig, {
-        "master": MasterLink.load(args.master, args.token_file), "host": args.host, "ports": tuple(ports),
-        "ports_text": args.ports, "key": load_key(args.key_file), "insecure": args.insecure,
+        "master": link, "host": args.host, "ports": tuple(ports), "watch": view["generation"] if view else 0,
+        "ports_text": args.ports or "5000-5003", "key": load_key(args.key_file), "insecure": args.insecure,
         "default_pipeline": default_pipeline, "pipelines": pipelines, "policies": policies,
         "zmq_port": args.zmq_port, "jobs": jobs, "backlog": args.backlog, "max_image_pixels": args.max_image_pixels,
         "rcvbuf_bytes": args.rcvbuf_kb * 1024, "name": args.name, "log_level": args.log_level})
+
+
+def from_master(link: MasterLink, args: argparse.Namespace) -> dict | None:
+    """This receiver's cameras from the master's config file, or None when the master runs without one."""
+    if args.pipeline or args.detect:
+        raise ConfigError("--pipeline and --detect come from the master's config file when --ports is left out")
+    try:
+        return fetch(link, args.name)
+    except ConfigError as e:
+        if "without a config file" not in str(e):
+            raise
+        log.info("the master has no config file: serving the default ports 5000-5003")
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +193,10 @@ def run(config: ReceiverConfig) -> int:
                           policies=dict(config.policies), max_image_pixels=config.max_image_pixels,
                           report_extra=(lambda: {"jobs": jobs.server.report()}) if jobs else None)
     supervisor.add(forwarder, join_timeout_s=10)  # stopped last: it flushes what the sockets took
+    if config.watch:
+        ingest = next((p for p in sockets if isinstance(p, UdpIngest)), None)
+        supervisor.add(ConfigWatcher(config.master, config.name, config.watch,
+                                     lambda view: follow(view, ingest, forwarder)))
     for part in [*sockets, *([jobs] if jobs else []), *([preview] if preview else [])]:
         supervisor.add(part)
 
@@ -182,6 +211,15 @@ def run(config: ReceiverConfig) -> int:
             log.info("serving file jobs on %s port %d%s", config.jobs.host, config.jobs.port,
                      f"; preview at http://{config.jobs.preview_host}:{config.jobs.http_port}/" if preview else "")
     return supervisor.run(every=(STATS_EVERY_S, lambda: log_counters(forwarder)), ready=ready)
+
+
+def follow(view: dict, ingest: UdpIngest | None, forwarder: Forwarder) -> None:
+    """Apply a reload of the master's config: ports open and close, pipelines and policies change."""
+    pipelines, policies, names = ports_of(view)
+    if ingest is not None:
+        ingest.reconfigure(pipelines)
+    forwarder.set_policies(policies)
+    log.info("cameras now: %s", ", ".join(f"{names[p]}={p}" for p in sorted(names)) or "none")
 
 
 def counters_of(sockets: list[Component]) -> Callable[[], dict]:

@@ -60,6 +60,7 @@ class ReceiverConfig:
     rcvbuf_bytes: int = DEFAULT_RCVBUF_BYTES
     name: str = ""  # "": receiver@HOST:PORTS
     log_level: str = "INFO"
+    watch: int = 0  # the config generation its ports came from (started by --name from the master's file); 0: flags
 
     def __post_init__(self) -> None:
         if len(self.ports) > MAX_PORTS or not all(0 < p < 65536 for p in self.ports):

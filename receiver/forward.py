@@ -68,6 +68,13 @@ class Forwarder(Component):
         self._down_since = 0.0
         self._pause = 0.1
 
+    def set_policies(self, policies: Mapping[int, GatePolicy]) -> None:
+        """New detect policies (a config reload): a port whose policy changed starts a fresh gate."""
+        changed = [p for p in set(self.policies) | set(policies) if self.policies.get(p) != policies.get(p)]
+        self.policies = dict(policies)
+        for port in changed:
+            self.gates.pop(port, None)
+
     def _wake(self) -> None:
         self.buffer.wake()
 

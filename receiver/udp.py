@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import selectors
 import socket
 import time
@@ -60,6 +61,38 @@ class UdpIngest(Component):
         for port, s in self.sockets.items():
             self._selector.register(s, selectors.EVENT_READ, port)
         self._buf = bytearray(MAX_DATAGRAM_BYTES + 1)
+        self.host, self.rcvbuf, self.limits, self.key = host, rcvbuf, limits, key
+        self._changes: queue.SimpleQueue[dict[int, str]] = queue.SimpleQueue()
+
+    def reconfigure(self, pipelines: Mapping[int, str]) -> None:
+        """Serve exactly these ports with these pipelines from now on: new ports are opened, gone ones
+        closed, the rest keep their sockets and frames in flight. Applied by the ingest thread."""
+        self._changes.put(dict(pipelines))
+
+    def _apply_changes(self) -> None:
+        while not self._changes.empty():
+            wanted = self._changes.get()
+            for port in [p for p in self.sockets if p not in wanted]:
+                sock = self.sockets.pop(port)
+                self._selector.unregister(sock)
+                sock.close()
+                self.assemblers.pop(port, None)
+                log.info("port %d: closed (its camera left the config)", port)
+            for port, pipeline in wanted.items():
+                if port not in self.sockets:
+                    self._open(port)
+                self.pipelines[port] = pipeline
+
+    def _open(self, port: int) -> None:
+        try:
+            sock = open_udp_socket(self.host, port, self.rcvbuf)
+        except OSError as e:  # e.g. the port is taken: say so, keep serving the others
+            log.error("port %d: cannot listen: %s", port, e)
+            return
+        self.assemblers[port] = FrameAssembler(self.limits, self.key)
+        self.sockets[port] = sock
+        self._selector.register(sock, selectors.EVENT_READ, port)
+        log.info("port %d: listening (a camera joined the config)", port)
 
     def close(self) -> None:
         self._selector.close()
@@ -76,6 +109,7 @@ class UdpIngest(Component):
             except Exception:  # ingest must outlive any one bad datagram or bug
                 log.exception("udp ingest: unexpected error; still receiving")
                 self._stop.wait(0.1)
+            self._apply_changes()
             now = self.clock()
             if now >= next_expire:
                 for asm in self.assemblers.values():
@@ -102,7 +136,7 @@ class UdpIngest(Component):
         """Per-port counters: frames complete/incomplete, malformed (total and by reason), dropped
         (stale, and with a key dropped_unsigned/forged/replayed)."""
         out = {}
-        for port, asm in self.assemblers.items():
+        for port, asm in list(self.assemblers.items()):  # the ingest thread may add or remove ports
             c = Counter(dict(asm.counters))  # dict() copies atomically under the GIL
             c["malformed"] = asm.malformed()
             c["dropped_stale"] = self.out.dropped[port]

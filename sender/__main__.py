@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 
 from common.cli import DefaultsHelpFormatter
+from common.config import MasterLink
+from common.errors import ConfigError
 from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
 from common.runtime import Component, Supervisor, is_loopback, setup_logging, stop_on_signals
 from sender.sources import CaptureSource, FrameSource, open_source
@@ -119,9 +121,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key-file", default="",
                    help=f"file holding the shared key as hex (else ${KEY_ENV}): every datagram or imagezmq "
                         "request is signed with it")
+    p.add_argument("--camera", default="",
+                   help="publish this camera of the master's config file: its source, rate, quality and receiver "
+                        "come from the master (--master); flags given here are ignored for it")
+    p.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL, with --camera")
+    p.add_argument("--token-file", default="",
+                   help="file holding the master's token, with --camera (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="how much to log on stderr")
     args = p.parse_args(argv)
+    if args.camera:
+        try:
+            from_master(args)
+        except ConfigError as e:
+            p.error(str(e))
     try:
         args.host, args.port = parse_hostport(args.receiver)
         socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)
@@ -147,6 +160,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not ok:
             p.error(message)
     return args
+
+
+def from_master(args: argparse.Namespace) -> None:
+    """Fill the flags of camera `args.camera` from the master's config file (waiting for the master)."""
+    cam = MasterLink.load(args.master, args.token_file).fetch_config("camera", args.camera)
+    if not cam["enabled"]:
+        raise ConfigError(f"camera {args.camera!r} is disabled in the master's config file")
+    port = cam["zmq_port"] if cam["transport"] == "zmq" else cam["port"]
+    if not port:
+        raise ConfigError(f"camera {args.camera!r} uses imagezmq but its receiver {cam['receiver']!r} has no zmq_port")
+    host = cam["receiver_host"]
+    args.receiver = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    args.source, args.fps, args.quality, args.max_width = cam["source"], cam["fps"], cam["quality"], cam["max_width"]
+    args.transport, args.camera_port, args.name = cam["transport"], cam["port"], cam["name"]
+    args.loop = args.loop or os.path.isfile(cam["source"])  # a file in a camera's place plays on
+    for key in ("username", "password_file", "rtsp_transport"):  # the publisher's own source options
+        if hasattr(args, key):
+            setattr(args, key, cam[key])
 
 
 def main(argv: list[str] | None = None) -> int:

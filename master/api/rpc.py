@@ -157,6 +157,31 @@ class MasterRpc:
         """Counters per port, task states, workers and receivers."""
         return xmlrpc_safe(self._svc.stats())
 
+    def get_config(self, kind: str, name: str) -> dict:
+        """What a role started from the master's address needs: kind "receiver" (its ports, camera names,
+        pipelines and detect policies) or "camera" (its source, pace and receiver address), by name,
+        with the config's `generation` (it changes on every applied reload)."""
+        cameras = self._cameras()
+        if kind == "receiver":
+            return cameras.receiver(_text(name, "name", 64))
+        if kind == "camera":
+            return cameras.camera(_text(name, "name", 64))
+        raise BadRequest(f"kind must be 'receiver' or 'camera', got {kind!r:.40}")
+
+    def list_cameras(self, host: str = "") -> dict:
+        """Every camera of the config file (or those published from `host`): name, port, receiver, source."""
+        return self._cameras().list(host if host == "" else _text(host, "host", 255))
+
+    def reload_config(self) -> dict:
+        """Read the config file again and apply it whole, or keep the running one: {ok, generation, error,
+        added, removed, changed}."""
+        return self._cameras().reload()
+
+    def _cameras(self) -> Any:
+        if self._svc.cameras is None:
+            raise BadRequest("this master runs without a config file (start it with --config framehive.toml)")
+        return self._svc.cameras
+
     def report_source(self, name: str, counters: dict) -> bool:
         """A receiver reports its own counters (frames complete, malformed by reason, ...)."""
         if not isinstance(counters, dict):

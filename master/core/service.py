@@ -79,7 +79,8 @@ class MasterService(Component):
         self.events = EventLog()
         self.latency = LatencyHistograms()  # per camera port and stage (master/core/timing.py)
         self.fps = RateMeter()  # frames finished per camera per second (master/core/rates.py)
-        self.webhooks = WebhookSender() if any(r.webhook for r in self.config.rules) else None
+        self.webhooks = WebhookSender()  # one lane per webhook URL, started when a rule first uses it
+        self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
         self._work = threading.Condition()
         self._generation = 0
@@ -194,6 +195,13 @@ class MasterService(Component):
         reported moments ago: a restarted receiver's old instance has gone quiet)."""
         old, new = before["counters"].get("instance"), counters.get("instance")
         return bool(old and new and old != new and now - before["at"] < SOURCE_CLASH_S)
+
+    def apply_cluster(self, cluster: Any) -> None:
+        """A cluster file took effect: camera names for results and stats, and its rules (with those of
+        --rules) for the next frame."""
+        self.store.camera_names = cluster.camera_names()
+        rules = [*self.config.rules, *cluster.rules]
+        self.rules = RuleEngine(rules) if rules else None
 
     # ----- workers -----------------------------------------------------------------------------
 
@@ -347,7 +355,9 @@ class MasterService(Component):
         now = self.clock()
         snap = self.store.snapshot()
         fps = self.fps.rates(now)
-        snap["ports"] = {p: {**c, "fps": fps.get(int(p), 0.0)} for p, c in snap["ports"].items()}
+        names = self.store.camera_names
+        snap["ports"] = {p: {**c, "fps": fps.get(int(p), 0.0), **({"camera": names[int(p)]} if int(p) in names else {})}
+                         for p, c in snap["ports"].items()}
         return {**snap, "uptime_s": round(now - self.started_at, 3), "workers": self.workers.snapshot(now),
                 "sources": self._sources_snapshot(now),
                 "rejected_requests": dict(self.errors),
@@ -357,5 +367,6 @@ class MasterService(Component):
                 "journal": {"enabled": self.store.journal.enabled, "durable": self.store.journal.durable,
                             "write_errors": self.store.journal.write_errors,
                             "last_error": self.store.journal.last_error},
+                "config": self.cameras.stats() if self.cameras is not None else {},
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}

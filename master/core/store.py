@@ -132,6 +132,7 @@ class TaskStore:
         self.counters: Counter[str] = Counter()
         self.port_counters: dict[int, Counter[str]] = {}
         self.journal = journal or NullJournal()  # what survives a restart (master/core/journal.py)
+        self.camera_names: dict[int, str] = {}  # port -> name from the cluster file (set on load and reload)
         self.incarnation = self.journal.incarnation()  # which numbering of result cursors this is
         self._restore(self.journal.restore())
 
@@ -437,6 +438,7 @@ class TaskStore:
             motion=float(motion) if isinstance(motion, (int, float)) else None,
             skip_reason=str(spec.meta.get("skip", "")) if status is ResultStatus.SKIPPED else "",
             meta=dict(spec.meta) if tile else {},
+            camera="" if tile else self.camera_names.get(spec.port, ""),
         )
         if tile:  # file-job tiles go to their job's queue (with the output image), not a camera's ring
             self._job_results.setdefault(spec.job_id, deque()).append((result, o.image))
