@@ -23,7 +23,7 @@ def describe(r: Result) -> str:
     found = ", ".join(f"{d.label} {d.score:.2f} @{list(d.box)}" for d in r.detections) or "nothing"
     timings = " ".join(f"{k}={v:.0f}ms" for k, v in r.timings_ms.items())
     state = "" if r.status is ResultStatus.OK else f" [{r.status.value}: {r.error}]"
-    return (f"port {r.port} seq {r.seq:>6}  {r.latency_ms:7.0f} ms  {r.worker:<20} "
+    return (f"{r.camera or 'port'} {r.port} seq {r.seq:>6}  {r.latency_ms:7.0f} ms  {r.worker:<20} "
             f"{found}  ({timings}){state}")
 
 
@@ -51,16 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m master.cli.results", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL")
-    p.add_argument("--port", type=int, required=True, help="camera port whose results to print")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--port", type=int, help="camera port whose results to print")
+    which.add_argument("--camera", help="camera name (from the master's config file) whose results to print")
     p.add_argument("--since", type=int, default=0, help="cursor to start after (0: the oldest kept)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new results until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     args = p.parse_args(argv)
-    if not 1 <= args.port <= 65535:
+    if args.port is not None and not 1 <= args.port <= 65535:
         p.error(f"--port must be a camera port 1..65535, got {args.port}")
     try:
         link = MasterLink.load(args.master, args.token_file)
+        if args.camera:
+            args.port = link.fetch_config("camera", args.camera, wait_s=5.0)["port"]
     except ConfigError as e:
         p.error(str(e))
     stop = stop_on_signals()

@@ -74,14 +74,15 @@ def totals_table(d: Mapping[str, Any]) -> Table:
 
 def cameras_table(cameras: Sequence[Mapping[str, Any]]) -> Table:
     t = Table(title="cameras", title_justify="left")
-    for c, j in (("port", "right"), ("fps", "right"), ("latency ms", "right"), ("in", "right"), ("out", "right"),
-                 ("dropped", "right"), ("queued", "right"), ("last", "right"), ("detections", "left")):
+    for c, j in (("camera", "left"), ("port", "right"), ("fps", "right"), ("latency ms", "right"), ("in", "right"),
+                 ("out", "right"), ("dropped", "right"), ("queued", "right"), ("last", "right"),
+                 ("detections", "left")):
         t.add_column(c, justify=j)
     for c in cameras:
         dets = ", ".join(f"{x['label']} {x['score']:.2f}" for x in c["detections"][:3]) or "–"
         age = "–" if c["last_age_s"] is None else f"{c['last_age_s']:.0f} s ago"
-        t.add_row(str(c["port"]), f"{c['fps']:.1f}", _n(c["latency_ms"], "{:.0f}"), _n(c["frames_in"]),
-                  _n(c["frames_out"]), _n(c["dropped"]), _n(c["pending"]), age, dets)
+        t.add_row(c.get("name") or "–", str(c["port"]), f"{c['fps']:.1f}", _n(c["latency_ms"], "{:.0f}"),
+                  _n(c["frames_in"]), _n(c["frames_out"]), _n(c["dropped"]), _n(c["pending"]), age, dets)
     return t
 
 

@@ -175,22 +175,26 @@ def _service(stats: Mapping[str, Any]) -> list[Metric]:
 
 
 def _ports(ports: Mapping[str, Any], sources: Mapping[str, Any]) -> list[Metric]:
-    flows = {key: _counter(name, f"Per camera port: {key} in the master's store.", ["port"])
+    """Per camera port, labelled with the camera's name from the config file ("" without one)."""
+    flows = {key: _counter(name, f"Per camera port: {key} in the master's store.", ["port", "camera"])
              for key, name in PORT_FLOWS.items()}
-    depth = _gauge("queue_depth", "Live frames waiting for a worker, per camera port.", ["port"])
-    results = _counter("results", "Results stored per camera port (ok, error, failed or skipped).", ["port"])
+    depth = _gauge("queue_depth", "Live frames waiting for a worker, per camera port.", ["port", "camera"])
+    results = _counter("results", "Results stored per camera port (ok, error, failed or skipped).",
+                       ["port", "camera"])
     drops = _counter("frames_dropped", "Frames dropped, by where (receiver or master), camera port and reason.",
-                     ["stage", "port", "reason"])
+                     ["stage", "port", "camera", "reason"])
+    names = {port: str(c.get("camera", "")) for port, c in ports.items()}
     for port, c in sorted(ports.items()):
+        name = names[port]
         for key, fam in flows.items():
-            fam.add_metric([port], _f(c.get(key, 0)))
-        depth.add_metric([port], _f(c.get("pending", 0)))
-        results.add_metric([port], _f(c.get("results", 0)))
+            fam.add_metric([port, name], _f(c.get(key, 0)))
+        depth.add_metric([port, name], _f(c.get("pending", 0)))
+        results.add_metric([port, name], _f(c.get("results", 0)))
         for key, value in sorted(c.items()):
             if key.startswith("dropped_"):
-                drops.add_metric(["master", port, key.removeprefix("dropped_")], _f(value))
+                drops.add_metric(["master", port, name, key.removeprefix("dropped_")], _f(value))
     for port, reason, value in _receiver_drops(sources):
-        drops.add_metric(["receiver", port, reason], _f(value))
+        drops.add_metric(["receiver", port, names.get(port, ""), reason], _f(value))
     return [*flows.values(), depth, results, drops]
 
 

@@ -80,6 +80,6 @@ def test_file_job_tiles_are_in_no_camera_view(master):
     out = subprocess.run([sys.executable, "-m", "master.cli.status", "--master", master.url], cwd=ROOT,
                          capture_output=True, text=True, timeout=30, env={"COLUMNS": "160", "PATH": ""})
     assert out.returncode == 0, out.stderr
-    rows = [line.split("│")[1].strip() for line in out.stdout.splitlines()
-            if line.count("│") > 5 and line.split("│")[1].strip().isdigit()]
+    rows = [line.split("│")[2].strip() for line in out.stdout.splitlines()  # the port column, after the name
+            if line.count("│") > 5 and line.split("│")[2].strip().isdigit()]
     assert rows == ["5001"], out.stdout

@@ -84,3 +84,14 @@ def test_named_cameras_from_the_file_and_a_reload_that_adds_and_removes(cluster,
         assert c.get_stats()["config"]["generation"] == 2
     now = len(results(cluster, front))
     wait_until(lambda: len(results(cluster, front)) >= now + FPS, 30)
+    # names reach the user's tools: results by camera name, Prometheus labels
+    import subprocess
+    import sys
+    import urllib.request
+
+    from cluster.local import ROOT
+    out = subprocess.run([sys.executable, "-m", "master.cli.results", "--master", cluster.master_url,
+                          "--camera", "front"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith(f"front {front} seq"), out.stdout[:300] + out.stderr
+    with urllib.request.urlopen(f"{cluster.master_url}/metrics", timeout=10) as r:
+        assert f'framehive_results_total{{camera="front",port="{front}"}}' in r.read().decode()

@@ -63,7 +63,10 @@ def scrape(port: int) -> dict[str, dict[tuple, float]]:
 
 
 def value(m: dict, family: str, sample: str, **labels: str) -> float:
-    return m[family].get((sample, tuple(sorted(labels.items()))), 0.0)
+    """A sample's value; a label with an empty value (a camera with no name) counts as absent, as in Prometheus."""
+    want = tuple(sorted(labels.items()))
+    return next((v for (name, got), v in m[family].items()
+                 if name == sample and tuple(kv for kv in got if kv[1] != "") == want), 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -167,17 +170,18 @@ def test_status_command_says_clearly_when_the_master_is_unreachable():
 
 
 def test_families_label_drops_by_where_and_why():
-    stats = {"ports": {"5000": {"added": 10, "completed": 6, "dropped_overflow": 3, "dropped_stale": 1}},
+    stats = {"ports": {"5000": {"added": 10, "completed": 6, "dropped_overflow": 3, "dropped_stale": 1,
+                                "camera": "front-door"}},
              "sources": {"rx": {"age_s": 0.5, "ports": {"5000": {"frames_incomplete": 2, "malformed": 1,
                                                                  "skipped_no_motion": 4, "frames_complete": 9}}}},
              "counters": {"added": 10, "brand_new": 7}}
     got = {(f.name, tuple(sorted(s.labels.items()))): s.value for f in families(stats) for s in f.samples}
-    drop = "framehive_frames_dropped"
-    assert got[drop, (("port", "5000"), ("reason", "overflow"), ("stage", "master"))] == 3
-    assert got[drop, (("port", "5000"), ("reason", "stale"), ("stage", "master"))] == 1
-    assert got[drop, (("port", "5000"), ("reason", "incomplete"), ("stage", "receiver"))] == 2
-    assert got[drop, (("port", "5000"), ("reason", "malformed"), ("stage", "receiver"))] == 1
-    assert got[drop, (("port", "5000"), ("reason", "no_motion"), ("stage", "receiver"))] == 4
+    drop = "framehive_frames_dropped"  # labelled with the camera's name too
+    assert got[drop, (("camera", "front-door"), ("port", "5000"), ("reason", "overflow"), ("stage", "master"))] == 3
+    assert got[drop, (("camera", "front-door"), ("port", "5000"), ("reason", "stale"), ("stage", "master"))] == 1
+    assert got[drop, (("camera", "front-door"), ("port", "5000"), ("reason", "incomplete"), ("stage", "receiver"))] == 2
+    assert got[drop, (("camera", "front-door"), ("port", "5000"), ("reason", "malformed"), ("stage", "receiver"))] == 1
+    assert got[drop, (("camera", "front-door"), ("port", "5000"), ("reason", "no_motion"), ("stage", "receiver"))] == 4
     assert got["framehive_task_events", (("event", "brand_new"),)] == 7  # a counter added later is not lost
 
 

@@ -89,7 +89,7 @@ def camera(port: str, counters: Mapping[str, Any], recent: list[Result], now: fl
     detections = [{"label": d.label, "score": round(float(d.score), 2), "seq": r.seq}
                   for r in reversed(done) for d in r.detections][:6]
     return {
-        "port": int(port),
+        "port": int(port), "name": str(counters.get("camera", "")),
         "fps": round(float(counters.get("fps", 0.0)), 2),
         "latency_ms": round(statistics.median(latencies), 1) if latencies else None,
         "frames_in": int(counters.get("added", 0)), "frames_out": int(counters.get("completed", 0)),

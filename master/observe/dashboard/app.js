@@ -42,11 +42,12 @@ function renderTotals(d) {
 
 const cards = new Map(); // port -> {node, img, seq}
 
-function cameraCard(port) {
-  const img = el("img", { alt: `latest frame of camera ${port}` });
+function cameraCard(port, name) {
+  const title = name ? `${name} (${port})` : `camera ${port}`;
+  const img = el("img", { alt: `latest frame of ${title}` });
   const frame = el("div", { class: "frame" }, "waiting for a frame…");
   const node = el("article", { class: "camera", "data-port": port }, frame,
-    el("div", { class: "body" }, el("h3", {}, `camera ${port}`, el("span", { class: "age" })),
+    el("div", { class: "body" }, el("h3", {}, title, el("span", { class: "age" })),
       el("dl", { class: "stats" }), el("div", { class: "stages", title: "median time per stage, last 10 frames" }),
       el("div", { class: "chips" })));
   return { node, img, frame, seq: null };
@@ -59,7 +60,7 @@ function renderCameras(cameras) {
   for (const c of cameras) {
     let card = cards.get(c.port);
     if (!card) {
-      card = cameraCard(c.port);
+      card = cameraCard(c.port, c.name);
       cards.set(c.port, card);
       box.append(card.node);
     }
