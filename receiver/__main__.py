@@ -131,6 +131,8 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
         ports, default_pipeline = sorted(pipelines), "person"
         args.ports = ",".join(map(str, ports)) or "none"
         args.host = view["host"] if args.host == DEFAULT_HOST else args.host
+        args.zmq_port = args.zmq_port or view["zmq_port"]
+        args.jobs_port = args.jobs_port or view["jobs_port"]
     else:
         ports = parse_ports(args.ports or "5000-5003")
         default_pipeline, pipelines = parse_pipelines(args.pipeline, ports)

@@ -1,0 +1,76 @@
+"""`framehive`: the cluster from its config file. `framehive check FILE` validates it without starting
+anything; `framehive up FILE` runs this host's share of it, supervised; `framehive reload FILE` has the
+running master re-read it (as SIGHUP does)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cluster.up import Up, default_workers, path_arg
+from common.cli import DefaultsHelpFormatter
+from common.config import MasterLink
+from common.errors import ConfigError, FramehiveError
+from common.runtime import setup_logging, stop_on_signals
+from master.clusterfile import load
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="framehive", description=__doc__, formatter_class=DefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a config file: every mistake with its line", description=None)
+    check.add_argument("config", type=path_arg, help="the cluster file (framehive.toml)")
+    up = sub.add_parser("up", help="run this host's share of the cluster, supervised, until Ctrl-C")
+    up.add_argument("config", type=path_arg, help="the cluster file (framehive.toml)")
+    up.add_argument("--workers", type=int, default=default_workers(), help="worker processes on this host")
+    up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                    help="how much the supervisor logs (each role logs on its own)")
+    reload = sub.add_parser("reload", help="have the running master re-read its config file")
+    reload.add_argument("config", type=path_arg, help="the cluster file (its [master] table says where the master is)")
+    args = p.parse_args(argv)
+    if args.command == "up" and not 0 <= args.workers <= 64:
+        p.error("--workers must be 0..64")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.command == "check":
+            return check(args.config)
+        if args.command == "reload":
+            return reload(args.config)
+        setup_logging(args.log_level)
+        return Up(args.config, args.workers).run(stop_on_signals())
+    except ConfigError as e:
+        print(f"framehive: error: {e}", file=sys.stderr)
+        return 2
+    except FramehiveError as e:  # e.g. no master answers a reload
+        print(f"framehive: {e}", file=sys.stderr)
+        return 1
+
+
+def check(path: str) -> int:
+    cluster = load(path)
+    enabled = [c for c in cluster.cameras.values() if c.enabled]
+    print(f"{path}: ok: {len(cluster.receivers)} receiver(s), {len(enabled)} camera(s) enabled "
+          f"({len(cluster.cameras) - len(enabled)} disabled), {len(cluster.rules)} rule(s)")
+    for c in cluster.cameras.values():
+        print(f"  {c.name:<20} port {c.port:<5} on {c.receiver:<12} {c.pipeline:<16} {c.source}"
+              + ("" if c.enabled else "  (disabled)"))
+    return 0
+
+
+def reload(path: str) -> int:
+    master = load(path).master
+    host = master.get("host", "127.0.0.1")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{master.get('port', 8000)}"
+    with MasterLink.load(url, master.get("token_file", "")).client() as client:
+        reply = client.call("reload_config")
+    print(json.dumps(reply))
+    return 0 if reply["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

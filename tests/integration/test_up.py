@@ -1,0 +1,111 @@
+"""`framehive up`: three cameras (two files, one synthetic) on two receivers from one file, results by
+name, a camera added and one removed by SIGHUP without loss elsewhere, a broken edit refused with its
+line, a killed role restarted, and one SIGTERM that stops everything with exit 0."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from cluster.local import ROOT, free_port, free_udp_ports, packaged_clip
+from common.masterclient import MasterClient
+from tests.conftest import wait_until
+
+FPS = 10
+
+
+def camera(name: str, source: str, receiver: str, port: int) -> str:
+    return (f'\n[cameras.{name}]\nsource = "{source}"\nreceiver = "{receiver}"\nport = {port}\nfps = {FPS}\n'
+            f'pipeline = "noop"\n')
+
+
+@pytest.fixture
+def up(tmp_path):
+    procs: list[subprocess.Popen] = []
+
+    def start(path) -> subprocess.Popen:
+        log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", str(path), "--workers", "1"], cwd=ROOT,
+                             stdout=log, stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def seqs(client: MasterClient, port: int) -> list[int]:
+    out, cursor = [], 0
+    while True:
+        page = client.get_results(port, cursor, 1000)
+        if not page["results"]:
+            return sorted(out)
+        out += [r["seq"] for r in page["results"]]
+        cursor = page["next"]
+
+
+def test_up_runs_the_file_and_follows_its_edits(up, tmp_path):
+    master_port = free_port()
+    p1, p2 = free_udp_ports(2), free_udp_ports(2)
+    head = (f'[master]\nport = {master_port}\n\n[receivers.one]\nports = {p1}\n\n[receivers.two]\nports = {p2}\n')
+    files = camera("bikes", str(packaged_clip("bikes.mp4")), "one", p1[0]) + \
+        camera("phone", str(packaged_clip("carphone_pristine.mp4")), "two", p2[0])
+    synth = camera("synth", "synthetic:320x240", "one", p1[1])
+    path = tmp_path / "framehive.toml"
+    path.write_text(head + files + synth)
+    proc = up(path)
+    url = f"http://127.0.0.1:{master_port}"
+    log = tmp_path / "up.log"
+    with MasterClient(url, timeout_s=5) as c:
+        wait_until(lambda: proc.poll() is None and _answers(c) and all(
+            len(seqs(c, p)) >= 5 for p in (p1[0], p2[0], p1[1])), 90, 0.5)
+        assert {r["camera"] for r in c.get_results(p2[0], 0, 10)["results"]} == {"phone"}
+
+        # edit: phone leaves, gate joins receiver two; SIGHUP
+        path.write_text(head + camera("bikes", str(packaged_clip("bikes.mp4")), "one", p1[0]) + synth
+                        + camera("gate", "synthetic:160x120", "two", p2[1]))
+        before = len(seqs(c, p1[1]))
+        last_before = seqs(c, p1[1])[-1]
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(seqs(c, p2[1])) >= 5, 60, 0.5)
+        phone_after = len(seqs(c, p2[0]))
+        wait_until(lambda: len(seqs(c, p1[1])) >= before + 2 * FPS, 60, 0.5)
+        assert len(seqs(c, p2[0])) == phone_after, "the removed camera's publisher and port are gone"
+        synth_seqs = [q for q in seqs(c, p1[1]) if q >= last_before]
+        missing = sorted(set(range(last_before, synth_seqs[-1])) - set(synth_seqs))
+        assert not missing, f"an untouched camera lost frames across the reload: {missing[:10]}"
+
+        # a killed worker is restarted, logged and counted (after the reload: a dead only worker loses frames)
+        worker = next(ch for ch in psutil.Process(proc.pid).children() if "worker" in ch.cmdline())
+        worker.kill()
+        wait_until(lambda: "worker 0 exited with -9: restarting" in log.read_text(), 30)
+
+        # a broken edit is refused with its line; everything keeps running
+        path.write_text(head + synth + '\n[cameras.oops]\nsource = "synthetic"\nreceiver = "three"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "refused" in log.read_text() and "no receiver named 'three'" in log.read_text(), 30)
+        assert "framehive.toml:" in log.read_text().split("refused", 1)[1]
+        now = len(seqs(c, p1[1]))
+        wait_until(lambda: len(seqs(c, p1[1])) >= now + FPS, 30, 0.5)
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    assert time.monotonic() - started < 45
+    assert not [ch for ch in children if ch.is_running() and ch.status() != psutil.STATUS_ZOMBIE]
+
+
+def _answers(c: MasterClient) -> bool:
+    try:
+        c.get_stats()
+        return True
+    except Exception:  # noqa: BLE001 - still starting
+        return False
