@@ -9,6 +9,7 @@ workers, then the master) and exits 0.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -48,7 +49,7 @@ class Role:
     wanted: bool = True
 
     def start(self, env: dict[str, str]) -> None:
-        self.popen = subprocess.Popen([sys.executable, "-m", *self.argv], env=env)
+        self.popen = subprocess.Popen([sys.executable, "-m", *self.argv], env=env, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -187,6 +188,13 @@ class Up:
             for role in group:
                 self.stop_role(role)
         log.info("stopped (%d restart(s) while up)", self.restarts)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a SIGTERM when `framehive up` itself dies (even by SIGKILL), so no
+    role is left running without its supervisor (Linux prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def default_workers() -> int:

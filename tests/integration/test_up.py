@@ -35,10 +35,14 @@ def up(tmp_path):
         procs.append(p)
         return p
     yield start
-    for p in procs:
+    for p in procs:  # a test that failed half way: stop it as a user would, then make sure
         if p.poll() is None:
-            p.kill()
-            p.wait(10)
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
 
 
 def seqs(client: MasterClient, port: int) -> list[int]:
