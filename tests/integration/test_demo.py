@@ -12,7 +12,7 @@ def test_demo_runs_a_cluster_prints_results_and_stops_cleanly():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "stopped cleanly" in out.stdout
-    rows = re.findall(r"^\s*(\d+) (\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out.stdout, re.MULTILINE)
+    rows = re.findall(r"^\S+\s+(\d+) (\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out.stdout, re.MULTILINE)
     last = {port: (int(fin), int(res), int(found)) for port, _, fin, res, _, found in rows}
     assert len(last) == 2, out.stdout
     # results trail frames by the latency, and a loaded machine drops frames by design (newest wins)
