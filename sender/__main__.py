@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from common.cli import DefaultsHelpFormatter
-from common.config import MasterLink
+from common.config import MasterLink, config_or_exit
 from common.errors import ConfigError
 from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
 from common.runtime import Component, Supervisor, is_loopback, setup_logging, stop_on_signals
@@ -130,11 +130,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="how much to log on stderr")
     args = p.parse_args(argv)
-    if args.camera:
-        try:
-            from_master(args)
-        except ConfigError as e:
-            p.error(str(e))
+    args.check = lambda: check_flags(p, args)  # a camera from the master is checked once its flags are filled
+    if not args.camera:
+        check_flags(p, args)
+    return args
+
+
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for flags that cannot work: an unknown receiver host, a bad key, ranges."""
     try:
         args.host, args.port = parse_hostport(args.receiver)
         socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)
@@ -159,7 +162,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for ok, message in checks:
         if not ok:
             p.error(message)
-    return args
 
 
 def from_master(args: argparse.Namespace) -> None:
@@ -182,6 +184,9 @@ def from_master(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.camera:
+        config_or_exit("python -m sender", lambda: from_master(args))
+        args.check()
     setup_logging(args.log_level)
     try:
         source = open_source(args.source, loop=args.loop)
