@@ -24,6 +24,11 @@ class ProtocolError(DecodeError):
         self.reason = reason
 
 
+class SourceError(FramehiveError):
+    """A camera, stream or pipe could not be opened, or stopped delivering frames (the message never
+    carries a password)."""
+
+
 class PipelineSpecError(ConfigError):
     """A pipeline spec names an unknown stage or gives a bad argument."""
 
