@@ -1,5 +1,6 @@
 """`python -m sender`: the publisher. Captures frames, JPEG-encodes each once, and sends them to a
-receiver over UDP chunks (default) or imagezmq (--transport zmq), paced to --fps."""
+receiver over UDP chunks (default), imagezmq (--transport zmq) or a local socket (--transport unix),
+paced to --fps."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from sender.credentials import mask_url
 from sender.live import RETRY_MAX_S
 from sender.sources import FrameSource, open_source
 from sender.streams import OPEN_TIMEOUT_S, RTSP_TRANSPORTS
-from sender.transport import Transport, UdpTransport, ZmqTransport, parse_hostport
+from sender.transport import Transport, UdpTransport, UnixTransport, ZmqTransport, parse_hostport
 
 log = logging.getLogger("publisher")
 
@@ -106,10 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--receiver", default="127.0.0.1:5000",
                    help="HOST:PORT of the receiver's UDP port for this camera "
                         "(its imagezmq hub with --transport zmq)")
-    p.add_argument("--transport", choices=["udp", "zmq"], default="udp",
-                   help="udp: chunked datagrams, newest frame wins; zmq: imagezmq REQ/REP, every frame acknowledged")
+    p.add_argument("--transport", choices=["udp", "zmq", "unix"], default="udp",
+                   help="udp: chunked datagrams, newest frame wins; zmq: imagezmq REQ/REP, every frame acknowledged; "
+                        "unix: a receiver on this host, over its --unix-socket")
+    p.add_argument("--unix-socket", default="", help="with --transport unix: the receiver's socket path")
     p.add_argument("--camera-port", type=int, default=0,
-                   help="with --transport zmq: the camera port results are filed under (default: the hub's port)")
+                   help="with --transport zmq: the camera port results are filed under (default: the hub's port); "
+                        "with unix: 0 or the socket's port")
     p.add_argument("--fps", type=float, default=0.0, help="frames per second (0: the source's own rate)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: no limit)")
     p.add_argument("--loop", action="store_true", help="restart a video file when it ends")
@@ -151,7 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                f"--chunk-size must be 0..{max_chunk}" + (" with a key (the MAC takes 16 bytes)" if args.key else "")),
               (-1 <= args.stream_id < 2**32, "--stream-id must be 0..4294967295"),
               (0 <= args.camera_port < 65536, "--camera-port must be 0..65535"),
-              (0.5 <= args.retry_max_s <= 3600, "--retry-max-s must be 0.5..3600")]
+              (0.5 <= args.retry_max_s <= 3600, "--retry-max-s must be 0.5..3600"),
+              ((args.transport == "unix") == bool(args.unix_socket), "--transport unix and --unix-socket go together")]
     for ok, message in checks:
         if not ok:
             p.error(message)
@@ -174,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         chunk = args.chunk_size or (LOOPBACK_CHUNK_BYTES if is_loopback(args.host) else DEFAULT_CHUNK_BYTES)
         transport: Transport = UdpTransport(args.host, args.port, stream_id=stream_id, chunk_bytes=chunk,
                                             key=args.key)
+    elif args.transport == "unix":
+        transport = UnixTransport(args.unix_socket, camera_port=args.camera_port)
     else:
         transport = ZmqTransport(args.host, args.port, camera_port=args.camera_port or args.port,
                                  name=args.name or shown, key=args.key)
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(source, Component):  # a live source reads on its own thread: stopped after the publisher
         supervisor.add(source, join_timeout_s=2 * OPEN_TIMEOUT_S)
     supervisor.add(pub, ends_run=True)  # the end of a file (or --max-frames) ends the process
-    log.info("publishing %s to %s:%d over %s at %s%s", shown, args.host, args.port, args.transport,
+    log.info("publishing %s to %s over %s at %s%s", shown,
+             args.unix_socket if args.transport == "unix" else f"{args.host}:{args.port}", args.transport,
              f"{fps:.1f} fps" if args.fps or not source.live else "the source's rate", ", signed" if args.key else "")
     try:
         code = supervisor.run()
