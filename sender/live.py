@@ -9,6 +9,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,7 @@ class LiveSource(Component):
         self._cond = threading.Condition()
         self.liveness = Liveness(clock())
         self._frame: np.ndarray | None = None
+        self._unforeseen: set[str] = set()
         self._delivered = self._taken = 0
 
     @property
@@ -147,20 +149,28 @@ class LiveSource(Component):
         log.info("source %s: connecting", self.name)
         while not self._stop.is_set():
             try:
-                stream = self._connect()
+                self._connect_and_read()
             except SourceError as e:
                 self._failed(e)
-                continue
-            try:
-                self._stream_fps = stream.fps
-                while not self._stop.is_set():
-                    frame = stream.read()
-                    if frame is not None:
-                        self._deliver(frame)
-            except SourceError as e:
-                self._failed(e)
-            finally:
-                stream.close()
+            except Exception as e:  # a library's failure nobody foresaw: a camera is still no reason to exit
+                kind = type(e).__name__
+                log.log(logging.DEBUG if kind in self._unforeseen else logging.ERROR,
+                        "source %s: unexpected error, retrying:\n%s", self.name,
+                        self._scrub("".join(traceback.format_exception(e))))  # masked: it may quote the URL
+                self._unforeseen.add(kind)  # its traceback once; then a line per change, as for any failure
+                self._failed(SourceError(kind))
+
+    def _connect_and_read(self) -> None:
+        """One connection: read until stopped, or until the stream fails (SourceError)."""
+        stream = self._connect()
+        try:
+            self._stream_fps = stream.fps
+            while not self._stop.is_set():
+                frame = stream.read()
+                if frame is not None:
+                    self._deliver(frame)
+        finally:
+            stream.close()
 
     def _deliver(self, frame: np.ndarray) -> None:
         with self._cond:
@@ -189,10 +199,10 @@ class LiveSource(Component):
         if change is None:
             log.debug("source %s: attempt %d failed: %s; next in %.1f s", self.name, failures, reason, wait)
         elif change.old is State.ONLINE:
-            log.warning("source %s: dropped out: %s; reconnecting, at most %.0f s apart", self.name, reason,
+            log.warning("source %s: dropped out: %s; reconnecting, at most %g s apart", self.name, reason,
                         self.backoff.max_s)
         else:
-            log.warning("source %s: offline: %s; retrying, at most %.0f s apart", self.name, reason,
+            log.warning("source %s: offline: %s; retrying, at most %g s apart", self.name, reason,
                         self.backoff.max_s)
         self._stop.wait(wait)
 
