@@ -43,3 +43,29 @@ def test_a_drop_and_a_return_are_one_outage_and_one_reconnect_each():
     assert live.report(21.0) == {"reconnects": 1, "outages": 2, "offline_s": 4.0}  # 3 s, then 1 s so far
     live.frame(22.0)
     assert live.report(30.0) == {"reconnects": 2, "outages": 2, "offline_s": 5.0}
+
+
+def test_an_unforeseen_error_is_retried_logged_once_with_its_traceback_and_masked(caplog):
+    import logging
+
+    from sender.credentials import StreamAddress
+    from sender.live import LiveSource
+    from tests.conftest import wait_until
+
+    address = StreamAddress.from_flags("rtsp://cam/live", username="u", password="hunter2-Zq9", env={})
+    attempts = []
+
+    def connect():  # a library that fails in a way nobody foresaw, quoting the URL it was given
+        attempts.append(1)
+        raise RuntimeError(f"could not open {address.url()}")
+
+    source = LiveSource(address.masked, connect, backoff=Backoff(first_s=0.01, max_s=0.02), scrub=address.scrub)
+    with caplog.at_level(logging.DEBUG, logger="sender.live"):
+        source.start()
+        wait_until(lambda: len(attempts) >= 5)
+        source.stop()
+        assert source.join(5)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "Traceback" in errors[0].getMessage() and "RuntimeError" in errors[0].getMessage()
+    assert "rtsp://u:***@cam/live" in errors[0].getMessage()
+    assert "hunter2" not in caplog.text and source.stats()["outages"] == 1
