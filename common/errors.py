@@ -15,13 +15,18 @@ class DecodeError(FramehiveError):
 
 class ProtocolError(DecodeError):
     """A peer's bytes or request break one of framehive's wire protocols: a datagram
-    (common.protocol.DatagramError), an imagezmq request (receiver.zmqhub.Refused) or a file-job
-    message (common.jobproto.JobProtocolError). `reason` is the short name it is counted under (for
-    file jobs, the error code sent back)."""
+    (common.protocol.DatagramError), an imagezmq request (receiver.zmqhub.Refused), a local socket's
+    frame (common.unixproto.UnixFrameError) or a file-job message (common.jobproto.JobProtocolError).
+    `reason` is the short name it is counted under (for file jobs, the error code sent back)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class SourceError(FramehiveError):
+    """A camera, stream or pipe could not be opened, or stopped delivering frames (the message never
+    carries a password)."""
 
 
 class PipelineSpecError(ConfigError):

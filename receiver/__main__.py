@@ -22,6 +22,7 @@ from receiver.buffer import FrameBuffer
 from receiver.config import MAX_PORTS, JobSettings, ReceiverConfig
 from receiver.forward import Forwarder
 from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
+from receiver.unixingest import UnixIngest, parse_unix_sockets
 from receiver.watch import ConfigWatcher, fetch, ports_of
 
 log = logging.getLogger("receiver")
@@ -99,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "appear in results as status 'skipped'")
     p.add_argument("--zmq-port", type=int, default=0,
                    help="also open an imagezmq hub (REQ/REP) on this TCP port; 0: off")
+    p.add_argument("--unix-socket", action="append", default=[], metavar="PATH=PORT",
+                   help="also take frames from publishers on this host over an AF_UNIX socket at PATH (mode 0600, "
+                        "removed on stop), filed under camera PORT (not one of --ports); repeatable")
     p.add_argument("--jobs-port", type=int, default=0,
                    help="also serve file jobs (upload a video, get a processed H.264 MP4) on this TCP port; 0: off")
     p.add_argument("--jobs-host", default="localhost",
@@ -126,6 +130,7 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
     ConfigError says which flag is wrong."""
     link = MasterLink.load(args.master, args.token_file)
     view = from_master(link, args) if args.ports is None and args.name else None
+    unix_sockets = parse_unix_sockets(args.unix_socket)
     if view is not None:
         pipelines, policies, _ = ports_of(view)
         ports, default_pipeline = sorted(pipelines), "person"
@@ -135,8 +140,9 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
         args.jobs_port = args.jobs_port or view["jobs_port"]
     else:
         ports = parse_ports(args.ports or "5000-5003")
-        default_pipeline, pipelines = parse_pipelines(args.pipeline, ports)
-        _, policies = parse_per_port("--detect", args.detect, ports, GatePolicy(), parse_policy)
+        cameras = ports + sorted(set(unix_sockets.values()) - set(ports))
+        default_pipeline, pipelines = parse_pipelines(args.pipeline, cameras)
+        _, policies = parse_per_port("--detect", args.detect, cameras, GatePolicy(), parse_policy)
     if args.jobs_http_port and not args.jobs_port:
         raise ConfigError("--jobs-http-port needs --jobs-port")
     jobs = JobSettings(port=args.jobs_port, host=args.jobs_host, http_port=args.jobs_http_port,
@@ -147,7 +153,8 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
         "ports_text": args.ports or "5000-5003", "key": load_key(args.key_file), "insecure": args.insecure,
         "default_pipeline": default_pipeline, "pipelines": pipelines, "policies": policies,
         "zmq_port": args.zmq_port, "jobs": jobs, "backlog": args.backlog, "max_image_pixels": args.max_image_pixels,
-        "rcvbuf_bytes": args.rcvbuf_kb * 1024, "name": args.name, "log_level": args.log_level})
+        "rcvbuf_bytes": args.rcvbuf_kb * 1024, "name": args.name, "log_level": args.log_level,
+        "unix_sockets": unix_sockets})
 
 
 def from_master(link: MasterLink, args: argparse.Namespace) -> dict | None:
@@ -185,6 +192,8 @@ def run(config: ReceiverConfig) -> int:
             sockets.append(ZmqHub(config.host, config.zmq_port, buffer, pipelines=dict(config.pipelines),
                                   default_pipeline=config.default_pipeline, key=config.key,
                                   ports=set(config.ports) or None))  # no UDP ports: any camera port
+        if config.unix_sockets:
+            sockets.append(UnixIngest(config.unix_sockets, dict(config.pipelines), buffer))
         jobs, preview = job_parts(config)
     except OSError as e:
         for part in sockets:
@@ -203,10 +212,12 @@ def run(config: ReceiverConfig) -> int:
         supervisor.add(part)
 
     def ready() -> None:
-        if config.ports or config.zmq_port:
-            log.info("receiving %s%s; queueing on %s as %s; %s",
+        if config.ports or config.zmq_port or config.unix_sockets:
+            log.info("receiving %s%s%s; queueing on %s as %s; %s",
                      f"UDP on {config.host} ports {config.ports_text}" if config.ports else "no UDP",
-                     f", imagezmq on {config.zmq_port}" if config.zmq_port else "", config.master.url,
+                     f", imagezmq on {config.zmq_port}" if config.zmq_port else "",
+                     "".join(f", unix socket {path} for port {port}" for path, port in config.unix_sockets.items()),
+                     config.master.url,
                      forwarder.name, "only signed datagrams and requests are taken" if config.key
                      else "no key: nothing is authenticated")
         if config.jobs:
@@ -225,11 +236,11 @@ def follow(view: dict, ingest: UdpIngest | None, forwarder: Forwarder) -> None:
 
 
 def counters_of(sockets: list[Component]) -> Callable[[], dict]:
-    """What the forwarder reports: the UDP ingest's per-port counters, and the imagezmq hub's."""
+    """What the forwarder reports: the UDP and unix-socket ingests' per-port counters, and the imagezmq hub's."""
     def counters() -> dict:
         out: dict = {}
         for part in sockets:
-            if isinstance(part, UdpIngest):
+            if isinstance(part, (UdpIngest, UnixIngest)):
                 out.update(part.counters())
             else:
                 out["zmq"] = {k: int(v) for k, v in dict(part.counters).items()}

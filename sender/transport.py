@@ -1,4 +1,5 @@
-"""How a publisher sends an encoded frame: UDP datagrams, or imagezmq REQ/REP with timeouts."""
+"""How a publisher sends an encoded frame: UDP datagrams, imagezmq REQ/REP with timeouts, or frames over
+a local AF_UNIX socket to a receiver on the same host."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import secrets
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 import zmq
 
 from common.protocol import encode_frame, zmq_mac
+from common.unixproto import MAX_FRAME_BYTES, encode_header
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +117,68 @@ class ZmqTransport:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+class UnixTransport:
+    """Frames over a local AF_UNIX stream socket (docs/PROTOCOL.md section 6). Not connected yet, or the
+    receiver gone: the frame is not sent (counted), and connecting is tried again at most every
+    `retry_s`, so a publisher keeps its pace while its receiver restarts."""
+
+    def __init__(self, path: str, *, camera_port: int = 0, timeout_s: float = 2.0, retry_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self.camera_port = path, camera_port
+        self.timeout_s, self.retry_s, self.clock = timeout_s, retry_s, clock
+        self.counters: Counter[str] = Counter()
+        self.sock: socket.socket | None = None
+        self._next_try = 0.0
+        self._down = ""  # why the last attempt failed, to log each change once
+
+    def send(self, jpeg: bytes, *, seq: int, capture_ns: int) -> bool:
+        if len(jpeg) > MAX_FRAME_BYTES:
+            self.counters["too_big"] += 1
+            return False
+        sock = self.sock or self._connect()
+        if sock is None:
+            self.counters["not_connected"] += 1
+            return False
+        header = encode_header(port=self.camera_port, seq=seq, capture_ns=capture_ns, length=len(jpeg))
+        try:
+            sock.sendall(header + jpeg)
+        except OSError as e:  # the receiver went away, or stopped reading for timeout_s: half a frame may be out
+            self.counters["send_errors"] += 1
+            self._lost(f"send failed: {e.strerror or e}")
+            return False
+        return True
+
+    def _connect(self) -> socket.socket | None:
+        now = self.clock()
+        if now < self._next_try:
+            return None
+        self._next_try = now + self.retry_s
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout_s)
+        try:
+            sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            why = f"cannot connect: {e.strerror or e}"
+            if why != self._down:
+                log.warning("unix socket %s: %s; trying again every %.0f s", self.path, why, self.retry_s)
+                self._down = why
+            return None
+        log.info("unix socket %s: connected", self.path)
+        self.counters["connects"] += 1
+        self.sock, self._down = sock, ""
+        return sock
+
+    def _lost(self, why: str) -> None:
+        log.warning("unix socket %s: %s; reconnecting", self.path, why)
+        self._down = why
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
