@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -131,14 +132,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--camera", default="",
                    help="publish this camera of the master's config file: its source, rate, quality and receiver "
                         "come from the master (--master); flags given here are ignored for it")
-    p.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL, with --camera")
+    p.add_argument("--all", action="store_true",
+                   help="publish every enabled camera of the master's config file whose host is this machine (or "
+                        "any host), one thread each")
+    p.add_argument("--master", default="http://127.0.0.1:8000", help="the master's URL, with --camera or --all")
     p.add_argument("--token-file", default="",
                    help="file holding the master's token, with --camera (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="how much to log on stderr")
     args = p.parse_args(argv)
-    args.check = lambda: check_flags(p, args)  # a camera from the master is checked once its flags are filled
-    if not args.camera:
+    args.parser = p  # a camera from the master is checked once its flags are filled
+    if args.all and args.camera:
+        p.error("give --camera NAME or --all, not both")
+    if not args.camera and not args.all:
         check_flags(p, args)
     return args
 
@@ -197,16 +203,51 @@ def from_master(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.camera:
-        config_or_exit("python -m sender", lambda: from_master(args))
-        args.check()
+    cameras = [args]
+    if args.all:
+        cameras = config_or_exit("python -m sender", lambda: this_hosts_cameras(args))
+    for cam in cameras:
+        if cam.camera:
+            config_or_exit("python -m sender", lambda cam=cam: from_master(cam))
+            check_flags(cam.parser, cam)
     setup_logging(args.log_level)
     try:
-        source = open_source(args.source, loop=args.loop, username=args.username, password=args.password,
-                             env=os.environ, rtsp_transport=args.rtsp_transport, retry_max_s=args.retry_max_s)
+        parts = [build(cam) for cam in cameras]
     except (ValueError, OSError, ConfigError) as e:
         print(f"python -m sender: error: {e}", file=sys.stderr)
         return 2
+    supervisor = Supervisor("publisher", stop_on_signals())
+    for source, _, pub in parts:
+        if isinstance(source, Component):  # a live source reads on its own thread: stopped after the publisher
+            supervisor.add(source, join_timeout_s=2 * OPEN_TIMEOUT_S)
+        supervisor.add(pub, ends_run=len(parts) == 1)  # the end of a file (or --max-frames) ends the process
+    try:
+        code = supervisor.run()
+    finally:
+        for source, transport, _ in parts:
+            source.close()
+            transport.close()
+    for (source, transport, pub), cam in zip(parts, cameras):
+        print(json.dumps({**({"camera": cam.camera} if cam.camera else {}), "frames": pub.seq, **pub.counters,
+                          **source.stats(), **transport.counters}))
+    return code
+
+
+def this_hosts_cameras(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """--all: one set of flags per enabled camera the master's file gives this host (or any host)."""
+    host = socket.gethostname()
+    with MasterLink.load(args.master, args.token_file).client(timeout_s=10.0) as client:
+        listed = client.call("list_cameras", host)["cameras"]
+    names = [c["name"] for c in listed if c["enabled"]]
+    if not names:
+        raise ConfigError(f"the master's config file has no enabled camera for this host ({host})")
+    return [argparse.Namespace(**{**vars(args), "camera": name}) for name in names]
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Transport, Publisher]:
+    """The source, transport and publisher one camera's flags describe."""
+    source = open_source(args.source, loop=args.loop, username=args.username, password=args.password,
+                         env=os.environ, rtsp_transport=args.rtsp_transport, retry_max_s=args.retry_max_s)
     fps = args.fps or source.fps
     shown = mask_url(args.source)
     stream_id = args.stream_id if args.stream_id >= 0 else random.getrandbits(32)
@@ -221,20 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                                  name=args.name or shown, key=args.key)
     pub = Publisher(source, transport, fps=args.fps, quality=args.quality, max_frames=args.max_frames,
                     max_width=args.max_width)
-    supervisor = Supervisor("publisher", stop_on_signals())
-    if isinstance(source, Component):  # a live source reads on its own thread: stopped after the publisher
-        supervisor.add(source, join_timeout_s=2 * OPEN_TIMEOUT_S)
-    supervisor.add(pub, ends_run=True)  # the end of a file (or --max-frames) ends the process
-    log.info("publishing %s to %s over %s at %s%s", shown,
+    log.info("publishing %s%s to %s over %s at %s%s", f"{args.camera}: " if args.camera else "", shown,
              args.unix_socket if args.transport == "unix" else f"{args.host}:{args.port}", args.transport,
              f"{fps:.1f} fps" if args.fps or not source.live else "the source's rate", ", signed" if args.key else "")
-    try:
-        code = supervisor.run()
-    finally:
-        source.close()
-        transport.close()
-    print(json.dumps({"frames": pub.seq, **pub.counters, **source.stats(), **transport.counters}))
-    return code
+    return source, transport, pub
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -95,3 +95,18 @@ def test_named_cameras_from_the_file_and_a_reload_that_adds_and_removes(cluster,
     assert out.returncode == 0 and out.stdout.startswith(f"front {front} seq"), out.stdout[:300] + out.stderr
     with urllib.request.urlopen(f"{cluster.master_url}/metrics", timeout=10) as r:
         assert f'framehive_results_total{{camera="front",port="{front}"}}' in r.read().decode()
+
+
+def test_one_publisher_with_all_sends_every_camera_of_this_host(cluster, tmp_path):
+    ports = free_udp_ports(3)
+    path = tmp_path / "framehive.toml"
+    path.write_text(config(ports, {"a": (ports[0], "synthetic:160x120"), "b": (ports[1], "synthetic:320x240")})
+                    + f'\n[cameras.elsewhere]\nsource = "synthetic"\nport = {ports[2]}\nhost = "another-host"\n')
+    cluster.start_master("--config", str(path))
+    rx = cluster.spawn("hub", "receiver", "--name", "hub", "--master", cluster.master_url)
+    wait_for_log(rx, "receiving UDP", 30)
+    cluster.start_workers(1, "--threads", "1")
+    pub = cluster.spawn("pub-all", "sender", "--master", cluster.master_url, "--all")
+    wait_until(lambda: len(results(cluster, ports[0])) >= 5 and len(results(cluster, ports[1])) >= 5, 60)
+    assert not results(cluster, ports[2]), "a camera of another host is not published here"
+    assert "publishing a: " in pub.log_text() and "publishing b: " in pub.log_text()
