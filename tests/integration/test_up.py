@@ -113,3 +113,29 @@ def _answers(c: MasterClient) -> bool:
         return True
     except Exception:  # noqa: BLE001 - still starting
         return False
+
+
+@pytest.mark.slow
+def test_an_rtsp_camera_that_appears_30_s_late_delivers_through_up(up, tmp_path):
+    """The issue's scenario: a camera of the file (with its password in a file) is down when `framehive up`
+    starts its publisher, and appears 30 s later; its results then arrive under its name."""
+    from tests.rtspserver import RtspServer
+
+    master_port, rtsp_port = free_port(), free_port()
+    [port] = free_udp_ports(1)
+    (tmp_path / "cam.password").write_text("s3cret-Zq9x\n")
+    path = tmp_path / "framehive.toml"
+    path.write_text(f'[master]\nport = {master_port}\n\n[receivers.hub]\nports = [{port}]\n\n'
+                    f'[cameras.porch]\nsource = "rtsp://127.0.0.1:{rtsp_port}/cam"\nusername = "viewer"\n'
+                    f'password_file = "{tmp_path / "cam.password"}"\nfps = {FPS}\npipeline = "noop"\n')
+    proc = up(path)
+    with MasterClient(f"http://127.0.0.1:{master_port}", timeout_s=5) as c:
+        wait_until(lambda: _answers(c), 60, 0.5)
+        time.sleep(30)  # the scenario itself: the camera is away for 30 s (nothing here waits on a race)
+        assert not c.get_results(port, 0, 10)["results"]
+        with RtspServer(rtsp_port, tmp_path, user="viewer", password="s3cret-Zq9x"):
+            wait_until(lambda: len(c.get_results(port, 0, 100)["results"]) >= 10, 60, 0.5)
+            assert {r["camera"] for r in c.get_results(port, 0, 100)["results"]} == {"porch"}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    assert "s3cret" not in (tmp_path / "up.log").read_text()
