@@ -49,7 +49,9 @@ class Role:
     wanted: bool = True
 
     def start(self, env: dict[str, str]) -> None:
-        self.popen = subprocess.Popen([sys.executable, "-m", *self.argv], env=env, preexec_fn=_die_with_parent)
+        # its own process group: a Ctrl-C at the terminal reaches `up` alone, which stops the roles in order
+        self.popen = subprocess.Popen([sys.executable, "-m", *self.argv], env=env, preexec_fn=_die_with_parent,
+                                      process_group=0)
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
