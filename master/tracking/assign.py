@@ -45,20 +45,24 @@ def match(iou: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
 
 def _groups(allowed: np.ndarray) -> list[tuple[list[int], list[int]]]:
     """Connected groups of the bipartite graph whose edges are the allowed pairs (isolated nodes left out)."""
-    seen_rows: set[int] = set()
-    groups = []
-    for start in map(int, np.flatnonzero(allowed.any(axis=1))):
-        if start in seen_rows:
-            continue
-        rows, cols, todo = {start}, set(), [start]
-        while todo:
-            new_cols = set(map(int, np.flatnonzero(allowed[todo].any(axis=0)))) - cols
-            cols |= new_cols
-            todo = sorted(set(map(int, np.flatnonzero(allowed[:, sorted(new_cols)].any(axis=1)))) - rows)
-            rows.update(todo)
-        seen_rows |= rows
-        groups.append((sorted(rows), sorted(cols)))
-    return groups
+    n = allowed.shape[0]
+    parent = list(range(n + allowed.shape[1]))  # rows, then columns at n + c
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    edges = list(zip(*(a.tolist() for a in np.nonzero(allowed))))
+    for r, c in edges:
+        parent[root(r)] = root(n + c)
+    groups: dict[int, tuple[set[int], set[int]]] = {}
+    for r, c in edges:
+        rows, cols = groups.setdefault(root(r), (set(), set()))
+        rows.add(r)
+        cols.add(c)
+    return [(sorted(rows), sorted(cols)) for rows, cols in groups.values()]
 
 
 def hungarian(cost: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
