@@ -139,3 +139,30 @@ def test_an_rtsp_camera_that_appears_30_s_late_delivers_through_up(up, tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     assert "s3cret" not in (tmp_path / "up.log").read_text()
+
+
+def test_a_ctrl_c_to_the_terminals_process_group_still_stops_the_roles_in_order(tmp_path):
+    """A terminal's Ctrl-C signals every process of its foreground group; the roles live in groups of
+    their own, so `up` alone hears it and stops them producers first, the master last."""
+    import os
+
+    master_port = free_port()
+    [port] = free_udp_ports(1)
+    path = tmp_path / "framehive.toml"
+    path.write_text(f'[master]\nport = {master_port}\n\n[receivers.hub]\nports = [{port}]\n'
+                    + camera("solo", "synthetic:160x120", "hub", port))
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", str(path), "--workers", "1"], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # as a shell's job
+        try:
+            with MasterClient(f"http://127.0.0.1:{master_port}", timeout_s=5) as c:
+                wait_until(lambda: _answers(c) and len(seqs(c, port)) >= 5, 60, 0.5)
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            assert proc.wait(60) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert text.index("worker: stopped") < text.index("master: stopped"), text[-3000:]
+    assert "dropping" not in text, "a worker lost its last report: the master stopped before it"
