@@ -82,10 +82,14 @@ class Detection:
     label: str
     score: float
     box: tuple[int, int, int, int]
+    track_id: int = 0  # the camera's track this detection belongs to (the master's tracker); 0: none yet
 
     def to_wire(self) -> dict[str, Any]:
-        """The dict users see in results."""
-        return {"label": self.label, "score": round(float(self.score), 4), "box": list(self.box)}
+        """The dict users see in results (track_id only once the master's tracker has given one)."""
+        wire = {"label": self.label, "score": round(float(self.score), 4), "box": list(self.box)}
+        if self.track_id:
+            wire["track_id"] = self.track_id
+        return wire
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,10 @@ def detection_from_wire(d: Any) -> Detection:
     score = d.get("score")
     if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
         raise BadRequest(f"detection 'score' must be a number, got {score!r:.40}")
-    return Detection(wire_text(d, "label", MAX_LABEL_CHARS), float(score), tuple(int(v) for v in box))
+    track = d.get("track_id", 0)
+    if not isinstance(track, int) or isinstance(track, bool) or not 0 <= track <= SEQ_WIRE_MASK:
+        raise BadRequest(f"detection 'track_id' must be an integer in 0..{SEQ_WIRE_MASK}, got {track!r:.40}")
+    return Detection(wire_text(d, "label", MAX_LABEL_CHARS), float(score), tuple(int(v) for v in box), track)
 
 
 def outcome_to_wire(o: Outcome) -> dict[str, Any]:

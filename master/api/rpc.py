@@ -157,6 +157,11 @@ class MasterRpc:
         """Counters per port, task states, workers and receivers."""
         return xmlrpc_safe(self._svc.stats())
 
+    def get_tracks(self, camera: str) -> dict:
+        """A camera's live tracks, by its name or port: {camera, port, tracks: [{track_id, label, box,
+        first_seen, last_seen, state, hits, velocity}]}."""
+        return xmlrpc_safe(self._svc.tracks(_text(str(camera), "camera", 64)))
+
     def get_config(self, kind: str, name: str) -> dict:
         """What a role started from the master's address needs: kind "receiver" (its ports, camera names,
         pipelines and detect policies) or "camera" (its source, pace and receiver address), by name,

@@ -19,7 +19,7 @@ from common.imageinfo import MAX_IMAGE_PIXELS
 from common.jpeginfo import jpeg_size
 from common.results import Result, ResultStatus
 from common.runtime import Component
-from common.tasks import Lease, Outcome, TaskKind, TaskSpec
+from common.tasks import SEQ_WIRE_MASK, Detection, Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
 from master.alerts.events import EventLog, annotate
 from master.alerts.rules import Rule, RuleEngine
@@ -28,6 +28,7 @@ from master.core.rates import RateMeter
 from master.core.store import StoreConfig, TaskStore
 from master.core.timing import BUCKETS_S, STAGES, LatencyHistograms
 from master.core.workers import WorkerRegistry
+from master.tracking import TrackedFrame, TrackerHub
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class MasterService(Component):
         self.latency = LatencyHistograms()  # per camera port and stage (master/core/timing.py)
         self.fps = RateMeter()  # frames finished per camera per second (master/core/rates.py)
         self.webhooks = WebhookSender()  # one lane per webhook URL, started when a rule first uses it
+        self.tracker = TrackerHub()  # per camera, in capture order: every detection gets its track id
         self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
         self._work = threading.Condition()
@@ -127,6 +129,7 @@ class MasterService(Component):
             log.warning("worker %s silent for %.1fs: requeued %d task(s)", worker,
                         self.config.worker_timeout_s, lost)
             n += lost
+        self._attach(self.tracker.poll(now))  # frames whose missing predecessors will not come
         for job_id, dropped in self.store.expire_jobs(now, self.config.job_idle_s):
             log.warning("file job %s: no job server has touched it for %.0f s (its receiver is gone?); "
                         "cancelled, %d tile(s) dropped", job_id, self.config.job_idle_s, dropped)
@@ -151,6 +154,7 @@ class MasterService(Component):
                 ids.append(self.store.add(spec, payload, now))
                 if spec.kind is TaskKind.FRAME and spec.meta.get("skip"):  # stored at once as a skipped result
                     self.fps.observe(spec.port, now)
+                    self._attach(self.tracker.skip(str(spec.port), spec.seq & SEQ_WIRE_MASK, now))
             except QueueFull as e:
                 full = e
                 ids.append("")
@@ -195,6 +199,34 @@ class MasterService(Component):
         reported moments ago: a restarted receiver's old instance has gone quiet)."""
         old, new = before["counters"].get("instance"), counters.get("instance")
         return bool(old and new and old != new and now - before["at"] < SOURCE_CLASH_S)
+
+    # ----- tracking ----------------------------------------------------------------------------
+
+    def _track(self, result: Result) -> None:
+        """Feed a stored frame result to its camera's tracker (a frame without detections to track is a
+        gap it predicts across) and give the frames it releases their track ids."""
+        camera, now = str(result.port), self.clock()
+        if result.status is ResultStatus.OK:
+            self._attach(self.tracker.offer(camera, result.seq, result.captured_at, result.detections, now))
+        else:
+            self._attach(self.tracker.skip(camera, result.seq, now))
+
+    def _attach(self, frames: list[TrackedFrame]) -> None:
+        for frame in frames:
+            dets = tuple(Detection(d.label, d.score, d.box, d.track_id) for d in frame.detections)
+            if any(d.track_id for d in dets):
+                self.store.attach_tracks(int(frame.camera), frame.seq, dets)
+
+    def tracks(self, camera: str) -> dict[str, Any]:
+        """A camera's live tracks (by its name or port): id, label, box, first/last seen, state."""
+        names = {v: k for k, v in self.store.camera_names.items()}
+        port = names.get(camera) or (int(camera) if camera.isdigit() else None)
+        if port is None:
+            raise BadRequest(f"no camera {camera!r}: give a camera's name or port")
+        tracks = [{"track_id": t.track_id, "label": t.label, "box": list(t.box), "first_seen": t.first_seen,
+                   "last_seen": t.last_seen, "state": t.state.value, "hits": t.hits,
+                   "velocity": [round(v, 2) for v in t.velocity]} for t in self.tracker.tracks(str(port))]
+        return {"camera": self.store.camera_names.get(port, ""), "port": port, "tracks": tracks}
 
     def apply_cluster(self, cluster: Any) -> None:
         """A cluster file took effect: camera names for results and stats, and its rules (with those of
@@ -264,6 +296,7 @@ class MasterService(Component):
                 continue
             if result.kind is TaskKind.FRAME:
                 self.fps.observe(result.port, result.completed_at)
+                self._track(result)
             if result.status is ResultStatus.OK and result.kind is TaskKind.FRAME:
                 self.latency.observe(result.port, result.stages_ms)
             if self.rules:
@@ -368,5 +401,6 @@ class MasterService(Component):
                             "write_errors": self.store.journal.write_errors,
                             "last_error": self.store.journal.last_error},
                 "config": self.cameras.stats() if self.cameras is not None else {},
+                "tracking": {"next_id": self.tracker.next_id, **dict(self.tracker.counters)},
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}

@@ -18,7 +18,7 @@ import secrets
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.errors import QueueFull, StaleLease, UnknownTask
@@ -78,6 +78,9 @@ class _Record:
     def lane(self) -> Hashable:
         spec = self.task.spec
         return ("job", spec.job_id) if spec.kind is TaskKind.TILE else ("port", spec.port)
+
+
+TRACK_LOOKBACK = 256  # stored results searched for the frame the tracker releases (its window holds 64)
 
 
 @dataclass
@@ -280,6 +283,25 @@ class TaskStore:
             rec = self._tasks.get(task_id)
             ok = rec is not None and rec.state is TaskState.IN_PROGRESS and rec.token == token
             return rec.task.payload if ok else None
+
+    def attach_tracks(self, port: int, seq: int, detections: tuple[Detection, ...]) -> bool:
+        """Give a stored frame result its detections with track ids (the tracker releases frames in capture
+        order, shortly after they are stored); False when the result has left the ring meanwhile."""
+        with self._lock:
+            ring = self._rings.get(port)
+            if ring is None:
+                return False
+            for i in range(len(ring.items) - 1, max(-1, len(ring.items) - 1 - TRACK_LOOKBACK), -1):
+                cursor, r = ring.items[i]
+                if r.seq == seq:
+                    if len(r.detections) != len(detections):
+                        return False
+                    ring.items[i] = (cursor, replace(r, detections=detections))
+                    latest = self._latest.get(port)
+                    if latest is not None and latest[0].seq == seq:
+                        self._latest[port] = (ring.items[i][1], latest[1])
+                    return True
+        return False
 
     def latest(self, port: int) -> tuple[Result, bytes] | None:
         """The newest processed frame of a port: its result and its JPEG."""
