@@ -171,9 +171,12 @@ class Up:
         log.info("reloaded: added %s, removed %s, changed %s", reply.get("added"), reply.get("removed"),
                  reply.get("changed"))
 
-    def stop_role(self, role: Role) -> None:
+    def stop_role(self, role: Role, *, signalled: bool = False) -> None:
+        """SIGTERM (unless already sent: a second one makes a role exit at once, without its clean stop)
+        and wait; SIGKILL what does not stop in time."""
         if role.alive():
-            role.popen.send_signal(signal.SIGTERM)
+            if not signalled:
+                role.popen.send_signal(signal.SIGTERM)
             try:
                 role.popen.wait(STOP_WAIT_S)
             except subprocess.TimeoutExpired:
@@ -188,7 +191,7 @@ class Up:
             for role in group:
                 role.popen.send_signal(signal.SIGTERM)
             for role in group:
-                self.stop_role(role)
+                self.stop_role(role, signalled=True)
         log.info("stopped (%d restart(s) while up)", self.restarts)
 
 

@@ -164,5 +164,7 @@ def test_a_ctrl_c_to_the_terminals_process_group_still_stops_the_roles_in_order(
             if proc.poll() is None:
                 proc.kill()
     text = log.read_text()
-    assert text.index("worker: stopped") < text.index("master: stopped"), text[-3000:]
+    # each role stopped cleanly (one SIGTERM each: a second makes a role exit at once, unlogged), in order
+    assert text.index("publisher: stopped") < text.index("receiver: stopped") < text.index("worker: stopped") \
+        < text.index("master: stopped"), text[-3000:]
     assert "dropping" not in text, "a worker lost its last report: the master stopped before it"
