@@ -87,6 +87,13 @@ class NullJournal:
     def restore(self) -> Restored:
         return Restored([], [], {})
 
+    def track_ids_reserved(self) -> int:
+        """The track ids handed out (or reserved) by earlier lives of the master: the next life starts above."""
+        return 0
+
+    def reserve_track_ids(self, up_to: int) -> None:
+        """Record that ids up to `up_to` may be in use, before any of them is handed out."""
+
     def incarnation(self) -> str:
         """Which life of the master's results this is: a new one at every start when nothing is kept."""
         return secrets.token_hex(6)
@@ -189,6 +196,16 @@ class SqliteJournal(NullJournal):
             value = secrets.token_hex(6)
             db.execute("INSERT INTO meta (key, value) VALUES ('incarnation', ?)", (value,))
             return value
+
+    def track_ids_reserved(self) -> int:
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'track_ids'").fetchone()
+            return int(row[0]) if row else 0
+
+    def reserve_track_ids(self, up_to: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES ('track_ids', ?) ON CONFLICT(key) DO UPDATE SET "
+                       "value = excluded.value", (str(up_to),))
 
     def restore(self) -> Restored:
         with self._lock:

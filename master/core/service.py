@@ -42,6 +42,8 @@ LOST_LEASE_GRACE_S = 3.0  # a lease younger than this may still be on its way to
 SOURCE_TTL_S = 60.0  # a receiver that has not reported for this long is left out of stats
 MAX_SOURCES = 64
 SOURCE_CLASH_S = 5.0  # two instances reporting under one name within this long are two live receivers
+TRACK_ID_BLOCK = 10_000  # track ids reserved in the journal at a time
+TRACK_ID_MARGIN = 1_000  # reserve the next block while this many are left
 
 
 def _is_number(v: Any) -> bool:
@@ -81,7 +83,11 @@ class MasterService(Component):
         self.latency = LatencyHistograms()  # per camera port and stage (master/core/timing.py)
         self.fps = RateMeter()  # frames finished per camera per second (master/core/rates.py)
         self.webhooks = WebhookSender()  # one lane per webhook URL, started when a rule first uses it
-        self.tracker = TrackerHub()  # per camera, in capture order: every detection gets its track id
+        # per camera, in capture order: every detection gets its track id, never one an earlier life of
+        # this master (with --state-dir) handed out: ids are reserved in the journal ahead of use
+        self._track_ids_reserved = self.store.journal.track_ids_reserved()
+        self.tracker = TrackerHub(id_floor=self._track_ids_reserved)
+        self._reserve_track_ids()
         self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
         self._work = threading.Condition()
@@ -211,7 +217,15 @@ class MasterService(Component):
         else:
             self._attach(self.tracker.skip(camera, result.seq, now))
 
+    def _reserve_track_ids(self) -> None:
+        """Keep the journal's reservation ahead of the ids the tracker hands out (a frame gives at most a
+        few hundred), so a restart never hands out an id again."""
+        if self.tracker.next_id + TRACK_ID_MARGIN > self._track_ids_reserved:
+            self._track_ids_reserved = self.tracker.next_id + TRACK_ID_BLOCK
+            self.store.journal.reserve_track_ids(self._track_ids_reserved)
+
     def _attach(self, frames: list[TrackedFrame]) -> None:
+        self._reserve_track_ids()
         for frame in frames:
             dets = tuple(Detection(d.label, d.score, d.box, d.track_id) for d in frame.detections)
             if any(d.track_id for d in dets):

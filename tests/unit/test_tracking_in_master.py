@@ -66,3 +66,30 @@ def test_an_unknown_camera_is_a_clear_error():
     svc = MasterService()
     with pytest.raises(BadRequest, match="no camera 'attic'"):
         svc.tracks("attic")
+
+
+def test_a_restarted_master_with_a_state_dir_never_hands_out_a_track_id_again(tmp_path):
+    from master.core.journal import SqliteJournal
+    from master.core.service import ServiceConfig
+    from master.core.store import TaskStore
+
+    def life() -> set[int]:
+        journal = SqliteJournal(tmp_path / "master.sqlite3")
+        config = ServiceConfig()
+        clock = Clock()
+        svc = MasterService(config, clock=clock, store=TaskStore(config.store, journal=journal))
+        worker = svc.register_worker("w")["worker_id"]
+        svc.add_tasks([(TaskSpec(port=5000, seq=i, pipeline="person", captured_ns=int((clock.t + i * 0.1) * NS),
+                                 received_ns=0), b"\xff\xd8") for i in range(4)])
+        for lease in svc.request_tasks(worker, 4):
+            svc.complete(worker, [Outcome(lease.task.id, lease.token,
+                                          detections=(Detection("car", 0.9, (10, 10, 50, 30)),))])
+        clock.t += 2.0
+        svc.monitor_once()
+        # (results kept from the first life come back without ids: the journal keeps them as first stored)
+        ids = {d.track_id for r in svc.results(5000, 0, 100)["results"] for d in r.detections if d.track_id}
+        journal.close()
+        return ids
+
+    first, second = life(), life()
+    assert first and second and min(second) > max(first), (first, second)
