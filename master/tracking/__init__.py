@@ -2,7 +2,8 @@
 
 `hub.py` (per-camera reorder windows and trackers, ids), `reorder.py` (results back in frame order),
 `tracker.py` (association, track states, `TrackerConfig` with every default), `motion.py`
-(constant-velocity alpha-beta filter), `assign.py` (IoU matrix, optimal assignment).
+(constant-velocity alpha-beta filter), `assign.py` (IoU matrix, optimal assignment), `lines.py`
+(counting lines: a crossing counted once, by direction and label, with hysteresis against jitter).
 
 Defaults (TrackerConfig): confident detections score >= 0.5, uncertain 0.1..0.5 (below: ignored);
 a match needs IoU >= 0.3 (0.5 for an uncertain detection) with the track's predicted box; a track is
