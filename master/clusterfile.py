@@ -18,6 +18,7 @@ from common.errors import ConfigError
 from common.gating import parse_policy
 from common.pipeline import normalize_pipeline
 from master.alerts.rules import Rule, RulesError, parse_rules
+from master.tracking.lines import Line
 
 CONFIG_ENV = "FRAMEHIVE_CONFIG"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
@@ -31,7 +32,8 @@ RECEIVER_KEYS = {"host": str, "ports": (str, list), "zmq_port": int, "key_file":
                  "insecure": bool}
 CAMERA_KEYS = {"source": (str, int), "fps": (int, float), "quality": int, "max_width": int, "receiver": str,
                "port": int, "transport": str, "pipeline": str, "detect": str, "enabled": bool, "host": str,
-               "username": str, "password_file": str, "rtsp_transport": str}
+               "username": str, "password_file": str, "rtsp_transport": str, "lines": dict}
+LINE_KEYS = {"a": list, "b": list, "directions": list, "labels": list}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class CameraSpec:
     username: str = ""
     password_file: str = ""  # read by the publisher, never sent in the clear by the master
     rtsp_transport: str = "tcp"
+    lines: tuple[Line, ...] = ()  # counting lines across its frame
 
     def to_wire(self, receiver: ReceiverSpec) -> dict[str, Any]:
         """What a publisher is told: its source and pace, and the receiver address to send to."""
@@ -266,6 +269,24 @@ def _check_camera(name: str, table: Mapping[str, Any], receivers: Mapping[str, R
                                         f"({spec.ports[0]}-{spec.ports[-1]})")
 
 
+def _line(camera: str, name: str, table: Any, where: _Where) -> Line:
+    """[cameras.NAME.lines.LINE]: a = [x, y], b = [x, y] in frame fractions, directions, labels."""
+    path = ["cameras", camera, "lines", name]
+    if not NAME_RE.match(name) or not isinstance(table, dict):
+        raise where.error(path, None, "a line is a table named with lowercase letters, digits, - and _")
+    _check_keys(table, LINE_KEYS, path, where)
+    for key in ("a", "b"):
+        point = table.get(key)
+        if not (isinstance(point, list) and len(point) == 2 and all(isinstance(v, (int, float))
+                                                                    and not isinstance(v, bool) for v in point)):
+            raise where.error(path, key, "must be a point [x, y] in fractions of the frame (0..1)")
+    try:
+        return Line(name, tuple(table["a"]), tuple(table["b"]), tuple(table.get("directions", ("in", "out"))),
+                    tuple(table.get("labels", ())))
+    except (ValueError, TypeError) as e:
+        raise where.error(path, None, str(e)) from None
+
+
 def _keep_or_assign(name: str, receiver: ReceiverSpec, previous: ClusterFile | None, taken: Mapping[int, str],
                     where: _Where) -> int:
     old = previous.cameras.get(name) if previous else None
@@ -300,7 +321,8 @@ def _camera(name: str, table: Mapping[str, Any], receiver: str, port: int, where
         parse_policy(table.get("detect", "every"))
     except ConfigError as e:
         raise where.error(path, "detect", str(e)) from None
-    return CameraSpec(name, source=str(table["source"]),
+    lines = tuple(_line(name, n, t, where) for n, t in table.get("lines", {}).items())
+    return CameraSpec(name, source=str(table["source"]), lines=lines,
                       receiver=receiver, port=port, fps=float(fps), quality=table.get("quality", 80),
                       max_width=table.get("max_width", 0), transport=table.get("transport", "udp"),
                       pipeline=pipeline, detect=table.get("detect", "every"), enabled=table.get("enabled", True),

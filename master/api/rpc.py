@@ -162,6 +162,10 @@ class MasterRpc:
         first_seen, last_seen, state, hits, velocity}]}."""
         return xmlrpc_safe(self._svc.tracks(_text(str(camera), "camera", 64)))
 
+    def get_counts(self) -> dict:
+        """Line crossings since the master started: {camera: {port, lines: {line: {direction: {label: n}}}}}."""
+        return xmlrpc_safe(self._svc.counts())
+
     def get_config(self, kind: str, name: str) -> dict:
         """What a role started from the master's address needs: kind "receiver" (its ports, camera names,
         pipelines and detect policies) or "camera" (its source, pace and receiver address), by name,

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from master.core.store import StoreConfig, TaskStore
 from master.core.timing import BUCKETS_S, STAGES, LatencyHistograms
 from master.core.workers import WorkerRegistry
 from master.tracking import TrackedFrame, TrackerHub
+from master.tracking.lines import LineCounter, foot_point
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ LOST_LEASE_GRACE_S = 3.0  # a lease younger than this may still be on its way to
 SOURCE_TTL_S = 60.0  # a receiver that has not reported for this long is left out of stats
 MAX_SOURCES = 64
 SOURCE_CLASH_S = 5.0  # two instances reporting under one name within this long are two live receivers
+MAX_FRAME_SIZES = 4096  # frames waiting in the tracker's reorder windows whose size the lines need
 TRACK_ID_BLOCK = 10_000  # track ids reserved in the journal at a time
 TRACK_ID_MARGIN = 1_000  # reserve the next block while this many are left
 
@@ -87,6 +89,8 @@ class MasterService(Component):
         # this master (with --state-dir) handed out: ids are reserved in the journal ahead of use
         self._track_ids_reserved = self.store.journal.track_ids_reserved()
         self.tracker = TrackerHub(id_floor=self._track_ids_reserved)
+        self.line_counters: dict[int, LineCounter] = {}  # port -> its camera's counting lines (config file)
+        self._frame_sizes: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()  # (port, seq) -> w, h
         self._reserve_track_ids()
         self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
@@ -230,6 +234,36 @@ class MasterService(Component):
             dets = tuple(Detection(d.label, d.score, d.box, d.track_id) for d in frame.detections)
             if any(d.track_id for d in dets):
                 self.store.attach_tracks(int(frame.camera), frame.seq, dets)
+            self._count_lines(frame)
+
+    def _remember_size(self, result: Result, payload: bytes | None) -> None:
+        """A frame's size, for its camera's counting lines (boxes are pixels, lines frame fractions)."""
+        if result.port in self.line_counters and payload:
+            size = jpeg_size(payload)
+            if size is not None:
+                self._frame_sizes[result.port, result.seq] = size
+                while len(self._frame_sizes) > MAX_FRAME_SIZES:
+                    self._frame_sizes.popitem(last=False)
+
+    def _count_lines(self, frame: TrackedFrame) -> None:
+        port = int(frame.camera)
+        counter, size = self.line_counters.get(port), self._frame_sizes.pop((port, frame.seq), None)
+        if counter is None or size is None:
+            return
+        feet = [(d.track_id, d.label, foot_point(d.box, *size)) for d in frame.detections if d.confirmed]
+        for c in counter.observe(feet, frame.captured_at):
+            log.info("camera %s: track %d (%s) crossed %s: %s", self.store.camera_names.get(port, port),
+                     c.track_id, c.label, c.line, c.direction)
+
+    def counts(self) -> dict[str, Any]:
+        """Line crossings since start, per camera, line, direction and label."""
+        out: dict[str, Any] = {}
+        for port, counter in sorted(self.line_counters.items()):
+            lines: dict[str, dict[str, dict[str, int]]] = {ln.name: {} for ln in counter.lines}
+            for (line, direction, label), n in sorted(counter.totals.items()):
+                lines[line].setdefault(direction, {})[label] = n
+            out[self.store.camera_names.get(port, str(port))] = {"port": port, "lines": lines}
+        return out
 
     def tracks(self, camera: str) -> dict[str, Any]:
         """A camera's live tracks (by its name or port): id, label, box, first/last seen, state."""
@@ -246,6 +280,12 @@ class MasterService(Component):
         """A cluster file took effect: camera names for results and stats, and its rules (with those of
         --rules) for the next frame."""
         self.store.camera_names = cluster.camera_names()
+        counters = {}
+        for cam in cluster.cameras.values():
+            if cam.enabled and cam.lines:
+                kept = self.line_counters.get(cam.port)
+                counters[cam.port] = kept if kept is not None and kept.lines == cam.lines else LineCounter(cam.lines)
+        self.line_counters = counters  # unchanged lines keep their counts across a reload
         rules = [*self.config.rules, *cluster.rules]
         self.rules = RuleEngine(rules) if rules else None
 
@@ -301,7 +341,7 @@ class MasterService(Component):
         accepted: list[str] = []
         rejected: list[dict[str, str]] = []
         for o in outcomes:
-            payload = self.store.leased_payload(o.task_id, o.token) if self.rules else None
+            payload = self.store.leased_payload(o.task_id, o.token) if self.rules or self.line_counters else None
             try:
                 result = self.store.complete(o.task_id, o.token, o, worker_id, self.clock())
                 accepted.append(o.task_id)
@@ -310,6 +350,7 @@ class MasterService(Component):
                 continue
             if result.kind is TaskKind.FRAME:
                 self.fps.observe(result.port, result.completed_at)
+                self._remember_size(result, payload)
                 self._track(result)
             if result.status is ResultStatus.OK and result.kind is TaskKind.FRAME:
                 self.latency.observe(result.port, result.stages_ms)
@@ -416,5 +457,6 @@ class MasterService(Component):
                             "last_error": self.store.journal.last_error},
                 "config": self.cameras.stats() if self.cameras is not None else {},
                 "tracking": {"next_id": self.tracker.next_id, **dict(self.tracker.counters)},
+                "counts": self.counts(),
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}

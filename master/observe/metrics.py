@@ -70,6 +70,7 @@ def families(stats: Mapping[str, Any]) -> list[Metric]:
     out += _ports(camera_ports(stats.get("ports", {})), stats.get("sources", {}))
     out += [_tiles(stats.get("ports", {}))]
     out += _sources(stats.get("sources", {}))
+    out.append(_crossings(stats.get("counts", {})))
     out += _workers(stats.get("workers", []))
     out += _events(stats.get("events", {}))
     out += _latency(stats.get("latency", {}))
@@ -196,6 +197,17 @@ def _ports(ports: Mapping[str, Any], sources: Mapping[str, Any]) -> list[Metric]
     for port, reason, value in _receiver_drops(sources):
         drops.add_metric(["receiver", port, names.get(port, ""), reason], _f(value))
     return [*flows.values(), depth, results, drops]
+
+
+def _crossings(counts: Mapping[str, Any]) -> Metric:
+    fam = _counter("line_crossings", "Tracks that crossed a counting line, by camera, line, direction and label.",
+                   ["camera", "line", "direction", "label"])
+    for camera, c in sorted(counts.items()):
+        for line, directions in sorted(c.get("lines", {}).items()):
+            for direction, labels in sorted(directions.items()):
+                for label, n in sorted(labels.items()):
+                    fam.add_metric([camera, line, direction, label], _f(n))
+    return fam
 
 
 def _tiles(ports: Mapping[str, Any]) -> Metric:

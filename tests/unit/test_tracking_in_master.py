@@ -93,3 +93,32 @@ def test_a_restarted_master_with_a_state_dir_never_hands_out_a_track_id_again(tm
 
     first, second = life(), life()
     assert first and second and min(second) > max(first), (first, second)
+
+
+def test_a_camera_line_of_the_config_file_counts_crossings_by_direction_and_label():
+    import cv2
+    import numpy as np
+
+    from master.clusterfile import parse
+    from master.observe.metrics import families
+
+    jpeg = cv2.imencode(".jpg", np.zeros((480, 640, 3), np.uint8))[1].tobytes()
+    cluster = parse('[receivers.hub]\nports = "5000-5001"\n[cameras.door]\nsource = "synthetic"\nport = 5000\n'
+                    '[cameras.door.lines.entrance]\na = [0.5, 1.0]\nb = [0.5, 0.0]\ndirections = ["in", "out"]\n')
+    clock = Clock()
+    svc = MasterService(clock=clock)
+    svc.apply_cluster(cluster)
+    worker = svc.register_worker("w")["worker_id"]
+    for i in range(16):  # one frame at a time, as a camera's frames arrive
+        svc.add_tasks([(TaskSpec(port=5000, seq=i, pipeline="person", captured_ns=int((clock.t + i * 0.1) * NS),
+                                 received_ns=0), jpeg)])
+        [lease] = svc.request_tasks(worker, 1)
+        dets = (Detection("person", 0.9, (200 + 10 * i, 200, 40, 100)),  # walks left to right over x=320: "in"
+                Detection("person", 0.9, (400 - 10 * i, 300, 40, 100)))  # walks right to left: "out"
+        svc.complete(worker, [Outcome(lease.task.id, lease.token, detections=dets)])
+    clock.t += 2.0
+    svc.monitor_once()
+    assert svc.counts() == {"door": {"port": 5000, "lines": {"entrance": {"in": {"person": 1}, "out": {"person": 1}}}}}
+    samples = {tuple(sorted(s.labels.items())): s.value for f in families(svc.stats())
+               if f.name == "framehive_line_crossings" for s in f.samples if s.name.endswith("_total")}
+    assert samples[(("camera", "door"), ("direction", "in"), ("label", "person"), ("line", "entrance"))] == 1
