@@ -194,6 +194,8 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
             return
         elif url.path == "/api/v1/stats":
             self._json(200, svc.stats())
+        elif url.path == "/api/v1/counts":
+            self._json(200, svc.counts())
         elif url.path == "/":
             self._static("index.html")
         elif m := DASHBOARD_FILE.fullmatch(url.path):

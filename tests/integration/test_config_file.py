@@ -3,6 +3,7 @@ and a SIGHUP applies an edited file (a camera added, one removed) without costin
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -95,6 +96,8 @@ def test_named_cameras_from_the_file_and_a_reload_that_adds_and_removes(cluster,
     assert out.returncode == 0 and out.stdout.startswith(f"front {front} seq"), out.stdout[:300] + out.stderr
     with urllib.request.urlopen(f"{cluster.master_url}/metrics", timeout=10) as r:
         assert f'framehive_results_total{{camera="front",port="{front}"}}' in r.read().decode()
+    with urllib.request.urlopen(f"{cluster.master_url}/api/v1/counts", timeout=10) as r:
+        assert json.load(r) == {}, "no camera of this file has a counting line"
 
 
 def test_one_publisher_with_all_sends_every_camera_of_this_host(cluster, tmp_path):
