@@ -63,10 +63,8 @@ def check(path: str) -> int:
 
 
 def reload(path: str) -> int:
-    master = load(path).master
-    host = master.get("host", "127.0.0.1")
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{master.get('port', 8000)}"
-    with MasterLink.load(url, master.get("token_file", "")).client() as client:
+    cluster = load(path)
+    with MasterLink.load(cluster.master_url, cluster.master.get("token_file", "")).client() as client:
         reply = client.call("reload_config")
     print(json.dumps(reply))
     return 0 if reply["ok"] else 1

@@ -71,9 +71,7 @@ class Up:
     def __post_init__(self) -> None:
         self.file: ClusterFile = load(self.path)  # ConfigError: nothing starts
         master = self.file.master
-        url_host = master.get("host", "127.0.0.1")
-        url_host = "127.0.0.1" if url_host in ("0.0.0.0", "::", "") else url_host
-        self.url = f"http://{url_host}:{master.get('port', 8000)}"
+        self.url = self.file.master_url
         self.token_args = ["--token-file", master["token_file"]] if master.get("token_file") else []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._reload = threading.Event()

@@ -89,6 +89,14 @@ class ClusterFile:
     cameras: Mapping[str, CameraSpec] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
 
+    @property
+    def master_url(self) -> str:
+        """Where a process on the master's host reaches it: its [master] address (loopback when it binds
+        every address), in URL form."""
+        host = self.master.get("host", "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.master.get('port', 8000)}"
+
     def camera_names(self) -> dict[int, str]:
         """Port -> camera name, for every enabled camera."""
         return {c.port: c.name for c in self.cameras.values() if c.enabled}

@@ -78,3 +78,9 @@ def test_the_shipped_example_is_valid():
     c = load(ROOT / "examples" / "framehive.toml")
     assert set(c.cameras) == {"hall", "yard", "front-door"} and not c.cameras["front-door"].enabled
     assert c.rules[0].ports == (c.cameras["hall"].port,)
+
+
+def test_the_master_url_is_reachable_from_the_masters_host():
+    assert parse('[master]\nhost = "0.0.0.0"\nport = 9000\n').master_url == "http://127.0.0.1:9000"
+    assert parse('[master]\nhost = "::1"\n').master_url == "http://[::1]:8000"
+    assert parse('').master_url == "http://127.0.0.1:8000"
