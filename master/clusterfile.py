@@ -17,8 +17,9 @@ from typing import Any
 from common.errors import ConfigError
 from common.gating import parse_policy
 from common.pipeline import normalize_pipeline
-from master.alerts.rules import Rule, RulesError, parse_rules
+from master.alerts.rules import Places, Rule, RulesError, parse_rules
 from master.tracking.lines import Line
+from master.tracking.zones import Zone
 
 CONFIG_ENV = "FRAMEHIVE_CONFIG"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
@@ -32,8 +33,9 @@ RECEIVER_KEYS = {"host": str, "ports": (str, list), "zmq_port": int, "key_file":
                  "insecure": bool}
 CAMERA_KEYS = {"source": (str, int), "fps": (int, float), "quality": int, "max_width": int, "receiver": str,
                "port": int, "transport": str, "pipeline": str, "detect": str, "enabled": bool, "host": str,
-               "username": str, "password_file": str, "rtsp_transport": str, "lines": dict}
+               "username": str, "password_file": str, "rtsp_transport": str, "lines": dict, "zones": dict}
 LINE_KEYS = {"a": list, "b": list, "directions": list, "labels": list}
+ZONE_KEYS = {"points": list, "labels": list, "inertia": int}
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class CameraSpec:
     password_file: str = ""  # read by the publisher, never sent in the clear by the master
     rtsp_transport: str = "tcp"
     lines: tuple[Line, ...] = ()  # counting lines across its frame
+    zones: tuple[Zone, ...] = ()  # named polygons on its frame
 
     def to_wire(self, receiver: ReceiverSpec) -> dict[str, Any]:
         """What a publisher is told: its source and pace, and the receiver address to send to."""
@@ -147,8 +150,10 @@ def parse(text: str, path: str = "framehive.toml", *, previous: ClusterFile | No
         receivers = {"local": ReceiverSpec("local", ports=tuple(range(5000, 5000 + 16)))}
     cameras = _cameras(_named_tables(doc, "cameras", where), receivers, previous, where)
     try:
+        places = {c.name: Places(frozenset(z.name for z in c.zones), {ln.name: ln.directions for ln in c.lines})
+                  for c in cameras.values()}
         rules = parse_rules(text, path, cameras={c.name: c.port for c in cameras.values()},
-                            others=("master", "receivers", "cameras"))
+                            others=("master", "receivers", "cameras"), places=places)
     except RulesError as e:
         raise ConfigError(str(e)) from e
     return ClusterFile(path, dict(master), receivers, cameras, tuple(rules))
@@ -204,8 +209,8 @@ def _check_keys(table: Mapping[str, Any], known: Mapping[str, Any], path: list[s
             raise where.error(path, key, f"unknown key (known: {', '.join(known)})")
         kinds = known[key] if isinstance(known[key], tuple) else (known[key],)
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            names = " or ".join("a number" if k in (int, float) else {str: "a string", bool: "true or false",
-                                                                       list: "a list"}[k] for k in kinds)
+            words = {str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+            names = " or ".join("a number" if k in (int, float) else words[k] for k in kinds)
             raise where.error(path, key, f"must be {names}, got {value!r:.60}")
 
 
@@ -295,6 +300,26 @@ def _line(camera: str, name: str, table: Any, where: _Where) -> Line:
         raise where.error(path, None, str(e)) from None
 
 
+def _zone(camera: str, name: str, table: Any, where: _Where) -> Zone:
+    """[cameras.NAME.zones.ZONE]: points = [[x, y], ...] in frame fractions, labels, inertia."""
+    path = ["cameras", camera, "zones", name]
+    if not NAME_RE.match(name) or not isinstance(table, dict):
+        raise where.error(path, None, "a zone is a table named with lowercase letters, digits, - and _")
+    _check_keys(table, ZONE_KEYS, path, where)
+    points = table.get("points")
+    if not (isinstance(points, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in p) for p in points)):
+        raise where.error(path, "points", "must be a list of points [x, y] in fractions of the frame (0..1)")
+    labels = table.get("labels", [])
+    if not all(isinstance(v, str) and v for v in labels):
+        raise where.error(path, "labels", "must be a list of labels, e.g. [\"person\", \"car\"]")
+    try:
+        return Zone(name, tuple((float(x), float(y)) for x, y in points), tuple(labels), table.get("inertia", 3))
+    except ValueError as e:
+        raise where.error(path, None, str(e)) from None
+
+
 def _keep_or_assign(name: str, receiver: ReceiverSpec, previous: ClusterFile | None, taken: Mapping[int, str],
                     where: _Where) -> int:
     old = previous.cameras.get(name) if previous else None
@@ -330,7 +355,8 @@ def _camera(name: str, table: Mapping[str, Any], receiver: str, port: int, where
     except ConfigError as e:
         raise where.error(path, "detect", str(e)) from None
     lines = tuple(_line(name, n, t, where) for n, t in table.get("lines", {}).items())
-    return CameraSpec(name, source=str(table["source"]), lines=lines,
+    zones = tuple(_zone(name, n, t, where) for n, t in table.get("zones", {}).items())
+    return CameraSpec(name, source=str(table["source"]), lines=lines, zones=zones,
                       receiver=receiver, port=port, fps=float(fps), quality=table.get("quality", 80),
                       max_width=table.get("max_width", 0), transport=table.get("transport", "udp"),
                       pipeline=pipeline, detect=table.get("detect", "every"), enabled=table.get("enabled", True),

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,6 +52,26 @@ class Event:
     task_id: str
     trigger_task_id: str = ""
     snapshot: bytes | None = None  # annotated JPEG, or None
+    # behaviours of tracked objects (master/alerts/behaviours.py): an event with a life
+    kind: str = "detect"  # the rule's kind: detect, enter, exit, dwell, occupancy, cross
+    camera: str = ""  # the camera's name ("" for a port the config file does not name)
+    phase: str = "start"  # start, update or end (a "detect" event has one entry: start)
+    track_id: int = 0  # the track it follows (0: none, e.g. occupancy)
+    place: str = ""  # the zone or line
+    direction: str = ""  # cross: which way
+    ended_at: float = 0.0  # capture time it ended; 0 while it lasts
+    clip: str = ""  # "", "recording", "ready", "failed" or "none" (could not record)
+
+
+def new_event_ids() -> Callable[[], str]:
+    """A source of event ids unique to this life of the master: ev-<random prefix>-<counter in hex>."""
+    prefix, counter = secrets.token_hex(3), itertools.count(1)
+    lock = threading.Lock()
+
+    def next_id() -> str:
+        with lock:
+            return f"ev-{prefix}-{next(counter):x}"
+    return next_id
 
 
 def to_wire(event: Event, *, snapshot: bool | None = None) -> dict[str, Any]:
@@ -68,6 +89,8 @@ def to_wire(event: Event, *, snapshot: bool | None = None) -> dict[str, Any]:
                       "box": [_int32(v) for v in event.best.box]},
         "task_id": event.task_id, "trigger_task_id": event.trigger_task_id,
         "snapshot": event.snapshot is not None if snapshot is None else bool(snapshot),
+        "kind": event.kind, "camera": event.camera, "phase": event.phase, "track_id": _int32(event.track_id),
+        "place": event.place, "direction": event.direction, "ended_at": float(event.ended_at), "clip": event.clip,
     }
 
 
@@ -76,7 +99,8 @@ def _int32(v: int) -> int:
 
 
 class EventLog:
-    """The newest events, each with a cursor that only grows; snapshots for the newest few only."""
+    """The newest event entries (one per start, update and end), each with a cursor that only grows;
+    the latest state of each event still in the log; snapshots for the newest few only."""
 
     def __init__(self, *, size: int = EVENTS_KEPT, snapshots: int = SNAPSHOTS_KEPT,
                  snapshot_budget_bytes: int = SNAPSHOT_BUDGET_BYTES) -> None:
@@ -86,23 +110,47 @@ class EventLog:
         self._lock = threading.Lock()
         self._items: deque[tuple[int, Event]] = deque()
         self._last = 0
+        self._latest: dict[str, tuple[int, Event]] = {}  # id -> (entries in the log, latest state)
         self._snapshots: OrderedDict[str, bytes] = OrderedDict()
         self._snapshot_bytes = 0
 
     def add(self, event: Event) -> int:
-        """Keep `event` (its snapshot separately, while it is among the newest); return its cursor."""
+        """Keep an entry for `event` (its snapshot separately, while it is among the newest: a later
+        entry's snapshot replaces an earlier one's); return its cursor."""
         with self._lock:
             self._last += 1
-            self._items.append((self._last, replace(event, snapshot=None)))
+            kept = replace(event, snapshot=None)
+            self._items.append((self._last, kept))
+            n, _ = self._latest.get(event.id, (0, kept))
+            self._latest[event.id] = (n + 1, kept)
             if len(self._items) > self._size:
                 _, old = self._items.popleft()
-                self._forget_snapshot(old.id)
+                left, latest = self._latest[old.id]
+                if left <= 1:
+                    del self._latest[old.id]
+                    self._forget_snapshot(old.id)
+                else:
+                    self._latest[old.id] = (left - 1, latest)
             if event.snapshot is not None and len(event.snapshot) <= self._budget and self._max_snapshots:
+                self._forget_snapshot(event.id)
                 self._snapshots[event.id] = event.snapshot
                 self._snapshot_bytes += len(event.snapshot)
                 while len(self._snapshots) > self._max_snapshots or self._snapshot_bytes > self._budget:
                     self._forget_snapshot(next(iter(self._snapshots)))
             return self._last
+
+    def get(self, event_id: str) -> Event | None:
+        """The latest state of an event still in the log."""
+        with self._lock:
+            got = self._latest.get(event_id)
+            return got[1] if got else None
+
+    def set_clip(self, event_id: str, state: str) -> None:
+        """Record how its clip is doing ("recording", "ready", "failed", "none"), without a new entry."""
+        with self._lock:
+            got = self._latest.get(event_id)
+            if got is not None:
+                self._latest[event_id] = (got[0], replace(got[1], clip=state))
 
     def _forget_snapshot(self, event_id: str) -> None:
         data = self._snapshots.pop(event_id, None)
@@ -120,7 +168,8 @@ class EventLog:
             first = self._items[0][0] if self._items else self._last + 1
             start = max(cursor + 1, first)
             page = list(itertools.islice(self._items, start - first, start - first + limit))
-            events = [{**to_wire(e, snapshot=e.id in self._snapshots), "cursor": c} for c, e in page]
+            events = [{**to_wire(e, snapshot=e.id in self._snapshots), "cursor": c,
+                       "clip": self._latest[e.id][1].clip} for c, e in page]
             nxt = page[-1][0] if page else self._last
             return {"events": events, "next": nxt, "missed": start - cursor - 1}
 

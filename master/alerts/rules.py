@@ -19,13 +19,17 @@ Decisions:
 * **Cooldown** is per (rule, port) and measured with `now` (the master's clock) from the moment an
   event fires. A streak keeps counting while cooling down, so continuous presence fires once per
   `cooldown_s`; each event describes the streak since the previous event.
+
+Those are rules of kind "detect" (the default). The behaviours of tracked objects (kinds enter,
+exit, dwell, occupancy and cross, on a camera's named zones and lines) are parsed here too and run
+by master/alerts/behaviours.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-import secrets
 import threading
 import tomllib
 import urllib.parse
@@ -38,16 +42,28 @@ from typing import Any
 from common.errors import ConfigError
 from common.results import Result, ResultStatus
 from common.tasks import Detection, TaskKind
-from master.alerts.events import Event
+from master.alerts.events import Event, new_event_ids
+from master.tracking.zones import point_in_polygon, polygon_area
 
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_MIN_FRAMES = 1
-DEFAULT_COOLDOWN_S = 10.0
+DEFAULT_COOLDOWN_S = 10.0  # for "detect" rules; a behaviour rule's default is 0 (one event per track)
+KINDS = ("detect", "enter", "exit", "dwell", "occupancy", "cross")
+ZONE_KINDS = ("enter", "exit", "dwell", "occupancy")
+ANY_LABEL = "*"
 MAX_RULES = 256
 MAX_ZONE_POINTS = 64
 MAX_TRACKED_STREAKS = 16_384  # (rule, port) states kept; the least recently updated is forgotten beyond
 
 Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Places:
+    """A camera's named zones and lines (with their two direction names), for checking rules."""
+
+    zones: frozenset[str] = frozenset()
+    lines: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
 class RulesError(ConfigError):
@@ -60,10 +76,11 @@ class RulesError(ConfigError):
 
 @dataclass(frozen=True)
 class Rule:
-    """One alert rule. `zone` is a polygon in 0..1 frame coordinates (x right, y down)."""
+    """One alert rule. `zone` is a polygon in 0..1 frame coordinates (x right, y down) for a "detect"
+    rule; a behaviour rule names the camera zone or line it watches in `place`."""
 
     name: str
-    label: str
+    label: str  # "*": any label
     ports: tuple[int, ...] = ()  # empty: every port
     min_score: float = DEFAULT_MIN_SCORE
     zone: tuple[Point, ...] | None = None
@@ -71,6 +88,17 @@ class Rule:
     cooldown_s: float = DEFAULT_COOLDOWN_S
     log: bool = True
     webhook: str | None = None
+    kind: str = "detect"
+    place: str = ""  # the zone (enter, exit, dwell, occupancy) or line (cross) watched
+    direction: str = ""  # cross: the direction that counts ("": either)
+    seconds: float = 0.0  # dwell: how long a track stays in the zone before the event starts
+    count: int = 1  # occupancy: how many objects of the label at once
+    min_width: float = 0.0  # least box width, a fraction of the frame width
+    min_height: float = 0.0  # least box height, a fraction of the frame height
+
+    def wants(self, label: str) -> bool:
+        """Whether objects of `label` are this rule's."""
+        return self.label == ANY_LABEL or label == self.label
 
     def applies_to(self, port: int) -> bool:
         """Whether this rule watches camera `port`."""
@@ -81,7 +109,10 @@ class Rule:
 
         `frame_size` is (width, height) in pixels; needed only when the rule has a zone.
         """
-        if detection.label != self.label or not detection.score >= self.min_score:
+        if not self.wants(detection.label) or not detection.score >= self.min_score:
+            return False
+        if (self.min_width or self.min_height) and not big_enough(detection.box, frame_size, self.min_width,
+                                                                   self.min_height):
             return False
         if self.zone is None:
             return True
@@ -92,6 +123,14 @@ class Rule:
                  frame_size: tuple[int, int] | None) -> list[Detection]:
         """The detections of one result that satisfy this rule (e.g. to highlight in a snapshot)."""
         return [d for d in detections if self.matches(d, frame_size)]
+
+
+def big_enough(box: Any, frame_size: tuple[int, int] | None, min_width: float, min_height: float) -> bool:
+    """Whether a pixel box is at least min_width x min_height (fractions of the frame); False when the
+    frame's size is unknown."""
+    if frame_size is None or frame_size[0] <= 0 or frame_size[1] <= 0:
+        return False
+    return box[2] >= min_width * frame_size[0] and box[3] >= min_height * frame_size[1]
 
 
 def foot_point(box: Any, frame_size: tuple[int, int] | None) -> Point | None:
@@ -105,21 +144,12 @@ def foot_point(box: Any, frame_size: tuple[int, int] | None) -> Point | None:
     return (x + w / 2) / width, (y + h) / height
 
 
-def point_in_polygon(point: Point, polygon: Sequence[Point]) -> bool:
-    """Even-odd ray casting; a point exactly on an edge may land on either side."""
-    px, py = point
-    inside = False
-    for (x1, y1), (x2, y2) in zip(polygon, [*polygon[1:], polygon[0]]):
-        if (y1 > py) != (y2 > py) and px < x1 + (py - y1) * (x2 - x1) / (y2 - y1):
-            inside = not inside
-    return inside
-
-
 # ----- loading ---------------------------------------------------------------------------------
 
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 _TABLE_HEADER = re.compile(r"^\s*\[")
-_KEYS = ("name", "label", "ports", "cameras", "min_score", "zone", "min_frames", "cooldown_s", "log", "webhook")
+_KEYS = ("name", "label", "ports", "cameras", "min_score", "zone", "min_frames", "cooldown_s", "log", "webhook",
+         "kind", "line", "direction", "seconds", "count", "min_width", "min_height")
 
 
 def load_rules(path: str | Path) -> list[Rule]:
@@ -133,10 +163,11 @@ def load_rules(path: str | Path) -> list[Rule]:
 
 
 def parse_rules(text: str, path: str = "<rules>", *, cameras: Mapping[str, int] | None = None,
-                others: Iterable[str] = ()) -> list[Rule]:
+                others: Iterable[str] = (), places: Mapping[str, Places] | None = None) -> list[Rule]:
     """Validate the text of a rules file (`path` only names it in errors). Inside a cluster config file
-    (`cameras` maps camera names to ports, and rules may name them; top-level tables in `others` belong
-    to the rest of the file) rules are optional."""
+    (`cameras` maps camera names to ports, and rules may name them; `places` gives each camera's zones
+    and lines, which behaviour rules name; top-level tables in `others` belong to the rest of the
+    file) rules are optional."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -157,7 +188,7 @@ def parse_rules(text: str, path: str = "<rules>", *, cameras: Mapping[str, int] 
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for index, table in enumerate(tables):
-        rule = _RuleParser(table, index, lines, cameras or {}).parse()
+        rule = _RuleParser(table, index, lines, cameras or {}, places).parse()
         if rule.name in seen:
             raise lines.error(lines.key_line(index, "name"), f"duplicate rule name {rule.name!r} "
                               f"(first defined at line {lines.rule_line(seen[rule.name])})")
@@ -208,8 +239,9 @@ def _assigns(line: str, key: str) -> bool:
 class _RuleParser:
     """Validates one `[[rule]]` table into a Rule."""
 
-    def __init__(self, table: Any, index: int, lines: _Lines, cameras: Mapping[str, int]) -> None:
-        self.table, self.index, self.lines, self.cameras = table, index, lines, cameras
+    def __init__(self, table: Any, index: int, lines: _Lines, cameras: Mapping[str, int],
+                 places: Mapping[str, Places] | None) -> None:
+        self.table, self.index, self.lines, self.cameras, self.places = table, index, lines, cameras, places
         self.label = f"rule #{index + 1}"
 
     def fail(self, key: str | None, reason: str) -> RulesError:
@@ -224,11 +256,80 @@ class _RuleParser:
         unknown = sorted(set(self.table) - set(_KEYS))
         if unknown:
             raise self.fail(unknown[0], f"unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
-        return Rule(name=name, label=self._text("label", required=True), ports=self._ports(),
+        kind = self.table.get("kind", "detect")
+        if kind not in KINDS:
+            raise self.fail("kind", f"kind must be one of {', '.join(KINDS)}, got {kind!r:.80}")
+        rule = Rule(name=name, label=self._text("label", required=True), ports=self._ports(),
                     min_score=self._number("min_score", DEFAULT_MIN_SCORE, 0.0, 1.0),
-                    zone=self._zone(), min_frames=self._min_frames(),
-                    cooldown_s=self._number("cooldown_s", DEFAULT_COOLDOWN_S, 0.0, 86_400.0),
-                    log=self._bool("log", True), webhook=self._webhook())
+                    min_frames=self._min_frames(),
+                    cooldown_s=self._number("cooldown_s", DEFAULT_COOLDOWN_S if kind == "detect" else 0.0,
+                                            0.0, 86_400.0),
+                    log=self._bool("log", True), webhook=self._webhook(), kind=kind,
+                    min_width=self._number("min_width", 0.0, 0.0, 1.0),
+                    min_height=self._number("min_height", 0.0, 0.0, 1.0))
+        if kind == "detect":
+            self._only(kind, "line", "direction", "seconds", "count")
+            return dataclasses.replace(rule, zone=self._zone())
+        return self._behaviour(rule)
+
+    def _only(self, kind: str, *keys: str) -> None:
+        for key in keys:
+            if key in self.table:
+                raise self.fail(key, f"{key!r} does not apply to a rule of kind {kind!r}")
+
+    def _behaviour(self, rule: Rule) -> Rule:
+        """A rule on tracked objects: the zone or line it names must exist on each camera it watches."""
+        kind = rule.kind
+        if "min_frames" in self.table:
+            raise self.fail("min_frames", f"min_frames is for kind \"detect\"; a {kind} rule follows tracks, "
+                                          "which are confirmed after 3 frames")
+        if self.places is None:
+            raise self.fail("kind", f"a {kind} rule watches a camera's zones and lines, which live in the cluster "
+                                    "config file (framehive.toml): put the rule there")
+        if kind == "cross":
+            self._only(kind, "zone", "seconds", "count")
+            place, what = self._text("line", required=True), "line"
+        else:
+            self._only(kind, "line", "direction")
+            if not isinstance(self.table.get("zone"), str):
+                raise self.fail("zone" if "zone" in self.table else None,
+                                f"a {kind} rule names one of its cameras' zones: zone = \"NAME\"")
+            place, what = self._text("zone", required=True), "zone"
+        if kind != "dwell":
+            self._only(kind, "seconds")
+        if kind != "occupancy":
+            self._only(kind, "count")
+        seconds = self._number("seconds", 0.0, 0.0, 86_400.0) if kind == "dwell" else 0.0
+        if kind == "dwell" and not seconds > 0:
+            raise self.fail("seconds" if "seconds" in self.table else None,
+                            "a dwell rule needs seconds = N (> 0): how long an object stays before it counts")
+        count = self._count() if kind == "occupancy" else 1
+        watched = [n for n, p in self.cameras.items() if not rule.ports or p in rule.ports]
+        having = [n for n in watched if self._has(n, what, place)]
+        if rule.ports and len(having) < len(watched):
+            missing = next(n for n in watched if n not in having)
+            raise self.fail(what, f"camera {missing!r} has no {what} named {place!r}")
+        if not having:
+            raise self.fail(what, f"no camera has a {what} named {place!r}")
+        direction = ""
+        if kind == "cross" and "direction" in self.table:
+            direction = self._text("direction")
+            allowed = {d for n in having for d in self.places[n].lines[place]}
+            if direction not in allowed:
+                raise self.fail("direction", f"line {place!r} has directions {', '.join(sorted(allowed))}, "
+                                             f"not {direction!r}")
+        ports = rule.ports or tuple(sorted(self.cameras[n] for n in having))
+        return dataclasses.replace(rule, place=place, direction=direction, seconds=seconds, count=count, ports=ports)
+
+    def _has(self, camera: str, what: str, place: str) -> bool:
+        p = self.places.get(camera) if self.places else None
+        return p is not None and place in (p.zones if what == "zone" else p.lines)
+
+    def _count(self) -> int:
+        v = self.table.get("count", 1)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
+            raise self.fail("count", f"count must be an integer 1..1000, got {v!r:.80}")
+        return v
 
     def _text(self, key: str, *, required: bool = False) -> str:
         v = self.table.get(key)
@@ -284,7 +385,7 @@ class _RuleParser:
                 raise self.fail("zone", f"zone points must be [x, y] with 0 <= x, y <= 1 (fractions of the "
                                         f"frame), got {p!r:.80}")
             points.append((float(p[0]), float(p[1])))
-        if abs(_area(points)) < 1e-9:
+        if abs(polygon_area(points)) < 1e-9:
             raise self.fail("zone", "zone has zero area (its points lie on one line)")
         return tuple(points)
 
@@ -296,10 +397,6 @@ class _RuleParser:
         if url is None or url.scheme not in ("http", "https") or not url.hostname:
             raise self.fail("webhook", f"webhook must be an http:// or https:// URL with a host, got {v!r:.120}")
         return v
-
-
-def _area(points: Sequence[Point]) -> float:
-    return sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(points, [*points[1:], points[0]])) / 2
 
 
 # ----- the engine ------------------------------------------------------------------------------
@@ -336,10 +433,7 @@ class RuleEngine:
     def __init__(self, rules: Sequence[Rule], *, id_factory: Callable[[], str] | None = None,
                  max_tracked: int = MAX_TRACKED_STREAKS) -> None:
         self.rules = tuple(rules)
-        if id_factory is None:
-            prefix, counter = secrets.token_hex(3), iter(range(1, 2**63))
-            id_factory = lambda: f"ev-{prefix}-{next(counter):x}"  # noqa: E731
-        self._new_id = id_factory
+        self._new_id = id_factory or new_event_ids()
         self._max_tracked = max_tracked
         self._lock = threading.Lock()
         self._streaks: OrderedDict[tuple[int, int], _Streak] = OrderedDict()

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.errors import BadRequest
 from common.results import Result
@@ -97,6 +98,13 @@ class NullJournal:
     def incarnation(self) -> str:
         """Which life of the master's results this is: a new one at every start when nothing is kept."""
         return secrets.token_hex(6)
+
+    def save_state(self, key: str, value: Any) -> None:
+        """Keep a JSON-ready value under `key` (e.g. the line counts) for the next life of the master."""
+
+    def load_state(self, key: str) -> Any:
+        """The value an earlier life kept under `key`, or None."""
+        return None
 
     def close(self) -> None:
         pass
@@ -206,6 +214,20 @@ class SqliteJournal(NullJournal):
         with self._tx() as db:
             db.execute("INSERT INTO meta (key, value) VALUES ('track_ids', ?) ON CONFLICT(key) DO UPDATE SET "
                        "value = excluded.value", (str(up_to),))
+
+    def save_state(self, key: str, value: Any) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                       "value = excluded.value", (f"state:{key}", json.dumps(value)))
+
+    def load_state(self, key: str) -> Any:
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (f"state:{key}",)).fetchone()
+        try:
+            return json.loads(row[0]) if row else None
+        except ValueError as e:
+            log.warning("journal %s: the kept %s do not read (%s): starting them afresh", self.path, key, e)
+            return None
 
     def restore(self) -> Restored:
         with self._lock:

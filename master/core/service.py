@@ -21,7 +21,8 @@ from common.results import Result, ResultStatus
 from common.runtime import Component
 from common.tasks import SEQ_WIRE_MASK, Detection, Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
-from master.alerts.events import EventLog, annotate
+from master.alerts.behaviours import Action, Scene, SceneStep
+from master.alerts.events import EventLog, annotate, new_event_ids
 from master.alerts.rules import Rule, RuleEngine
 from master.alerts.webhooks import WebhookSender
 from master.core.rates import RateMeter
@@ -29,7 +30,6 @@ from master.core.store import StoreConfig, TaskStore
 from master.core.timing import BUCKETS_S, STAGES, LatencyHistograms
 from master.core.workers import WorkerRegistry
 from master.tracking import TrackedFrame, TrackerHub
-from master.tracking.lines import LineCounter, foot_point
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ LOST_LEASE_GRACE_S = 3.0  # a lease younger than this may still be on its way to
 SOURCE_TTL_S = 60.0  # a receiver that has not reported for this long is left out of stats
 MAX_SOURCES = 64
 SOURCE_CLASH_S = 5.0  # two instances reporting under one name within this long are two live receivers
-MAX_FRAME_SIZES = 4096  # frames waiting in the tracker's reorder windows whose size the lines need
+MAX_HELD_FRAMES = 4096  # frames waiting in the tracker's reorder windows, kept for zones, lines and snapshots
+MAX_HELD_BYTES = 96 * 2**20  # ... and their bytes
+COUNTS_SAVE_S = 10.0  # how often changed counts are written to the journal (with --state-dir)
 TRACK_ID_BLOCK = 10_000  # track ids reserved in the journal at a time
 TRACK_ID_MARGIN = 1_000  # reserve the next block while this many are left
 
@@ -80,8 +82,11 @@ class MasterService(Component):
         self.sources: dict[str, dict[str, Any]] = {}  # receivers' own counters, by name
         self._sources_lock = threading.Lock()
         self.errors: Counter[str] = Counter()  # rejected requests by kind
-        self.rules = RuleEngine(list(self.config.rules)) if self.config.rules else None
+        self._new_event_id = new_event_ids()
+        detect = [r for r in self.config.rules if r.kind == "detect"]
+        self.rules = RuleEngine(detect, id_factory=self._new_event_id) if detect else None
         self.events = EventLog()
+        self._rules_by_name = {r.name: r for r in self.config.rules}
         self.latency = LatencyHistograms()  # per camera port and stage (master/core/timing.py)
         self.fps = RateMeter()  # frames finished per camera per second (master/core/rates.py)
         self.webhooks = WebhookSender()  # one lane per webhook URL, started when a rule first uses it
@@ -89,8 +94,14 @@ class MasterService(Component):
         # this master (with --state-dir) handed out: ids are reserved in the journal ahead of use
         self._track_ids_reserved = self.store.journal.track_ids_reserved()
         self.tracker = TrackerHub(id_floor=self._track_ids_reserved)
-        self.line_counters: dict[int, LineCounter] = {}  # port -> its camera's counting lines (config file)
-        self._frame_sizes: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()  # (port, seq) -> w, h
+        # port -> its camera's zones, lines, counts and behaviour rules (config file); fed in frame order
+        self.scenes: dict[int, Scene] = {}
+        self._scene_lock = threading.RLock()  # tracker output to scenes, one frame after another
+        self._held: OrderedDict[tuple[int, int], bytes] = OrderedDict()  # (port, seq) -> JPEG, until tracked
+        self._held_bytes = 0
+        self._counts_saved_at = clock()
+        self._counts_dirty = False
+        self.clips: Any = None  # the event clip recorder and encoder (master.media), when a media dir is set
         self._reserve_track_ids()
         self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
@@ -139,7 +150,14 @@ class MasterService(Component):
             log.warning("worker %s silent for %.1fs: requeued %d task(s)", worker,
                         self.config.worker_timeout_s, lost)
             n += lost
-        self._attach(self.tracker.poll(now))  # frames whose missing predecessors will not come
+        with self._scene_lock:
+            self._attach(self.tracker.poll(now))  # frames whose missing predecessors will not come
+            for scene in list(self.scenes.values()):
+                self._act(scene.tick(now), scene, None)
+        if self.clips is not None:
+            self.clips.poll(now)
+        if self._counts_dirty and now - self._counts_saved_at >= COUNTS_SAVE_S:
+            self.save_counts()
         for job_id, dropped in self.store.expire_jobs(now, self.config.job_idle_s):
             log.warning("file job %s: no job server has touched it for %.0f s (its receiver is gone?); "
                         "cancelled, %d tile(s) dropped", job_id, self.config.job_idle_s, dropped)
@@ -164,7 +182,8 @@ class MasterService(Component):
                 ids.append(self.store.add(spec, payload, now))
                 if spec.kind is TaskKind.FRAME and spec.meta.get("skip"):  # stored at once as a skipped result
                     self.fps.observe(spec.port, now)
-                    self._attach(self.tracker.skip(str(spec.port), spec.seq & SEQ_WIRE_MASK, now))
+                    with self._scene_lock:
+                        self._attach(self.tracker.skip(str(spec.port), spec.seq & SEQ_WIRE_MASK, now))
             except QueueFull as e:
                 full = e
                 ids.append("")
@@ -212,14 +231,27 @@ class MasterService(Component):
 
     # ----- tracking ----------------------------------------------------------------------------
 
-    def _track(self, result: Result) -> None:
+    def _track(self, result: Result, payload: bytes | None) -> None:
         """Feed a stored frame result to its camera's tracker (a frame without detections to track is a
-        gap it predicts across) and give the frames it releases their track ids."""
+        gap it predicts across) and give the frames it releases their track ids; a camera with zones,
+        lines or behaviour rules keeps the frame's JPEG until then, for sizes, snapshots and clips."""
         camera, now = str(result.port), self.clock()
-        if result.status is ResultStatus.OK:
-            self._attach(self.tracker.offer(camera, result.seq, result.captured_at, result.detections, now))
-        else:
-            self._attach(self.tracker.skip(camera, result.seq, now))
+        with self._scene_lock:
+            if result.status is ResultStatus.OK:
+                if payload and result.port in self.scenes:
+                    self._hold(result.port, result.seq, payload)
+                self._attach(self.tracker.offer(camera, result.seq, result.captured_at, result.detections, now))
+            else:
+                self._attach(self.tracker.skip(camera, result.seq, now))
+
+    def _hold(self, port: int, seq: int, payload: bytes) -> None:
+        old = self._held.pop((port, seq), None)
+        self._held_bytes += len(payload) - (len(old) if old else 0)
+        self._held[port, seq] = payload
+        while len(self._held) > MAX_HELD_FRAMES or self._held_bytes > MAX_HELD_BYTES:
+            _, dropped = self._held.popitem(last=False)
+            self._held_bytes -= len(dropped)
+            self.tracker.counters["frames_unheld"] += 1
 
     def _reserve_track_ids(self) -> None:
         """Keep the journal's reservation ahead of the ids the tracker hands out (a frame gives at most a
@@ -229,41 +261,76 @@ class MasterService(Component):
             self.store.journal.reserve_track_ids(self._track_ids_reserved)
 
     def _attach(self, frames: list[TrackedFrame]) -> None:
+        """Tracked frames, in order: their track ids to the stored results, then to their camera's scene
+        (zones, lines, behaviour events) and clip recorder. Called under _scene_lock."""
         self._reserve_track_ids()
+        now = self.clock()
         for frame in frames:
+            port = int(frame.camera)
             dets = tuple(Detection(d.label, d.score, d.box, d.track_id) for d in frame.detections)
             if any(d.track_id for d in dets):
-                self.store.attach_tracks(int(frame.camera), frame.seq, dets)
-            self._count_lines(frame)
+                self.store.attach_tracks(port, frame.seq, dets)
+            payload = self._held.pop((port, frame.seq), None)
+            if payload is not None:
+                self._held_bytes -= len(payload)
+            scene = self.scenes.get(port)
+            if scene is None:
+                continue
+            if self.clips is not None and payload is not None:
+                self.clips.frame(scene.camera, frame.seq, frame.captured_at, payload, dets, now)
+            step = scene.observe(frame, jpeg_size(payload) if payload else None, now)
+            self._act(step, scene, (payload, dets))
 
-    def _remember_size(self, result: Result, payload: bytes | None) -> None:
-        """A frame's size, for its camera's counting lines (boxes are pixels, lines frame fractions)."""
-        if result.port in self.line_counters and payload:
-            size = jpeg_size(payload)
-            if size is not None:
-                self._frame_sizes[result.port, result.seq] = size
-                while len(self._frame_sizes) > MAX_FRAME_SIZES:
-                    self._frame_sizes.popitem(last=False)
+    def _act(self, step: SceneStep, scene: Scene, frame: tuple[bytes | None, tuple[Detection, ...]] | None) -> None:
+        """Log a scene step's crossings and zone changes, and carry out its event actions."""
+        if step.crossings or step.changes:
+            self._counts_dirty = True
+        for c in step.crossings:
+            log.info("camera %s: track %d (%s) crossed %s: %s", scene.camera, c.track_id, c.label, c.line,
+                     c.direction)
+        for action in step.actions:
+            self._event_action(action, frame)
 
-    def _count_lines(self, frame: TrackedFrame) -> None:
-        port = int(frame.camera)
-        counter, size = self.line_counters.get(port), self._frame_sizes.pop((port, frame.seq), None)
-        if counter is None or size is None:
-            return
-        feet = [(d.track_id, d.label, foot_point(d.box, *size)) for d in frame.detections if d.confirmed]
-        for c in counter.observe(feet, frame.captured_at):
-            log.info("camera %s: track %d (%s) crossed %s: %s", self.store.camera_names.get(port, port),
-                     c.track_id, c.label, c.line, c.direction)
+    def _event_action(self, action: Action, frame: tuple[bytes | None, tuple[Detection, ...]] | None) -> None:
+        """A behaviour event starts, updates or ends: its snapshot, its clip, the log, its webhook."""
+        event, now = action.event, self.clock()
+        payload, dets = frame if frame is not None else (None, ())
+        if action.highlight is not None and payload:
+            snapshot = annotate(payload, dets, action.highlight, max_pixels=self.config.max_image_pixels)
+            event = dataclasses.replace(event, snapshot=snapshot)
+        if self.clips is not None:
+            if action.phase == "start":
+                event = dataclasses.replace(event, clip=self.clips.open(event, now))
+            elif action.phase == "end":
+                self.clips.close(event, now)
+        else:
+            event = dataclasses.replace(event, clip="none")
+        self.events.add(event)
+        rule = self._rule(event.rule)
+        if action.phase != "update" and (rule is None or rule.log):
+            what = f" of track {event.track_id}" if event.track_id else ""
+            log.info("event %s %s: rule %r (%s%s%s) on camera %s%s, %s %.2f", event.id, action.phase, event.rule,
+                     event.kind, f" {event.place}" if event.place else "",
+                     f" {event.direction}" if event.direction else "", event.camera, what, event.best.label,
+                     event.best.score)
+        if rule is not None and rule.webhook and self.webhooks and action.phase != "update":
+            self.webhooks.send(rule.webhook, event)
+
+    def _rule(self, name: str) -> Rule | None:
+        return self._rules_by_name.get(name)
 
     def counts(self) -> dict[str, Any]:
-        """Line crossings since start, per camera, line, direction and label."""
-        out: dict[str, Any] = {}
-        for port, counter in sorted(self.line_counters.items()):
-            lines: dict[str, dict[str, dict[str, int]]] = {ln.name: {} for ln in counter.lines}
-            for (line, direction, label), n in sorted(counter.totals.items()):
-                lines[line].setdefault(direction, {})[label] = n
-            out[self.store.camera_names.get(port, str(port))] = {"port": port, "lines": lines}
-        return out
+        """Per camera with lines or zones: line crossings since start (totals and per hour) by direction and
+        label; per zone the objects in it now, the peak, and the entries."""
+        with self._scene_lock:
+            return {scene.camera: scene.counts() for _, scene in sorted(self.scenes.items())}
+
+    def save_counts(self) -> None:
+        """Write every camera's counts to the journal (with --state-dir), for the next life of the master."""
+        with self._scene_lock:
+            state = {scene.camera: scene.save() for scene in self.scenes.values()}
+            self._counts_dirty, self._counts_saved_at = False, self.clock()
+        self.store.journal.save_state("counts", state)
 
     def tracks(self, camera: str) -> dict[str, Any]:
         """A camera's live tracks (by its name or port): id, label, box, first/last seen, state."""
@@ -271,23 +338,54 @@ class MasterService(Component):
         port = names.get(camera) or (int(camera) if camera.isdigit() else None)
         if port is None:
             raise BadRequest(f"no camera {camera!r}: give a camera's name or port")
-        tracks = [{"track_id": t.track_id, "label": t.label, "box": list(t.box), "first_seen": t.first_seen,
-                   "last_seen": t.last_seen, "state": t.state.value, "hits": t.hits,
-                   "velocity": [round(v, 2) for v in t.velocity]} for t in self.tracker.tracks(str(port))]
+        with self._scene_lock:
+            scene = self.scenes.get(port)
+            tracks = [{"track_id": t.track_id, "label": t.label, "box": list(t.box), "first_seen": t.first_seen,
+                       "last_seen": t.last_seen, "state": t.state.value, "hits": t.hits,
+                       "velocity": [round(v, 2) for v in t.velocity],
+                       "zones": scene.zones_of(t.track_id) if scene else []} for t in self.tracker.tracks(str(port))]
         return {"camera": self.store.camera_names.get(port, ""), "port": port, "tracks": tracks}
 
     def apply_cluster(self, cluster: Any) -> None:
-        """A cluster file took effect: camera names for results and stats, and its rules (with those of
-        --rules) for the next frame."""
+        """A cluster file took effect: camera names for results and stats, its zones, lines and behaviour
+        rules (a camera whose lines and zones did not change keeps their counts and state), and its
+        "detect" rules (with those of --rules) for the next frame."""
         self.store.camera_names = cluster.camera_names()
-        counters = {}
-        for cam in cluster.cameras.values():
-            if cam.enabled and cam.lines:
-                kept = self.line_counters.get(cam.port)
-                counters[cam.port] = kept if kept is not None and kept.lines == cam.lines else LineCounter(cam.lines)
-        self.line_counters = counters  # unchanged lines keep their counts across a reload
         rules = [*self.config.rules, *cluster.rules]
-        self.rules = RuleEngine(rules) if rules else None
+        saved = self._saved_counts() if not self.scenes else {}
+        with self._scene_lock:
+            scenes: dict[int, Scene] = {}
+            for cam in cluster.cameras.values():
+                if not (cam.enabled and (cam.lines or cam.zones)):
+                    continue
+                scene = Scene(cam.port, cam.name, cam.lines, cam.zones, rules, self._new_event_id)
+                old = self.scenes.get(cam.port)
+                if old is not None and old.camera == cam.name:
+                    self._act(SceneStep(actions=scene.carry_over(old)), old, None)
+                elif cam.name in saved:
+                    self._restore_counts(scene, saved[cam.name])
+                scenes[cam.port] = scene
+            for port, old in self.scenes.items():  # a camera gone (or renamed): its lasting events end now
+                if port not in scenes or scenes[port].camera != old.camera:
+                    self._act(SceneStep(actions=old.end_all(self.clock())), old, None)
+            self.scenes = scenes
+            self._rules_by_name = {r.name: r for r in rules}
+        detect = [r for r in rules if r.kind == "detect"]
+        self.rules = RuleEngine(detect, id_factory=self._new_event_id) if detect else None
+
+    def _saved_counts(self) -> dict[str, Any]:
+        try:
+            saved = self.store.journal.load_state("counts")
+        except Exception as e:  # a journal that cannot be read must not keep the master from starting
+            log.warning("cannot read the kept counts: %s", e)
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def _restore_counts(self, scene: Scene, saved: Any) -> None:
+        try:
+            scene.restore(saved)
+        except ValueError as e:
+            log.warning("%s: starting its counts afresh", e)
 
     # ----- workers -----------------------------------------------------------------------------
 
@@ -341,7 +439,7 @@ class MasterService(Component):
         accepted: list[str] = []
         rejected: list[dict[str, str]] = []
         for o in outcomes:
-            payload = self.store.leased_payload(o.task_id, o.token) if self.rules or self.line_counters else None
+            payload = self.store.leased_payload(o.task_id, o.token) if self.rules or self.scenes else None
             try:
                 result = self.store.complete(o.task_id, o.token, o, worker_id, self.clock())
                 accepted.append(o.task_id)
@@ -350,8 +448,7 @@ class MasterService(Component):
                 continue
             if result.kind is TaskKind.FRAME:
                 self.fps.observe(result.port, result.completed_at)
-                self._remember_size(result, payload)
-                self._track(result)
+                self._track(result, payload)
             if result.status is ResultStatus.OK and result.kind is TaskKind.FRAME:
                 self.latency.observe(result.port, result.stages_ms)
             if self.rules:

@@ -71,6 +71,7 @@ def families(stats: Mapping[str, Any]) -> list[Metric]:
     out += [_tiles(stats.get("ports", {}))]
     out += _sources(stats.get("sources", {}))
     out.append(_crossings(stats.get("counts", {})))
+    out += _zones(stats.get("counts", {}))
     out += _workers(stats.get("workers", []))
     out += _events(stats.get("events", {}))
     out += _latency(stats.get("latency", {}))
@@ -208,6 +209,24 @@ def _crossings(counts: Mapping[str, Any]) -> Metric:
                 for label, n in sorted(labels.items()):
                     fam.add_metric([camera, line, direction, label], _f(n))
     return fam
+
+
+def _zones(counts: Mapping[str, Any]) -> list[Metric]:
+    now = _gauge("zone_objects", "Tracked objects in a zone now, by camera, zone and label.",
+                 ["camera", "zone", "label"])
+    peak = _gauge("zone_objects_peak", "The most tracked objects that were in a zone at once since the counts "
+                  "began, by camera, zone and label.", ["camera", "zone", "label"])
+    entered = _counter("zone_entries", "Tracks that entered a zone, by camera, zone and label.",
+                       ["camera", "zone", "label"])
+    for camera, c in sorted(counts.items()):
+        for zone, z in sorted(c.get("zones", {}).items()):
+            labels = set(z.get("peak", {})) | set(z.get("now", {}))
+            for label in sorted(labels):  # a label seen once is reported at 0 when the zone empties
+                now.add_metric([camera, zone, label], _f(z.get("now", {}).get(label, 0)))
+                peak.add_metric([camera, zone, label], _f(z.get("peak", {}).get(label, 0)))
+            for label, n in sorted(z.get("entered", {}).items()):
+                entered.add_metric([camera, zone, label], _f(n))
+    return [now, peak, entered]
 
 
 def _tiles(ports: Mapping[str, Any]) -> Metric:

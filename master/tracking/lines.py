@@ -84,6 +84,12 @@ class LineCounter:
                     out.append(crossing)
         return out
 
+    def adopt(self, old: LineCounter, names: set[str]) -> None:
+        """Take where tracks stand relative to the lines in `names` from `old` (the same lines, reloaded)."""
+        for name in names:
+            if name in self._sides and name in old._sides:
+                self._sides[name] = old._sides[name]
+
     def _step(self, line: Line, track_id: int, label: str, foot: Point, at: float) -> Crossing | None:
         sides = self._sides[line.name]
         d = line.side(foot)

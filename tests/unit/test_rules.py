@@ -278,7 +278,8 @@ def test_to_wire_is_xmlrpc_safe():
     assert w == {"id": "e", "rule": "r", "port": 5000, "first_seq": 5, "last_seq": 1, "first_at": T0,
                  "last_at": T0, "fired_at": T0, "frames": 2**31 - 1,
                  "detection": {"label": "person", "score": 0.5, "box": [2**31 - 1, 0, 1, 1]},
-                 "task_id": "t", "trigger_task_id": "", "snapshot": False}
+                 "task_id": "t", "trigger_task_id": "", "snapshot": False, "kind": "detect", "camera": "",
+                 "phase": "start", "track_id": 0, "place": "", "direction": "", "ended_at": 0.0, "clip": ""}
     assert to_wire(event(1, b"jpeg"))["snapshot"] is True
     assert to_wire(event(1))["detection"]["score"] == 0.9123
 

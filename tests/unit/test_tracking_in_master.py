@@ -118,7 +118,9 @@ def test_a_camera_line_of_the_config_file_counts_crossings_by_direction_and_labe
         svc.complete(worker, [Outcome(lease.task.id, lease.token, detections=dets)])
     clock.t += 2.0
     svc.monitor_once()
-    assert svc.counts() == {"door": {"port": 5000, "lines": {"entrance": {"in": {"person": 1}, "out": {"person": 1}}}}}
+    counts = svc.counts()["door"]
+    assert (counts["port"], counts["lines"]) == (5000, {"entrance": {"in": {"person": 1}, "out": {"person": 1}}})
+    assert [(h["direction"], h["count"]) for h in counts["hourly"]] == [("in", 1), ("out", 1)]
     samples = {tuple(sorted(s.labels.items())): s.value for f in families(svc.stats())
                if f.name == "framehive_line_crossings" for s in f.samples if s.name.endswith("_total")}
     assert samples[(("camera", "door"), ("direction", "in"), ("label", "person"), ("line", "entrance"))] == 1
