@@ -290,6 +290,11 @@ class Scene:
                  for z in self.zones.zones}
         return {"port": self.port, "lines": lines, "hourly": hourly, "zones": zones}
 
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The size (width, height) of the latest frame placed."""
+        return self._size
+
     def zones_of(self, track_id: int) -> list[str]:
         """The zones a track is in now."""
         return self.zones.zones_of(track_id)

@@ -325,6 +325,25 @@ class MasterService(Component):
         with self._scene_lock:
             return {scene.camera: scene.counts() for _, scene in sorted(self.scenes.items())}
 
+    def scene_view(self, port: int) -> dict[str, Any] | None:
+        """What the dashboard draws on a camera's frame: its zones and lines (frame fractions) with their
+        counts, and its live tracks (pixel boxes on a frame of `size`); None for a camera without any."""
+        with self._scene_lock:
+            scene = self.scenes.get(port)
+            if scene is None:
+                return None
+            counts = scene.counts()
+            tracks = [{"id": t.track_id, "label": t.label, "box": list(t.box), "state": t.state.value,
+                       "zones": scene.zones_of(t.track_id)} for t in self.tracker.tracks(str(port))
+                      if t.state.value != "tentative"]
+            return {"size": list(scene.size) if scene.size else None,
+                    "zones": [{"name": z.name, "points": [list(p) for p in z.points], **counts["zones"][z.name]}
+                              for z in scene.zones.zones],
+                    "lines": [{"name": ln.name, "a": list(ln.a), "b": list(ln.b), "directions": list(ln.directions),
+                               "counts": {d: sum(counts["lines"][ln.name].get(d, {}).values()) for d in ln.directions}}
+                              for ln in scene.lines.lines],
+                    "tracks": tracks}
+
     def save_counts(self) -> None:
         """Write every camera's counts to the journal (with --state-dir), for the next life of the master."""
         with self._scene_lock:

@@ -104,6 +104,10 @@ def test_zone_occupancy_and_the_zones_of_a_track_are_shown_live():
     key = (("camera", "porch"), ("label", "person"), ("zone", "steps"))
     assert samples[("framehive_zone_objects", key)] == 1
     assert samples[("framehive_zone_entries", key)] == 1
+    view = porch.svc.scene_view(5000)
+    assert view["size"] == [640, 480] and view["zones"][0]["name"] == "steps"
+    assert view["zones"][0]["now"] == {"person": 1}
+    assert view["lines"][0]["counts"] == {"in": 0, "out": 0} and view["tracks"][0]["zones"] == ["steps"]
 
 
 def test_counts_survive_a_restart_with_a_state_dir_and_a_reload_that_keeps_the_zone(tmp_path):

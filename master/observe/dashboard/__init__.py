@@ -145,7 +145,9 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
     for port, counters in sorted(camera_ports(stats.get("ports", {})).items(), key=lambda kv: int(kv[0])):
         last = int(counters.get("results", 0))
         page = svc.results(int(port), max(0, last - RECENT_RESULTS), RECENT_RESULTS)
-        cameras.append(camera(port, counters, page["results"], now))
+        card = camera(port, counters, page["results"], now)
+        card["scene"] = svc.scene_view(int(port))
+        cameras.append(card)
     events = svc.get_events(0, 1000)["events"][-RECENT_EVENTS:]
     c = stats.get("counters", {})
     return {
