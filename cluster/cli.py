@@ -1,12 +1,14 @@
 """`framehive`: the cluster from its config file. `framehive check FILE` validates it without starting
 anything; `framehive up FILE` runs this host's share of it, supervised; `framehive reload FILE` has the
-running master re-read it (as SIGHUP does)."""
+running master re-read it (as SIGHUP does); `framehive grid FILE CAMERA` draws a grid of frame
+fractions on the camera's latest frame, for drawing zones and lines."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cluster.up import Up, default_workers, path_arg
 from common.cli import DefaultsHelpFormatter
@@ -28,6 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="how much the supervisor logs (each role logs on its own)")
     reload = sub.add_parser("reload", help="have the running master re-read its config file")
     reload.add_argument("config", type=path_arg, help="the cluster file (its [master] table says where the master is)")
+    grid = sub.add_parser("grid", help="a camera's latest frame with a grid of frame fractions, its zones and "
+                                       "lines drawn: read points for zones and lines off it")
+    grid.add_argument("config", type=path_arg, help="the cluster file (framehive.toml)")
+    grid.add_argument("camera", help="the camera's name in the file")
+    grid.add_argument("-o", "--out", default="", help="the PNG to write (default: CAMERA-grid.png)")
+    grid.add_argument("--image", default="", help="draw on this picture instead of asking the running master")
     args = p.parse_args(argv)
     if args.command == "up" and not 0 <= args.workers <= 64:
         p.error("--workers must be 0..64")
@@ -41,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             return check(args.config)
         if args.command == "reload":
             return reload(args.config)
+        if args.command == "grid":
+            from cluster.grid import grid  # OpenCV only for this command
+
+            out = grid(load(args.config), args.camera, Path(args.out or f"{args.camera}-grid.png"),
+                       Path(args.image) if args.image else None)
+            print(f"wrote {out}")
+            return 0
         setup_logging(args.log_level)
         return Up(args.config, args.workers).run(stop_on_signals())
     except ConfigError as e:
