@@ -99,21 +99,48 @@ def workers_table(workers: Sequence[Mapping[str, Any]]) -> Table:
     return t
 
 
+def counts_table(cameras: Sequence[Mapping[str, Any]]) -> Table | None:
+    """Line crossings by direction and zone occupancy (now / peak) of the cameras that have them."""
+    rows = []
+    for c in cameras:
+        scene = c.get("scene") or {}
+        for ln in scene.get("lines", []):
+            rows.append((c.get("name") or str(c["port"]), f"line {ln['name']}",
+                         "  ".join(f"{d} {ln['counts'].get(d, 0):,}" for d in ln["directions"])))
+        for z in scene.get("zones", []):
+            labels = sorted(set(z.get("now", {})) | set(z.get("peak", {})))
+            now, peak = z.get("now", {}), z.get("peak", {})
+            text = "  ".join(f"{label} {now.get(label, 0)} now, peak {peak.get(label, 0)}" for label in labels)
+            rows.append((c.get("name") or str(c["port"]), f"zone {z['name']}", text or "empty"))
+    if not rows:
+        return None
+    t = Table(title="counts", title_justify="left")
+    for c in ("camera", "where", "counts"):
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
 def events_table(events: Sequence[Mapping[str, Any]], limit: int = 5) -> Table:
     t = Table(title="events", title_justify="left")
-    for c in ("fired", "rule", "port", "detection", "frames"):
+    for c in ("fired", "rule", "camera", "what", "detection", "phase"):
         t.add_column(c)
     for e in events[:limit]:
         d = e["detection"]
-        t.add_row(time.strftime("%H:%M:%S", time.localtime(e["fired_at"])), e["rule"], str(e["port"]),
-                  f"{d['label']} {d['score']:.2f}", f"{e['first_seq']}-{e['last_seq']}")
+        what = " ".join(x for x in (e.get("kind", "detect"), e.get("place", ""), e.get("direction", "")) if x)
+        if e.get("track_id"):
+            what += f" #{e['track_id']}"
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(e["fired_at"])), e["rule"],
+                  e.get("camera") or str(e["port"]), what, f"{d['label']} {d['score']:.2f}", e.get("phase", "start"))
     return t
 
 
 def render(d: Mapping[str, Any]) -> Group:
     """The whole status screen for one dashboard document."""
-    return Group(totals_table(d), cameras_table(d["cameras"]), workers_table(d["workers"]),
-                 events_table(d["events"]["recent"]))
+    counts = counts_table(d["cameras"])
+    return Group(totals_table(d), cameras_table(d["cameras"]), *([counts] if counts else []),
+                 workers_table(d["workers"]), events_table(d["events"]["recent"]))
 
 
 def watch(master: str, token: str | None, interval_s: float, console: Console, stop: threading.Event) -> int:

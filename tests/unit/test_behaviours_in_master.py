@@ -135,3 +135,21 @@ def test_a_reload_that_drops_the_rule_ends_its_lasting_event():
     assert [e["phase"] for e in porch.events()] == ["start"]
     porch.svc.apply_cluster(parse(CONFIG.split("[[rule]]")[0]))
     assert [e["phase"] for e in porch.events()] == ["start", "end"]
+
+
+def test_master_status_shows_line_counts_zone_occupancy_and_behaviour_events():
+    from rich.console import Console
+
+    from master.cli.status import render
+    from master.observe.dashboard import History, overview
+
+    porch = Porch()
+    porch.walk(5, 0.2)
+    porch.walk(30, 0.75)
+    porch.walk(25, 0.75)
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(render(overview(porch.svc, History(), now=porch.clock.t)))
+    text = console.export_text()
+    assert "line gate" in text and "in 0  out 1" in text
+    assert "zone steps" in text and "person 1 now, peak 1" in text
+    assert "dwell steps #" in text and "start" in text
