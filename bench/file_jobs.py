@@ -7,9 +7,9 @@ writes the returned MP4. Frames per second = frames / wall-clock seconds from st
 the output being written (upload, tiling, processing, assembly, H.264 encoding and download).
 
 Baseline, same run, same input: one process with cv2.setNumThreads(1) that decodes the clip
-(receiver.jobs.video.iter_frames), runs the same pipeline on whole frames (worker.pipeline.run_pipeline;
+(common.video.iter_frames), runs the same pipeline on whole frames (worker.pipeline.run_pipeline;
 for a detector, boxes drawn as a worker draws them on a tile) and writes the same H.264 MP4
-(receiver.jobs.video.H264Writer). Ratio = cluster frames/s / baseline frames/s, per pipeline; the better
+(common.video.H264Writer). Ratio = cluster frames/s / baseline frames/s, per pipeline; the better
 of 2 baseline runs counts.
 
 RSS: synthetic 1920x1080 clips (moving shapes) of growing length through the job server with a
@@ -83,7 +83,7 @@ def synthetic_clip(path: Path, frames: int, size: tuple[int, int] = RSS_SIZE, fp
     import cv2
     import numpy as np
 
-    from receiver.jobs.video import H264Writer
+    from common.video import H264Writer
 
     w, h = size
     base = np.zeros((h, w, 3), np.uint8)
@@ -107,7 +107,7 @@ def single_process(clip: Path, spec: str, out: Path) -> dict[str, Any]:
     """Decode, run `spec` on whole frames, encode the MP4; one OpenCV thread. Frames/s and stage times."""
     import cv2
 
-    from receiver.jobs.video import H264Writer, iter_frames, probe
+    from common.video import H264Writer, iter_frames, probe
     from worker.pipeline import StageCache, draw_detections, run_pipeline
 
     cv2.setNumThreads(1)

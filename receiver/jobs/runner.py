@@ -34,10 +34,10 @@ from common.results import Result, ResultStatus
 from common.runtime import Component, Loop
 from common.tasks import TaskKind, TaskSpec
 from common.tiling import Tile, assemble, cut, plan_tiles
+from common.video import H264Writer, add_audio, iter_frames, probe, thumbnail_jpeg, write_gif
 from receiver.jobs.config import JobConfig
 from receiver.jobs.plan import decode_tile_bytes, encode_tile_bytes, grid_fields, job_grid
 from receiver.jobs.spool import Cancelled, Spool
-from receiver.jobs.video import H264Writer, add_audio, iter_frames, probe, thumbnail_jpeg, write_gif
 
 log = logging.getLogger(__name__)
 

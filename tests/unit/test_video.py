@@ -12,7 +12,7 @@ import pytest
 from cluster.local import packaged_clip
 from cluster.testdata import clip_with_sound
 from common.errors import DecodeError
-from receiver.jobs.video import H264Writer, VideoInfo, add_audio, iter_frames, probe, thumbnail_jpeg, write_gif
+from common.video import H264Writer, VideoInfo, add_audio, iter_frames, probe, thumbnail_jpeg, write_gif
 
 
 def synthetic(i: int, width: int = 320, height: int = 240) -> np.ndarray:
