@@ -111,3 +111,48 @@ def clip_with_sound(path: Path | str, *, seconds: float = 2.0, fps: int = 25, si
         out.mux(video.encode(None))
         out.mux(audio.encode(None))
     return str(path)
+
+
+# ----- a walkway clip with known behaviour -----------------------------------------------------
+
+WALKWAY_SIZE = (768, 432)
+WALKWAY_FPS = 10
+WALKWAY_ZONE = ((0.35, 0.5), (0.65, 0.5), (0.65, 1.0), (0.35, 1.0))  # the middle of the floor
+WALKWAY_LINE = ((0.8, 0.2), (0.8, 1.0))  # drawn downwards: crossing to the screen's right is its 2nd direction
+
+
+def walkway_clip(path: Path | str, person_height: int = 260) -> dict[str, object]:
+    """Write a clip with exactly known behaviour; returns its truth.
+
+    The astronaut (cut from astronaut.png at ASTRONAUT_PERSON, `person_height` px tall, feet 10 px
+    above the bottom) is pasted on scikit-image's gravel at 768x432, 10 fps. First she walks in from
+    the left to the middle (3 s), stands in WALKWAY_ZONE for 6 s, and walks out through the right
+    edge (3 s), crossing WALKWAY_LINE to the right once. After 0.5 s with nobody, she walks back
+    (mirrored) from the right edge to the left edge in 4 s without stopping, crossing the line to the
+    left once and passing the zone in about 1.2 s. Foot positions are in the truth, per frame.
+    """
+    from common.video import H264Writer
+
+    width, height = WALKWAY_SIZE
+    background = cv2.resize(sample_image("gravel.png"), WALKWAY_SIZE)
+    x, y, w, h = (int(v) for v in ASTRONAUT_PERSON)
+    sprite = cv2.resize(sample_image("astronaut.png")[y:y + h, x:x + w], (round(w * person_height / h), person_height))
+    walk_in = list(np.linspace(0.08, 0.5, 3 * WALKWAY_FPS)) + [0.5] * (6 * WALKWAY_FPS) + \
+        list(np.linspace(0.5, 1.1, 4 * WALKWAY_FPS))
+    gap = [None] * (WALKWAY_FPS // 2)
+    walk_back = list(np.linspace(1.1, -0.1, 4 * WALKWAY_FPS))
+    feet: list[float | None] = [*walk_in, *gap, *walk_back]
+    with H264Writer(path, width=width, height=height, fps=WALKWAY_FPS) as out:
+        for i, fx in enumerate(feet):
+            frame = background.copy()
+            if fx is not None:
+                image = sprite if i < len(walk_in) else sprite[:, ::-1]
+                left, top = round(fx * width) - image.shape[1] // 2, height - 10 - person_height
+                a, b = max(left, 0), min(left + image.shape[1], width)
+                if b > a:
+                    frame[top:top + person_height, a:b] = image[:, a - left:b - left]
+            out.write(frame)
+    left_edge, right_edge = min(p[0] for p in WALKWAY_ZONE), max(p[0] for p in WALKWAY_ZONE)
+    stay = sum(1 for fx in walk_in if left_edge <= fx <= right_edge) / WALKWAY_FPS  # walking in and out included
+    return {"frames": len(feet), "fps": WALKWAY_FPS, "feet_x": feet, "crossings": {"right": 1, "left": 1},
+            "stands_s": 6.0, "in_zone_s": stay, "zone_pass_s": 1.2}

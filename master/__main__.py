@@ -23,6 +23,8 @@ from master.core.cameras import Cameras
 from master.core.journal import SqliteJournal
 from master.core.service import MasterService, ServiceConfig
 from master.core.store import StoreConfig, TaskStore
+from master.media.clips import ClipConfig
+from master.media.events import EventMedia
 
 log = logging.getLogger("master")
 
@@ -76,6 +78,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="most tasks handed to Celery at once (bounds frame bytes in Redis and live latency)")
     p.add_argument("--visibility-s", type=float, default=DEFAULT_VISIBILITY_S,
                    help="Celery: a task whose worker died goes to another after this; use the workers' value")
+    p.add_argument("--media-dir", default="",
+                   help="where event clips (H.264 MP4) and snapshots are kept (default: STATE_DIR/media with "
+                        "--state-dir; without either, events have snapshots but no clips)")
+    p.add_argument("--media-max-gb", type=float, default=2.0,
+                   help="the media directory's size limit: the oldest clips go first beyond it")
+    p.add_argument("--media-keep-days", type=float, default=7.0, help="clips and snapshots older than this go")
+    p.add_argument("--clip-pre-s", type=float, default=ClipConfig.pre_s, help="seconds of video before an event")
+    p.add_argument("--clip-post-s", type=float, default=ClipConfig.post_s, help="seconds of video after it ends")
+    p.add_argument("--clip-max-s", type=float, default=ClipConfig.max_s, help="the longest clip, pre-roll included")
+    p.add_argument("--clip-boxes", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw boxes and track ids on clips")
     p.add_argument("--config", default="",
                    help=f"the cluster file (framehive.toml): named cameras, receivers, rules; its [master] table "
                         f"sets what no flag gives; SIGHUP re-reads it (default: ${CONFIG_ENV})")
@@ -94,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     stop = stop_on_signals()
     service = MasterService(config.service, store=TaskStore(config.service.store, journal=journal))
+    if config.media_dir is not None:
+        service.clips = EventMedia(config.media_dir, service.clip_done, clip=config.clip,
+                                   max_bytes=config.media_max_bytes, max_age_s=config.media_keep_s,
+                                   max_pixels=config.service.max_image_pixels)
     try:
         server = MasterHTTPServer((config.host, config.port), service, max_request_bytes=config.max_request_bytes,
                                   token=config.token, allowed_hosts=list(config.allowed_hosts),

@@ -28,7 +28,9 @@ RTSP_TRANSPORTS = ("tcp", "udp")
 MAX_CAMERAS = 256
 
 MASTER_KEYS = {"host": str, "port": int, "token_file": str, "state_dir": str, "media_dir": str, "backend": str,
-               "redis": str, "rules": str}
+               "redis": str, "rules": str, "media_max_gb": (int, float), "media_keep_days": (int, float),
+               "clip_pre_s": (int, float), "clip_post_s": (int, float), "clip_max_s": (int, float),
+               "clip_boxes": bool}
 RECEIVER_KEYS = {"host": str, "ports": (str, list), "zmq_port": int, "key_file": str, "jobs_port": int,
                  "insecure": bool}
 CAMERA_KEYS = {"source": (str, int), "fps": (int, float), "quality": int, "max_width": int, "receiver": str,

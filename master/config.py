@@ -18,6 +18,7 @@ from master.clusterfile import CONFIG_ENV
 from master.clusterfile import load as load_file
 from master.core.service import ServiceConfig
 from master.core.store import StoreConfig
+from master.media.clips import ClipConfig
 
 BACKENDS = ("builtin", "celery")
 
@@ -42,6 +43,10 @@ class MasterConfig:
     visibility_s: float = DEFAULT_VISIBILITY_S
     log_level: str = "INFO"
     config_path: str = ""  # framehive.toml: cameras, receivers and rules, reloaded on SIGHUP
+    media_dir: Path | None = None  # event clips and snapshots (default: STATE_DIR/media with a state dir)
+    media_max_bytes: int = 2 * 2**30
+    media_keep_s: float = 7 * 86400.0
+    clip: ClipConfig = field(default_factory=ClipConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,6 +61,8 @@ class MasterConfig:
             raise ConfigError("redis is only used with the celery backend")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"redis must be a redis:// rediss:// or unix:// URL, got {self.redis_url!r}")
+        if self.media_max_bytes < 0 or self.media_keep_s <= 0:
+            raise ConfigError("media_max_gb must be >= 0 and media_keep_days > 0")
         if self.max_request_bytes < 1024 or self.max_connections_per_host < 1:
             raise ConfigError("max_request_mb must allow 1 KiB and max_connections_per_host must be >= 1")
         require_secret(self.host, self.token is not None, self.insecure,
@@ -83,7 +90,9 @@ def service_config(values: Mapping[str, Any]) -> ServiceConfig:
 
 
 FILE_KEYS = {"host": "host", "port": "port", "token_file": "token_file", "state_dir": "state_dir",
-             "backend": "backend", "redis": "redis", "rules": "rules"}  # [master] key -> flag (dest)
+             "backend": "backend", "redis": "redis", "rules": "rules", "media_dir": "media_dir",
+             "media_max_gb": "media_max_gb", "media_keep_days": "media_keep_days", "clip_pre_s": "clip_pre_s",
+             "clip_post_s": "clip_post_s", "clip_max_s": "clip_max_s", "clip_boxes": "clip_boxes"}  # key -> dest
 
 
 def from_flags(args: Any, env: Mapping[str, str] = os.environ,
@@ -103,6 +112,11 @@ def from_flags(args: Any, env: Mapping[str, str] = os.environ,
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from e
     redis = (args.redis or redis_url(env)) if args.backend == "celery" else args.redis
+    try:
+        clip = ClipConfig(pre_s=args.clip_pre_s, post_s=args.clip_post_s, max_s=args.clip_max_s, draw=args.clip_boxes)
+    except ValueError as e:
+        raise ConfigError(f"clip lengths: {e}") from e
+    media = args.media_dir or (str(Path(args.state_dir) / "media") if args.state_dir else "")
     return build(MasterConfig, {
         "host": args.host, "port": args.port, "token": auth.load_token(args.token_file or None, env),
         "allowed_hosts": tuple(args.allowed_host), "insecure": args.insecure, "service": service,
@@ -110,5 +124,7 @@ def from_flags(args: Any, env: Mapping[str, str] = os.environ,
         "max_request_bytes": int(args.max_request_mb * 2**20),
         "max_connections_per_host": args.max_connections_per_host, "backend": args.backend, "redis_url": redis,
         "celery_in_flight": args.celery_in_flight, "visibility_s": args.visibility_s, "log_level": args.log_level,
-        "config_path": path,
+        "config_path": path, "media_dir": Path(media) if media else None,
+        "media_max_bytes": int(args.media_max_gb * 2**30), "media_keep_s": args.media_keep_days * 86400.0,
+        "clip": clip,
     })

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -62,6 +63,10 @@ class _DeadlineReader(socket.SocketIO):
             self._sock.settimeout(IDLE_TIMEOUT_S)  # writes keep the plain per-operation timeout
 
 EVENT_SNAPSHOT = re.compile(r"/events/([A-Za-z0-9_.-]{1,64})/snapshot\.jpg")
+EVENT_CLIP = re.compile(r"/events/([A-Za-z0-9_.-]{1,64})/clip\.mp4")
+EVENT_ONE = re.compile(r"/api/v1/events/([A-Za-z0-9_.-]{1,64})")
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+FILE_CHUNK = 256 * 1024
 LATEST_FRAME = re.compile(r"/ports/(\d{1,5})/latest\.jpg")
 DASHBOARD_FILE = re.compile(r"/dashboard/([a-z]+\.[a-z]+)")
 
@@ -209,7 +214,15 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         elif url.path in ("/events", "/api/v1/events"):
             self._send(*self._call(lambda s, _: taskapi.events_get(s, parse_qs(url.query)), b""))
         elif m := EVENT_SNAPSHOT.fullmatch(url.path):
-            self._jpeg(svc.events.snapshot(m[1]), f"no snapshot for event {m[1]}")
+            self._jpeg(svc.event_snapshot(m[1]), f"no snapshot for event {m[1]}")
+        elif m := EVENT_CLIP.fullmatch(url.path):
+            self._clip(m[1])
+        elif m := EVENT_ONE.fullmatch(url.path):
+            event = svc.event(m[1])
+            if event is None:
+                self._send(404, "application/json", _err(f"no event {m[1]} (unknown, or older than the log keeps)"))
+            else:
+                self._json(200, event)
         elif m := LATEST_FRAME.fullmatch(url.path):
             self._jpeg(svc.latest_frame(int(m[1])), f"no processed frame yet on port {m[1]}")
         else:
@@ -260,6 +273,49 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
             self._send(404, "text/plain", f"{missing}\n".encode())
         else:
             self._send(200, "image/jpeg", data)
+
+    def _clip(self, event_id: str) -> None:
+        """An event's MP4, with byte ranges (browsers seek in a video with them)."""
+        path = self.server.service.clip_path(event_id)
+        try:
+            f = open(path, "rb") if path is not None else None  # noqa: SIM115 - closed below
+        except OSError:
+            f = None
+        if f is None:
+            self._send(404, "text/plain", f"no clip for event {event_id} (none recorded, not finished yet, or "
+                                          f"removed by retention)\n".encode())
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            start, end, status = 0, size - 1, 200
+            m = RANGE.fullmatch(self.headers.get("Range", "").strip())
+            if m and (m[1] or m[2]):
+                if m[1]:
+                    start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
+                else:  # the last N bytes
+                    start = max(0, size - int(m[2]))
+                if start > end or start >= size:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                status = 206
+            self.send_response(status)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(end - start + 1))
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            f.seek(start)
+            left = end - start + 1
+            while left > 0:
+                chunk = f.read(min(FILE_CHUNK, left))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                left -= len(chunk)
 
     def _static(self, name: str) -> None:
         found = dashboard.static_file(name)

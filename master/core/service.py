@@ -22,7 +22,7 @@ from common.runtime import Component
 from common.tasks import SEQ_WIRE_MASK, Detection, Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
 from master.alerts.behaviours import Action, Scene, SceneStep
-from master.alerts.events import EventLog, annotate, new_event_ids
+from master.alerts.events import EventLog, annotate, new_event_ids, to_wire
 from master.alerts.rules import Rule, RuleEngine
 from master.alerts.webhooks import WebhookSender
 from master.core.rates import RateMeter
@@ -112,16 +112,21 @@ class MasterService(Component):
     # ----- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the monitor thread that requeues expired leases and dead workers' tasks."""
+        """Start the monitor thread that requeues expired leases and dead workers' tasks (and the webhook
+        senders and clip encoder)."""
         super().start()
         if self.webhooks:
             self.webhooks.start()
+        if self.clips is not None:
+            self.clips.start()
 
     def stop(self) -> None:
         """Ask the monitor to stop and wake every long poll."""
         super().stop()
         if self.webhooks:
             self.webhooks.stop()
+        if self.clips is not None:
+            self.clips.stop()
 
     def _wake(self) -> None:
         self._signal()
@@ -129,6 +134,10 @@ class MasterService(Component):
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the monitor thread and the webhook senders; True when all ended."""
         ended = super().join(timeout)
+        if self.clips is not None:
+            ended = self.clips.join(timeout) and ended
+        if self.scenes:
+            self.save_counts()
         return (self.webhooks.join(timeout) if self.webhooks else True) and ended
 
     def run(self) -> None:
@@ -302,7 +311,10 @@ class MasterService(Component):
             if action.phase == "start":
                 event = dataclasses.replace(event, clip=self.clips.open(event, now))
             elif action.phase == "end":
-                self.clips.close(event, now)
+                self.clips.end(event, now)
+                best = self.events.snapshot(event.id)
+                if best is not None:
+                    self.clips.keep_snapshot(event, best)
         else:
             event = dataclasses.replace(event, clip="none")
         self.events.add(event)
@@ -315,6 +327,32 @@ class MasterService(Component):
                      event.best.score)
         if rule is not None and rule.webhook and self.webhooks and action.phase != "update":
             self.webhooks.send(rule.webhook, event)
+
+    def clip_done(self, event_id: str, state: str) -> None:
+        """The clip of an event was written ("ready") or could not be ("failed")."""
+        self.events.set_clip(event_id, state)
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """The latest state of an event still in the log (wire form), or None."""
+        event = self.events.get(event_id)
+        if event is None:
+            return None
+        return to_wire(event, snapshot=self.event_snapshot(event_id) is not None)
+
+    def event_snapshot(self, event_id: str) -> bytes | None:
+        """An event's annotated snapshot: from memory while it is recent, else from the media directory."""
+        data = self.events.snapshot(event_id)
+        if data is None and self.clips is not None:
+            path = self.clips.media.find_snapshot(event_id)
+            try:
+                data = path.read_bytes() if path is not None else None
+            except OSError:
+                data = None
+        return data
+
+    def clip_path(self, event_id: str) -> Any:
+        """The finished clip of an event (a Path), or None."""
+        return self.clips.clip_path(event_id) if self.clips is not None else None
 
     def _rule(self, name: str) -> Rule | None:
         return self._rules_by_name.get(name)
@@ -574,5 +612,6 @@ class MasterService(Component):
                 "config": self.cameras.stats() if self.cameras is not None else {},
                 "tracking": {"next_id": self.tracker.next_id, **dict(self.tracker.counters)},
                 "counts": self.counts(),
+                "media": self.clips.stats() if self.clips is not None else {},
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}
