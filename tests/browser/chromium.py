@@ -36,10 +36,11 @@ def open_page(browser: Any, url: str, **context_kw: Any) -> Any:
     return page
 
 
-def screenshot(page: Any, name: str) -> Path:
-    """The whole page as tests/artifacts/<name>.png."""
+def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
+    """The whole page (or what the viewport shows: a modal dialog's backdrop covers only that) as
+    tests/artifacts/<name>.png."""
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(shot), full_page=True)
+    page.screenshot(path=str(shot), full_page=full_page)
     print(f"\nscreenshot: {shot}")
     return shot
