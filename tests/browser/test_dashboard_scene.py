@@ -25,7 +25,7 @@ from master.clusterfile import parse
 from master.core.service import MasterService, ServiceConfig
 from tests.browser.chromium import DESKTOP, PHONE, WAIT_MS, open_page, screenshot
 
-W, H = 640, 360
+W, H = 640, 480  # 4:3, not the 16:9 of a card without a scene: the card must take the frame's shape
 PORCH, YARD = 5000, 5001
 FRAME_S = 0.1  # capture time between two frames
 ESCAPED = "down & <out>"  # a direction name the page must show as text, never as markup
@@ -174,10 +174,10 @@ def test_a_camera_card_draws_its_zones_lines_and_tracks_over_the_frame_and_shows
     wait_text(page, f'{overlay} .track[data-track="{bob}"] text', f"#{bob} person")
     assert page.get_attribute(overlay, "viewBox") == f"0 0 {W} {H}"
     assert page.get_attribute(f'{overlay} .zone[data-zone="steps"] polygon', "points") == \
-        "352.0,180.0 608.0,180.0 608.0,342.0 352.0,342.0"
+        "352.0,240.0 608.0,240.0 608.0,456.0 352.0,456.0"
     assert page.text_content(f'{overlay} .zone[data-zone="steps"] text') == "steps · 1"
     gate = page.locator(f'{overlay} .line[data-line="gate"] line').nth(1)
-    assert [gate.get_attribute(k) for k in ("x1", "y1", "x2", "y2")] == ["192", "36", "192", "342"]  # pixels
+    assert [gate.get_attribute(k) for k in ("x1", "y1", "x2", "y2")] == ["192", "48", "192", "456"]  # pixels
     # drawn where the picture is: frame pixels map onto the shown image, its corners and the zone's alike
     img = page.locator(f"{CARD} img").bounding_box()
     for x, y in ((0, 0), (W, H), (0.55 * W, 0.5 * H)):

@@ -140,12 +140,13 @@ function label(x, y, text, u, [W, H], attrs = {}) {
 
 function drawZone(z, colour, W, H, u) {
   const pts = z.points.map(([x, y]) => [x * W, y * H]);
-  const top = pts.reduce((a, p) => (p[1] < a[1] || (p[1] === a[1] && p[0] < a[0]) ? p : a));
+  // named at its bottom-left corner: tags sit above boxes, so the top of a zone people stand in is crowded
+  const low = pts.reduce((a, p) => (p[1] > a[1] || (p[1] === a[1] && p[0] < a[0]) ? p : a));
   const here = total(z.now);
   return svg("g", { class: "zone", "data-zone": z.name, style: `--zone: ${colour}` },
     svg("polygon", { points: pts.map((p) => `${p[0].toFixed(1)},${p[1].toFixed(1)}`).join(" "),
       class: here ? "occupied" : "" }),
-    label(top[0] + 4 * u, top[1] + 15 * u, here ? `${z.name} · ${here}` : z.name, u, [W, H]));
+    label(low[0] + 4 * u, low[1] - 5 * u, here ? `${z.name} · ${here}` : z.name, u, [W, H]));
 }
 
 function drawLine(ln, W, H, u) {
