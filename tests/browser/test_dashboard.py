@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from cluster.local import ROOT, LocalCluster, free_port, free_udp_ports
+from tests.browser.chromium import DESKTOP, PHONE, WAIT_MS, open_page, screenshot
 from tests.integration.test_metrics_status import cut_clip
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-WAIT_MS = 20_000
-
-
-def chromium() -> str:
-    """Debian's Chromium; a missing one fails the test (setup installs it), it is never a skip."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run `make setup` (it installs Debian's chromium package)")
-    return str(CHROMIUM)
 
 
 @pytest.fixture(scope="module")
@@ -53,33 +40,13 @@ def live(tmp_path_factory, person_clip):
         yield cluster, ports
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def open_page(browser, url: str, **context_kw):
-    """A page on `url` with its console errors and uncaught exceptions collected in page.errors."""
-    page = browser.new_context(**context_kw).new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
-    page.goto(url)
-    page.errors = errors
-    return page
-
-
 def stat(page, port: int, name: str) -> str:
     return page.locator(f'.camera[data-port="{port}"] dd[data-stat="{name}"]').inner_text()
 
 
 def test_dashboard_shows_live_cameras_workers_and_events(live, browser):
     cluster, ports = live
-    page = open_page(browser, cluster.master_url + "/", viewport={"width": 1280, "height": 900})
+    page = open_page(browser, cluster.master_url + "/", **DESKTOP)
     assert page.title() == "framehive"
     for p in ports:  # every camera card shows a decoded frame
         page.wait_for_function(
@@ -105,24 +72,17 @@ def test_dashboard_shows_live_cameras_workers_and_events(live, browser):
     job.first.wait_for(timeout=WAIT_MS)
     assert "people.mp4" in job.first.inner_text() and "done" in job.first.inner_text()
     assert "100 %" in job.first.inner_text()
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "dashboard.png"
-    page.screenshot(path=str(shot), full_page=True)
-    print(f"\nscreenshot: {shot}")
+    screenshot(page, "dashboard")
     assert page.errors == [], page.errors
 
 
 def test_dashboard_fits_a_phone_screen(live, browser):
     cluster, ports = live
-    page = open_page(browser, cluster.master_url + "/", viewport={"width": 390, "height": 844},
-                     device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = open_page(browser, cluster.master_url + "/", **PHONE)
     page.wait_for_selector(f'.camera[data-port="{ports[1]}"] img', timeout=WAIT_MS)
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
     card = page.locator(".camera").first.bounding_box()
     assert card and card["width"] <= 390
-    shot = ARTIFACTS / "dashboard-phone.png"
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(shot), full_page=True)
-    print(f"\nscreenshot: {shot}")
+    screenshot(page, "dashboard-phone")
     assert page.errors == [], page.errors

@@ -81,3 +81,56 @@ def test_xmlrpc_safe_turns_what_xmlrpc_cannot_carry_into_what_it_can():
 
     assert xmlrpc_safe({"a": [2**31, -(2**31) - 1, 2**31 - 1, True, None, 1.5], 3: "x"}) == {
         "a": [float(2**31), float(-(2**31) - 1), 2**31 - 1, True, "", 1.5], "3": "x"}
+
+
+def entry(event_id: str, phase: str, kind: str = "dwell", **kw) -> dict:
+    return {"id": event_id, "phase": phase, "kind": kind, "rule": "r", "clip": "none", **kw}
+
+
+def test_the_entries_of_an_event_make_one_row_with_its_latest_phase_newest_event_first():
+    from master.observe.dashboard import event_rows
+
+    log = [entry("a", "start"), entry("b", "start", "detect"), entry("a", "update"), entry("c", "start", "cross"),
+           entry("c", "end", "cross"), entry("d", "start"), entry("a", "end", ended_at=5.0)]
+    rows = event_rows(log)
+    assert [(r["id"], r["phase"], r["state"], r["entries"]) for r in rows] == [
+        ("d", "start", "ongoing", 1), ("c", "end", "moment", 2), ("b", "start", "moment", 1),
+        ("a", "end", "ended", 3)]
+    assert rows[-1]["ended_at"] == 5.0  # the fields of the latest entry
+    assert [r["id"] for r in event_rows(log, limit=2)] == ["d", "c"]
+    assert event_rows([]) == []
+
+
+def test_a_lasting_event_is_ongoing_until_its_end_and_detect_events_have_no_duration():
+    from master.observe.dashboard import event_state
+
+    for kind in ("enter", "dwell", "occupancy"):
+        assert event_state(entry("x", "start", kind)) == event_state(entry("x", "update", kind)) == "ongoing"
+        assert event_state(entry("x", "end", kind)) == "ended"
+    for kind in ("detect", "exit", "cross"):
+        assert event_state(entry("x", "start", kind)) == "moment"
+    assert event_state({"id": "old", "phase": "start"}) == "moment"  # an entry without a kind: a detect rule's
+
+
+def test_the_dashboard_document_carries_each_cameras_scene_and_one_row_per_event():
+    from master.observe.dashboard import History, overview
+    from tests.unit.test_behaviours_in_master import Porch
+
+    porch = Porch()
+    porch.walk(5, 0.2)
+    porch.walk(20, 0.75)  # across the gate and onto the steps
+    porch.walk(25, 0.75)  # 2.5 s there: the dwell event starts
+    d = overview(porch.svc, History(), now=porch.clock.t)
+    [card] = d["cameras"]
+    scene = card["scene"]
+    assert card["name"] == "porch" and scene["size"] == [640, 480]
+    assert scene["zones"][0]["name"] == "steps" and scene["zones"][0]["now"] == {"person": 1}
+    assert scene["lines"][0]["counts"] == {"in": 0, "out": 1}
+    [track] = scene["tracks"]
+    assert track["state"] == "confirmed" and track["zones"] == ["steps"]
+    [row] = d["events"]["recent"]
+    assert (row["kind"], row["camera"], row["place"], row["state"]) == ("dwell", "porch", "steps", "ongoing")
+    assert row["track_id"] == track["id"] and row["snapshot"]
+    porch.walk(30, 0.2)  # off the steps: the event ends, still one row
+    [row] = overview(porch.svc, History(), now=porch.clock.t)["events"]["recent"]
+    assert (row["phase"], row["state"], row["entries"]) == ("end", "ended", 2)

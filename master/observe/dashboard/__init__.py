@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.results import Result, ResultStatus
+from master.alerts.events import EVENTS_KEPT
 from master.core.service import MasterService
 from master.observe.metrics import camera_ports, tile_counters, worker_state
 
@@ -27,7 +28,8 @@ STATIC = {  # the only files served: name -> content type
     "style.css": "text/css; charset=utf-8",
 }
 RECENT_RESULTS = 30  # results per camera read for latency, stages and detections (fps is counted apart)
-RECENT_EVENTS = 12
+RECENT_EVENTS = 12  # event rows: one per event, however many entries (start, updates, end) it has
+MOMENTS = frozenset({"detect", "exit", "cross"})  # event kinds without a duration
 HISTORY_S = 300.0  # the chart's span
 SAMPLE_EVERY_S = 1.0
 
@@ -148,7 +150,7 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
         card = camera(port, counters, page["results"], now)
         card["scene"] = svc.scene_view(int(port))
         cameras.append(card)
-    events = svc.get_events(0, 1000)["events"][-RECENT_EVENTS:]
+    entries = svc.get_events(0, EVENTS_KEPT)["events"]  # every entry the log keeps, oldest first
     c = stats.get("counters", {})
     return {
         "now": now, "uptime_s": stats.get("uptime_s", 0.0),
@@ -158,7 +160,7 @@ def overview(svc: MasterService, history: History, now: float | None = None) -> 
                   "retried": c.get("retried", 0), "lease_expired": c.get("lease_expired", 0)},
         "cameras": cameras,
         "workers": [worker(w) for w in stats.get("workers", [])],
-        "events": {"total": stats.get("events", {}).get("total", 0), "recent": list(reversed(events))},
+        "events": {"total": stats.get("events", {}).get("total", 0), "recent": event_rows(entries)},
         "sources": {name: {"age_s": s.get("age_s")} for name, s in stats.get("sources", {}).items()},
         "throughput": history.rates(),
         "jobs": file_jobs(stats.get("sources", {})),
@@ -174,3 +176,23 @@ def file_jobs(sources: Mapping[str, Any]) -> list[dict[str, Any]]:
         if isinstance(report, Mapping):
             out += [{**j, "source": name} for j in report.get("jobs", []) if isinstance(j, Mapping)]
     return sorted(out, key=lambda j: (j.get("state") != "running", -float(j.get("started_at") or 0)))
+
+
+def event_rows(entries: list[Mapping[str, Any]], limit: int = RECENT_EVENTS) -> list[dict[str, Any]]:
+    """One row per event from event-log entries (oldest first), the newest `limit` events first (by their
+    first entry): the latest entry of each, with `entries` (how many it has) and `state`: "ongoing"
+    (started, not ended yet), "ended" or "moment" (a detect, exit or cross event: no duration)."""
+    latest: dict[str, Mapping[str, Any]] = {}
+    counts: dict[str, int] = {}
+    for e in entries:  # a dict keeps the order of first insertion: the order the events started
+        latest[e["id"]] = e
+        counts[e["id"]] = counts.get(e["id"], 0) + 1
+    rows = [{**e, "entries": counts[i], "state": event_state(e)} for i, e in latest.items()]
+    return rows[::-1][:limit]
+
+
+def event_state(e: Mapping[str, Any]) -> str:
+    """"ongoing", "ended" or "moment" for the latest entry of an event."""
+    if e.get("kind", "detect") in MOMENTS:
+        return "moment"
+    return "ended" if e.get("phase") == "end" else "ongoing"

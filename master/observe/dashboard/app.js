@@ -40,17 +40,29 @@ function renderTotals(d) {
   $("totals").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
 }
 
-const cards = new Map(); // port -> {node, img, seq}
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+const cards = new Map(); // port -> {node, img, frame, overlay, seq}
 
 function cameraCard(port, name) {
   const title = name ? `${name} (${port})` : `camera ${port}`;
   const img = el("img", { alt: `latest frame of ${title}` });
   const frame = el("div", { class: "frame" }, "waiting for a frame…");
+  const overlay = svg("svg", { class: "overlay", preserveAspectRatio: "xMidYMid meet", role: "img",
+    "aria-label": `zones, lines and tracks of ${title}` });
   const node = el("article", { class: "camera", "data-port": port }, frame,
     el("div", { class: "body" }, el("h3", {}, title, el("span", { class: "age" })),
+      el("div", { class: "scene", hidden: "" }),
       el("dl", { class: "stats" }), el("div", { class: "stages", title: "median time per stage, last 10 frames" }),
       el("div", { class: "chips" })));
-  return { node, img, frame, seq: null };
+  return { node, img, frame, overlay, seq: null };
 }
 
 function renderCameras(cameras) {
@@ -79,7 +91,121 @@ function renderCameras(cameras) {
       : [el("span", { class: "empty" }, "no detections lately")];
     card.node.querySelector(".chips").replaceChildren(...chips);
     renderStages(card.node.querySelector(".stages"), c.stages_ms || []);
+    renderScene(card, c.scene);
   }
+}
+
+// ----- a camera's scene: zones, lines and live tracks drawn over its frame, counts below it -----
+
+const ZONE_COLOURS = ["#4aa3ff", "#3fcf8e", "#c78bff", "#ff8fa3", "#5fd4e0"];
+
+function renderScene(card, scene) {
+  const counts = card.node.querySelector(".scene");
+  const size = scene && scene.size;
+  if (!size) {
+    card.overlay.remove();
+    card.frame.style.aspectRatio = "";
+  } else {
+    card.frame.style.aspectRatio = `${size[0]} / ${size[1]}`; // the frame box fits the picture exactly
+    if (card.img.parentNode && !card.overlay.parentNode) card.frame.append(card.overlay);
+    if (card.overlay.parentNode) drawScene(card.overlay, scene);
+  }
+  counts.hidden = !scene;
+  counts.replaceChildren(...(scene ? sceneCounts(scene) : []));
+}
+
+function drawScene(overlay, scene) {
+  const [W, H] = scene.size;
+  overlay.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  // user units per screen pixel, so that text and marks keep one size however big the card is
+  const r = overlay.getBoundingClientRect();
+  const u = 1 / (Math.min(r.width / W, r.height / H) || 400 / W);
+  overlay.replaceChildren(
+    ...scene.zones.map((z, i) => drawZone(z, ZONE_COLOURS[i % ZONE_COLOURS.length], W, H, u)),
+    ...scene.lines.map((ln) => drawLine(ln, W, H, u)),
+    ...scene.tracks.map((t) => drawTrack(t, W, H, u)));
+}
+
+const CHAR_PX = 7; // about the width of a character of the overlay's 12 px bold text
+
+function label(x, y, text, u, [W, H], attrs = {}) {
+  // kept inside the frame: a label cut by its edge says nothing
+  const w = String(text).length * CHAR_PX * u, anchor = attrs["text-anchor"] || "start";
+  const shift = anchor === "middle" ? w / 2 : anchor === "end" ? w : 0;
+  x = Math.min(Math.max(x - shift, 2 * u), W - w - 2 * u) + shift;
+  y = Math.min(Math.max(y, 12 * u), H - 3 * u);
+  return svg("text", { x: x.toFixed(1), y: y.toFixed(1), "font-size": (12 * u).toFixed(2),
+    "stroke-width": (3 * u).toFixed(2), ...attrs }, text);
+}
+
+function drawZone(z, colour, W, H, u) {
+  const pts = z.points.map(([x, y]) => [x * W, y * H]);
+  // named at its bottom-left corner: tags sit above boxes, so the top of a zone people stand in is crowded
+  const low = pts.reduce((a, p) => (p[1] > a[1] || (p[1] === a[1] && p[0] < a[0]) ? p : a));
+  const here = total(z.now);
+  return svg("g", { class: "zone", "data-zone": z.name, style: `--zone: ${colour}` },
+    svg("polygon", { points: pts.map((p) => `${p[0].toFixed(1)},${p[1].toFixed(1)}`).join(" "),
+      class: here ? "occupied" : "" }),
+    label(low[0] + 4 * u, low[1] - 5 * u, here ? `${z.name} · ${here}` : z.name, u, [W, H]));
+}
+
+function drawLine(ln, W, H, u) {
+  const [ax, ay, bx, by] = [ln.a[0] * W, ln.a[1] * H, ln.b[0] * W, ln.b[1] * H].map((v) => Number(v.toFixed(1)));
+  const len = Math.hypot(bx - ax, by - ay) || 1;
+  // the first direction is a crossing to the right of a->b on screen: the side the normal (-dy, dx) points to
+  const nx = -(by - ay) / len, ny = (bx - ax) / len;
+  const mx = (ax + bx) / 2, my = (ay + by) / 2;
+  const g = svg("g", { class: "line", "data-line": ln.name },
+    svg("line", { x1: ax, y1: ay, x2: bx, y2: by, class: "under" }),
+    svg("line", { x1: ax, y1: ay, x2: bx, y2: by }),
+    svg("circle", { cx: ax, cy: ay, r: 3 * u }), svg("circle", { cx: bx, cy: by, r: 3 * u }),
+    label(ax + 6 * u, ay + (ay < H / 2 ? 16 : -8) * u, ln.name, u, [W, H], { class: "name" }));
+  ln.directions.forEach((d, i) => {
+    const s = i === 0 ? 1 : -1, dx = s * nx, dy = s * ny;
+    const x0 = mx + dx * 6 * u, y0 = my + dy * 6 * u, x1 = mx + dx * 24 * u, y1 = my + dy * 24 * u;
+    const head = [[x1 + dx * 8 * u, y1 + dy * 8 * u], [x1 - dy * 5 * u, y1 + dx * 5 * u],
+      [x1 + dy * 5 * u, y1 - dx * 5 * u]].map((p) => p.map((v) => v.toFixed(1)).join(",")).join(" ");
+    const anchor = dx > 0.3 ? "start" : dx < -0.3 ? "end" : "middle";
+    const tx = x1 + dx * 12 * u, ty = y1 + dy * 12 * u + (dy > 0.3 ? 10 : dy < -0.3 ? 0 : 4) * u;
+    g.append(svg("g", { class: "direction", "data-dir": d },
+      svg("line", { x1: x0, y1: y0, x2: x1, y2: y1 }), svg("polygon", { points: head }),
+      label(tx, ty, `${d} ${fmt.num(ln.counts[d] ?? 0)}`, u, [W, H], { "text-anchor": anchor })));
+  });
+  return g;
+}
+
+function drawTrack(t, W, H, u) {
+  const [x, y, w, h] = t.box;
+  const tag = `#${t.id} ${t.label}`;
+  const above = y > 18 * u;
+  const tw = (tag.length * CHAR_PX + 8) * u, th = 16 * u;
+  const tx = Math.min(Math.max(x, 0), W - tw), ty = above ? y - th : Math.max(y, 0);
+  return svg("g", { class: `track ${t.state}`, "data-track": t.id, "data-state": t.state },
+    svg("rect", { x, y, width: w, height: h, class: "box" }),
+    svg("rect", { x: tx, y: ty, width: tw, height: th, class: "tag" }),
+    svg("text", { x: tx + 4 * u, y: ty + 12 * u, "font-size": (12 * u).toFixed(2) }, tag));
+}
+
+function total(byLabel) {
+  return Object.values(byLabel || {}).reduce((a, n) => a + n, 0);
+}
+
+function perLabel(byLabel) {
+  const parts = Object.entries(byLabel || {}).sort().map(([k, n]) => `${fmt.num(n)} ${k}`);
+  return parts.length ? parts.join(", ") : "0";
+}
+
+function sceneCounts(scene) {
+  const row = (attrs, name, ...values) => el("div", { class: "count", ...attrs },
+    el("span", { class: "name" }, name), el("span", { class: "values" }, ...values));
+  const lines = scene.lines.map((ln) => row({ "data-line": ln.name }, ln.name,
+    ...ln.directions.map((d) => el("span", { "data-dir": d }, `${d} ${fmt.num(ln.counts[d] ?? 0)}`))));
+  const zones = scene.zones.map((z) => row({ "data-zone": z.name }, z.name,
+    el("span", { "data-count": "now" }, `now ${perLabel(z.now)}`),
+    el("span", { "data-count": "peak" }, `peak ${perLabel(z.peak)}`),
+    el("span", { "data-count": "entered" }, `entered ${perLabel(z.entered)}`)));
+  const n = scene.tracks.filter((t) => t.state === "confirmed").length;
+  return [...lines, ...zones, el("div", { class: "tracks" }, `${n} tracked now`)];
 }
 
 function renderStages(box, stages) {
@@ -125,32 +251,134 @@ function renderJobs(jobs, tiles) {
   }));
 }
 
+// ----- events: one row per event (the master collapses its start, update and end entries) -----
+
 let shownEvents = "";
+const eventsById = new Map(); // id -> its row, for the dialog
+const portNames = new Map(); // port -> camera name, for events of rules that do not name their camera
+
+const PLACE_ARROW = "→";
+
+function eventCamera(e) {
+  return e.camera || portNames.get(e.port) || `camera ${e.port}`;
+}
+
+function eventWhere(e) {
+  const parts = [eventCamera(e)];
+  if (e.place) parts.push(e.direction ? `${e.place} ${PLACE_ARROW} ${e.direction}` : e.place);
+  return parts.join(" · ");
+}
+
+function eventWho(e) {
+  const d = e.detection || {};
+  const what = d.label ? `${d.label} ${Math.round((d.score || 0) * 100)}%` : "";
+  return e.track_id ? `#${e.track_id} ${what}`.trim() : what;
+}
+
+function eventWhen(e, { short = false } = {}) {
+  const start = e.first_at || e.fired_at;
+  if (e.state !== "ended" || !e.ended_at) return fmt.clock(start);
+  const lasted = fmt.duration(Math.max(0, e.ended_at - start));
+  return short ? `${fmt.clock(start)} · ${lasted}` : `${fmt.clock(start)}–${fmt.clock(e.ended_at)} (${lasted})`;
+}
+
+const STATE_TEXT = { ongoing: "ongoing", ended: "ended", moment: "" };
+
+function snapshotUrl(e) {
+  // a later entry of an event may bring a better snapshot: its entry count makes a new URL
+  return `/events/${encodeURIComponent(e.id)}/snapshot.jpg?v=${e.entries || 1}`;
+}
 
 function renderEvents(events) {
-  $("events-total").textContent = `${fmt.num(events.total)} in the log`;
-  const key = events.recent.map((e) => e.id).join(",");
+  $("events-total").textContent = `${fmt.num(events.total)} ${events.total === 1 ? "entry" : "entries"} in the log`;
+  eventsById.clear();
+  for (const e of events.recent) eventsById.set(e.id, e);
+  const key = JSON.stringify(events.recent.map((e) => [e.id, e.phase, e.entries, e.state, e.clip, e.snapshot]));
   if (key === shownEvents) return;
   shownEvents = key;
   if (!events.recent.length) return;
   $("events").replaceChildren(...events.recent.map((e) => {
-    const pic = e.snapshot
-      ? el("img", { src: `/events/${encodeURIComponent(e.id)}/snapshot.jpg`, alt: `snapshot of ${e.id}` })
-      : el("div", { class: "frame" });
-    const d = e.detection;
-    return el("li", { class: "event", "data-event": e.id }, pic,
-      el("div", {}, el("div", { class: "what" }, e.rule),
-        el("div", {}, `camera ${e.port}: ${d.label} ${Math.round(d.score * 100)}%`),
-        el("div", { class: "when" }, `${fmt.clock(e.fired_at)} · frames ${e.first_seq}–${e.last_seq}`)));
+    const pic = e.snapshot ? el("img", { src: snapshotUrl(e), alt: `snapshot of ${e.id}` }) : el("span", { class: "frame" });
+    const state = STATE_TEXT[e.state] ?? e.phase;
+    const open = el("button", { type: "button", class: "open", "aria-haspopup": "dialog" }, pic,
+      el("span", { class: "info" },
+        el("span", { class: "what" }, e.rule, e.kind && e.kind !== "detect" ? el("span", { class: "kind" }, e.kind) : ""),
+        el("span", { class: "where" }, eventWhere(e)),
+        el("span", { class: "who" }, eventWho(e)),
+        el("span", { class: "when" }, el("span", {}, eventWhen(e, { short: true })),
+          state ? el("span", { class: `state state-${e.state}`, "data-state": e.state }, state) : "",
+          e.clip === "ready" || e.clip === "recording" ? el("span", { class: "clip" }, `clip ${e.clip}`) : "")));
+    open.addEventListener("click", () => openEvent(e.id));
+    return el("li", { class: "event", "data-event": e.id, "data-state": e.state || "", "data-phase": e.phase || "" },
+      open);
   }));
 }
 
-const SVG = "http://www.w3.org/2000/svg";
+// ----- the event dialog: snapshot, clip (when ready; "recording" until then), facts -----
 
-function svg(tag, attrs) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  return node;
+const shown = { id: null, clip: null, snapshot: null }; // what the open dialog shows
+
+function openEvent(id) {
+  const e = eventsById.get(id);
+  if (!e) return;
+  Object.assign(shown, { id, clip: null, snapshot: null });
+  renderDialog(e);
+  if (!$("event-dialog").open) $("event-dialog").showModal();
+}
+
+function renderDialog(e) {
+  $("event-title").textContent = e.kind && e.kind !== "detect" ? `${e.rule} · ${e.kind}` : e.rule;
+  const facts = [["camera", eventCamera(e)], ["place", e.place], ["direction", e.direction],
+    ["object", eventWho(e)], ["state", STATE_TEXT[e.state] || e.phase], ["when", eventWhen(e)],
+    ["frames", (e.kind || "detect") === "detect" ? `${e.first_seq}–${e.last_seq}` : ""], ["event", e.id]];
+  $("event-facts").replaceChildren(...facts.filter(([, v]) => v).map(([k, v]) =>
+    el("div", {}, el("dt", {}, k), el("dd", { "data-fact": k }, v))));
+  const snap = e.snapshot ? snapshotUrl(e) : "";
+  if (snap !== shown.snapshot) {
+    shown.snapshot = snap;
+    $("event-snapshot").replaceChildren(snap
+      ? el("img", { class: "snapshot", src: snap, alt: `snapshot of ${e.id}` })
+      : el("p", { class: "empty" }, "no snapshot kept for this event"));
+  }
+  if (e.clip !== shown.clip) { // only when it changes: a video playing is never reloaded
+    shown.clip = e.clip;
+    $("event-dialog").dataset.clip = e.clip || "";
+    $("event-clip").textContent = CLIP_NOTES[e.clip] || "";
+    $("event-video").replaceChildren(...(e.clip === "ready" ? [clipVideo(e)] : []));
+  }
+}
+
+const CLIP_NOTES = {
+  recording: "Recording the clip… it plays here when it is ready.",
+  failed: "Recording the clip failed.",
+  none: "No clip for this event (this master records none).",
+};
+
+function clipVideo(e) {
+  const video = el("video", { controls: "", autoplay: "", muted: "", playsinline: "",
+    src: `/events/${encodeURIComponent(e.id)}/clip.mp4` });
+  video.muted = true; // the attribute alone does not mute a video made by script, and autoplay needs it muted
+  video.addEventListener("error", () => {
+    video.remove();
+    $("event-clip").textContent = "The clip could not be loaded.";
+  }, { once: true });
+  return video;
+}
+
+function refreshDialog() {
+  const dialog = $("event-dialog");
+  if (!dialog.open || !shown.id) return;
+  const e = eventsById.get(shown.id);
+  if (e) renderDialog(e); // an event gone from the newest rows keeps what the dialog last showed
+}
+
+function setUpDialog() {
+  const dialog = $("event-dialog");
+  dialog.addEventListener("click", (ev) => { if (ev.target === dialog) dialog.close(); }); // the backdrop
+  dialog.addEventListener("close", () => {
+    shown.id = null;
+    $("event-video").replaceChildren(); // stops a playing clip
+  });
 }
 
 function renderChart(points) {
@@ -181,7 +409,9 @@ async function poll() {
     renderTotals(d);
     renderCameras(d.cameras);
     renderWorkers(d.workers);
+    for (const c of d.cameras) if (c.name) portNames.set(c.port, c.name);
     renderEvents(d.events);
+    refreshDialog();
     renderJobs(d.jobs || [], d.tiles);
     renderChart(d.throughput);
     $("status").dataset.state = d.durable === false ? "degraded" : "live";
@@ -195,4 +425,5 @@ async function poll() {
   }
 }
 
+setUpDialog();
 poll();
