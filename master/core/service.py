@@ -22,7 +22,7 @@ from common.runtime import Component
 from common.tasks import SEQ_WIRE_MASK, Detection, Lease, Outcome, TaskKind, TaskSpec
 from common.wiredata import REPORT, STATS, clean
 from master.alerts.behaviours import Action, Scene, SceneStep
-from master.alerts.events import EventLog, annotate, new_event_ids, to_wire
+from master.alerts.events import Event, EventLog, annotate, new_event_ids, to_wire
 from master.alerts.rules import Rule, RuleEngine
 from master.alerts.webhooks import WebhookSender
 from master.core.rates import RateMeter
@@ -102,6 +102,10 @@ class MasterService(Component):
         self._counts_saved_at = clock()
         self._counts_dirty = False
         self.clips: Any = None  # the event clip recorder and encoder (master.media), when a media dir is set
+        # called with every event entry (start, update, end) as it is logged, e.g. to publish it by MQTT;
+        # a listener must only queue: it runs on the thread that completed the frame
+        self.event_listeners: list[Callable[[Event], None]] = []
+        self.detection_off: set[int] = set()  # ports whose frames are stored as skipped ("disabled")
         self._reserve_track_ids()
         self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
@@ -187,6 +191,9 @@ class MasterService(Component):
         full: QueueFull | None = None
         now = self.clock()
         for spec, payload in items:
+            if self.detection_off and spec.kind is TaskKind.FRAME and spec.port in self.detection_off \
+                    and not spec.meta.get("skip"):
+                spec = dataclasses.replace(spec, meta={**spec.meta, "skip": "disabled"})
             try:
                 ids.append(self.store.add(spec, payload, now))
                 if spec.kind is TaskKind.FRAME and spec.meta.get("skip"):  # stored at once as a skipped result
@@ -318,6 +325,7 @@ class MasterService(Component):
         else:
             event = dataclasses.replace(event, clip="none")
         self.events.add(event)
+        self._tell(event)
         rule = self._rule(event.rule)
         if action.phase != "update" and (rule is None or rule.log):
             what = f" of track {event.track_id}" if event.track_id else ""
@@ -353,6 +361,28 @@ class MasterService(Component):
     def clip_path(self, event_id: str) -> Any:
         """The finished clip of an event (a Path), or None."""
         return self.clips.clip_path(event_id) if self.clips is not None else None
+
+    def _tell(self, event: Event) -> None:
+        for listener in list(self.event_listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener must never cost a result or an event
+                log.exception("an event listener failed on event %s", event.id)
+
+    def set_detection(self, camera: str, enabled: bool) -> dict[str, Any]:
+        """Turn detection of a camera (by name or port) off or on again: while off, its frames are stored
+        as skipped results ("disabled"), so users still see them arrive and no worker spends time on them."""
+        port = self._port_of(camera)
+        (self.detection_off.discard if enabled else self.detection_off.add)(port)
+        log.info("camera %s: detection %s", self.store.camera_names.get(port, port), "on" if enabled else "off")
+        return {"camera": self.store.camera_names.get(port, ""), "port": port, "detection": enabled}
+
+    def _port_of(self, camera: str) -> int:
+        names = {v: k for k, v in self.store.camera_names.items()}
+        port = names.get(camera) or (int(camera) if camera.isdigit() else None)
+        if port is None:
+            raise BadRequest(f"no camera {camera!r}: give a camera's name or port")
+        return port
 
     def _rule(self, name: str) -> Rule | None:
         return self._rules_by_name.get(name)
@@ -391,10 +421,7 @@ class MasterService(Component):
 
     def tracks(self, camera: str) -> dict[str, Any]:
         """A camera's live tracks (by its name or port): id, label, box, first/last seen, state."""
-        names = {v: k for k, v in self.store.camera_names.items()}
-        port = names.get(camera) or (int(camera) if camera.isdigit() else None)
-        if port is None:
-            raise BadRequest(f"no camera {camera!r}: give a camera's name or port")
+        port = self._port_of(camera)
         with self._scene_lock:
             scene = self.scenes.get(port)
             tracks = [{"track_id": t.track_id, "label": t.label, "box": list(t.box), "first_seen": t.first_seen,
@@ -549,6 +576,7 @@ class MasterService(Component):
                 snapshot = annotate(payload, result.detections, highlight, max_pixels=self.config.max_image_pixels)
                 event = dataclasses.replace(event, snapshot=snapshot, task_id=result.task_id, best=here)
             self.events.add(event)
+            self._tell(event)
             if rule is None or rule.log:
                 d = event.best
                 log.info("event %s: rule %r on port %d, %s %.2f at %s (frames %d-%d)", event.id, event.rule,

@@ -17,7 +17,7 @@ import pytest
 
 from cluster.local import LocalCluster, free_udp_ports, wait_for_log
 from cluster.testdata import WALKWAY_LINE, WALKWAY_ZONE, walkway_clip
-from tests.browser.test_dashboard import CHROMIUM_ARGS, chromium
+from tests.browser.chromium import CHROMIUM_ARGS, chromium
 from tests.conftest import wait_until
 from tests.integration.test_events import Hook, webhook  # noqa: F401 - the fixture
 

@@ -153,3 +153,20 @@ def test_master_status_shows_line_counts_zone_occupancy_and_behaviour_events():
     assert "line gate" in text and "in 0  out 1" in text
     assert "zone steps" in text and "person 1 now, peak 1" in text
     assert "dwell steps #" in text and "start" in text
+
+
+def test_event_listeners_hear_every_entry_and_a_camera_can_have_detection_turned_off():
+    porch = Porch()
+    heard = []
+    porch.svc.event_listeners.append(lambda e: heard.append((e.phase, e.kind)))
+    porch.svc.event_listeners.append(lambda e: 1 / 0)  # a broken listener costs nothing
+    porch.walk(5, 0.2)
+    porch.walk(30, 0.75)
+    porch.walk(25, 0.75)
+    assert heard == [("start", "dwell")]
+    assert porch.svc.set_detection("porch", False) == {"camera": "porch", "port": 5000, "detection": False}
+    porch.svc.add_tasks([(TaskSpec(port=5000, seq=999, pipeline="person", received_ns=0, captured_ns=0), JPEG)])
+    last = porch.svc.results(5000, 0, 1000)["results"][-1]
+    assert (last.seq, last.status.value, last.skip_reason) == (999, "skipped", "disabled")
+    porch.svc.set_detection("5000", True)
+    assert porch.svc.detection_off == set()
