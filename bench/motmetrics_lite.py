@@ -93,6 +93,7 @@ class Evaluation:
     switches: tuple[Switch, ...]
     fragments: dict[Hashable, tuple[int, ...]]  # truth id -> frames where a matched run was interrupted
     hyp_of: dict[Hashable, Hashable | None]  # truth id -> the tracker id the ID measures paired it with
+    tracks_of: dict[Hashable, dict[Hashable, tuple[int, int, int]]]  # truth id -> tracker id -> (frames, first, last)
 
 
 def evaluate(truth: Frames, tracker: Frames, *, iou_threshold: float = IOU_THRESHOLD,
@@ -122,8 +123,9 @@ def evaluate(truth: Frames, tracker: Frames, *, iou_threshold: float = IOU_THRES
         mostly_tracked=sum(s >= MOSTLY_TRACKED for s in shares),
         partly_tracked=sum(MOSTLY_LOST <= s < MOSTLY_TRACKED for s in shares),
         mostly_lost=sum(s < MOSTLY_LOST for s in shares),
-        fragmented_truths=sum(len(ids) > 1 for ids in clear.ids_of.values()))
-    return Evaluation(summary, tuple(clear.switches), clear.fragments(), hyp_of)
+        fragmented_truths=sum(len(ids) > 1 for ids in clear.spans.values()))
+    return Evaluation(summary, tuple(clear.switches), clear.fragments(), hyp_of,
+                      {o: dict(spans) for o, spans in clear.spans.items()})
 
 
 class _Clear:
@@ -138,7 +140,7 @@ class _Clear:
         self.present: Counter[Hashable] = Counter()  # truth id -> frames present
         self.tracked: Counter[Hashable] = Counter()  # truth id -> frames matched
         self.runs: dict[Hashable, list[tuple[int, bool]]] = defaultdict(list)  # truth id -> (frame, matched)
-        self.ids_of: dict[Hashable, set[Hashable]] = defaultdict(set)
+        self.spans: dict[Hashable, dict[Hashable, tuple[int, int, int]]] = defaultdict(dict)  # o -> h -> n, first, last
 
     def step(self, frame: int, truth: Sequence[tuple[Hashable, Box]], hyp: Sequence[tuple[Hashable, Box]]) -> None:
         iou = iou_matrix([b for _, b in truth], [b for _, b in hyp])
@@ -153,7 +155,8 @@ class _Clear:
             if o in self.last and self.last[o] != h:
                 self.switches.append(Switch(frame, o, self.last[o], h))
             self.last[o] = current[o] = h
-            self.ids_of[o].add(h)
+            n, first, _ = self.spans[o].get(h, (0, frame, frame))
+            self.spans[o][h] = (n + 1, first, frame)
             self.iou_sum += float(iou[r, c])
         self.matches += len(pairs)
         for o in t_ids:

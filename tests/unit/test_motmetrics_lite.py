@@ -42,6 +42,7 @@ def test_an_id_switch_costs_mota_one_box_and_idf1_half():
     assert s.mota == pytest.approx(0.75)
     assert s.idtp == 2 and s.idf1 == pytest.approx(0.5)
     assert (s.fragmentations, s.fragmented_truths, s.tracker_ids) == (0, 1, 2)
+    assert ev.tracks_of == {1: {"a": (2, 0, 1), "b": (2, 2, 3)}}
 
 
 def test_a_match_that_still_holds_is_kept_over_a_better_overlap():
