@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,7 +430,3 @@ def true_crossings(walkers: Sequence[Walker], a: tuple[float, float], b: tuple[f
                 out.append((w.id, f, "right" if sq > 0 else "left"))
             last = (q, sq)
     return out
-
-
-def crossing_counts(crossings: Iterable[tuple[int, int, str]]) -> Counter[str]:
-    return Counter(direction for _, _, direction in crossings)
