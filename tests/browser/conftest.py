@@ -1,4 +1,7 @@
-"""One headless Chromium for all the browser tests."""
+"""One headless Chromium for all the browser tests of this package.
+
+Package scope, not session: Playwright's sync API runs an event loop in the main thread while it is
+open, and every later test that calls asyncio.run() (or starts its own Playwright) would fail."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import pytest
 from tests.browser.chromium import CHROMIUM_ARGS, chromium
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
