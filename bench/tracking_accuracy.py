@@ -189,6 +189,12 @@ def hub_tracks(frames: Iterable[TrackedFrame], *, confirmed_only: bool) -> Track
                     if d.track_id != NO_TRACK and (d.confirmed or not confirmed_only)] for f in frames}
 
 
+def hub_flagged(frames: Iterable[TrackedFrame]) -> dict[int, list[tuple[int, Any, bool]]]:
+    """Every tracked detection with whether its track is confirmed: what the master's lines are fed."""
+    return {f.seq: [(d.track_id, d.box, d.confirmed) for d in f.detections if d.track_id != NO_TRACK]
+            for f in frames}
+
+
 def iou_only(detections: Sequence[Sequence[Detection]], min_iou: float = IOU_ONLY_MIN) -> Tracks:
     """Baseline: each box takes the id of the previous frame's box it overlaps best (optimal one to one)."""
     out: Tracks = {}
@@ -234,12 +240,13 @@ def _dist(a: tuple[float, float], b: tuple[float, float]) -> float:
     return ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) ** 0.5
 
 
-def count_line(tracks: Tracks, line: Line, size: tuple[int, int]) -> tuple[dict[str, int], list[tuple[int, int, str]]]:
-    """Crossings of `line` by these tracks, frame by frame in order, as the master counts them."""
+def count_line(tracks: Any, line: Line, size: tuple[int, int]) -> tuple[dict[str, int], list[tuple[int, int, str]]]:
+    """Crossings of `line` by these tracks, frame by frame in order, as the master counts them (entries of
+    (id, box) are confirmed; (id, box, confirmed) from hub_flagged say it themselves)."""
     counter = LineCounter([line])
     events = []
     for seq in sorted(tracks):
-        feet = [(tid, "person", foot_point(box, *size)) for tid, box in tracks[seq]]
+        feet = [(tid, "person", foot_point(box, *size), *rest) for tid, box, *rest in tracks[seq]]
         events += [(c.track_id, seq, c.direction) for c in counter.observe(feet, seq / FPS)]
     counts = dict.fromkeys(line.directions, 0)
     for (_, direction, _), n in counter.totals.items():
@@ -288,8 +295,9 @@ def generated_clip(background: Any, sprites: Sequence[synthclip.Sprite], detecto
     true_events = synthclip.true_crossings(walkers, SYNTH_LINE.a, SYNTH_LINE.b, frames)
     true_counts = dict.fromkeys(SYNTH_LINE.directions, 0) | Counter(d for _, _, d in true_events)
     lines = {}
+    fed = {**runs, "tracker_confirmed": hub_flagged(released)}
     for name in ("tracker_confirmed", "tracker_all", "iou_only", "nearest_centre"):
-        counts, events = count_line(runs[name], SYNTH_LINE, size)
+        counts, events = count_line(fed[name], SYNTH_LINE, size)
         lines[name] = {"counts": counts, "exact": counts == true_counts,
                        "events": [{"track": t, "frame": f, "direction": d,
                                    "walker": _walker_of(evals[name], t, f, names)} for t, f, d in events]}
@@ -365,8 +373,9 @@ def hall_clip(clip: Path, truth: Mapping, hall: DetectionCache, detector: Detect
             "nearest_centre": nearest_centre(detections)}
     out: dict[str, Any] = {"frames": frames, "line": {k: spec[k] for k in ("name", "a", "b", "directions")},
                            "truth": true_counts, "how": spec["how"]}
+    fed = {**runs, "tracker_confirmed": hub_flagged(released)}
     for name, tracks in runs.items():
-        counts, events = count_line(tracks, line, size)
+        counts, events = count_line(fed[name], line, size)
         out[name] = {"counts": counts, "exact": counts == true_counts, "events": events,
                      **_ids_per_person(tracks, truth, frames)}
     out["_detections"] = detections
@@ -425,7 +434,7 @@ def out_of_order(detections: Sequence[Sequence[Detection]], line: Line, seed: in
     n = len(detections)
     ref, _ = run_hub(detections, in_order(n))
     ref_sig = signature(ref)
-    ref_counts, _ = count_line(hub_tracks(ref, confirmed_only=True), line, size)
+    ref_counts, _ = count_line(hub_flagged(ref), line, size)
     runs = [(f"workers_{w}", w, None) for w in WORKERS] + [("workers_4_short_wait", 4, SHORT_WAIT_S)]
     out: dict[str, Any] = {"frame_order_counts": ref_counts}
     for name, workers, wait in runs:
@@ -433,7 +442,7 @@ def out_of_order(detections: Sequence[Sequence[Detection]], line: Line, seed: in
         config = TrackerConfig(reorder_wait_s=wait) if wait else None
         released, counters = run_hub(detections, order, config)
         sig = signature(released)
-        counts, _ = count_line(hub_tracks(released, confirmed_only=True), line, size)
+        counts, _ = count_line(hub_flagged(released), line, size)
         differ = sum(1 for seq in ref_sig if sig.get(seq) != ref_sig[seq])
         out[name] = {**disorder(order), "reorder_wait_s": (config or TrackerConfig()).reorder_wait_s,
                      "in_frame_order": [f.seq for f in released] == sorted(f.seq for f in released),

@@ -9,7 +9,8 @@ no I/O. One `Scene` per camera, fed its tracked frames in frame order (master/tr
 Decisions:
 
 * **Only confirmed tracks** take part: a tentative track (seen in fewer than 3 frames) is often a
-  false detection, and counting it would inflate every number.
+  false detection, and counting it would inflate every number. (Lines follow tentative tracks too,
+  but count what they crossed only once they are confirmed: master/tracking/lines.py.)
 * **Events have a life.** `enter`: starts when a track enters the zone, ends when it leaves.
   `dwell`: starts when a track has been in the zone for `seconds`, ends when it leaves; one event per
   stay, however long. `occupancy`: starts when at least `count` objects of the label are in the zone,
@@ -123,7 +124,9 @@ class Scene:
         while len(self._tracks) > MAX_TRACKS_REMEMBERED:
             self._tracks.popitem(last=False)
         feet = [(tid, d.label, foot_point(d.box, *size)) for tid, d in here.items()]
-        step.crossings = self.lines.observe(feet, at)
+        tracked = [(d.track_id, d.label, foot_point(d.box, *size), d.confirmed) for d in frame.detections
+                   if d.track_id]
+        step.crossings = self.lines.observe(tracked, at)
         for c in step.crossings:
             self.hourly[c.line, c.direction, c.label, _hour(c.at)] += 1
         self._prune_hours(at)

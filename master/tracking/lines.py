@@ -7,6 +7,12 @@ the second for the other way. A track's position is
 the foot point of its box (bottom centre), the point that walks on the ground. Jitter on the line
 does not count: a track must be `margin` (a fraction of the frame) clear of one side, then clear of
 the other, and its crossing point must fall within the segment (extended by `margin` at both ends).
+
+Tentative tracks (not yet confirmed: seen in fewer than 3 frames in a row) are followed too, but what
+they cross is held, and counted only once the track is confirmed; a tentative track that dies (a
+false detection, mostly) counts nothing. A track born near the line, e.g. after the detector missed
+someone for a frame, is often confirmed only on the other side: following it from its first frame
+keeps that crossing (bench/tracking_accuracy.py).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 
 Point = tuple[float, float]
 MAX_TRACKS_PER_LINE = 4096  # the least recently seen beyond this are forgotten
+MAX_HELD_PER_TRACK = 4  # crossings of a tentative track held until it is confirmed
 
 
 @dataclass(frozen=True)
@@ -70,19 +77,38 @@ class LineCounter:
         self.lines = tuple(lines)
         self.totals: Counter[tuple[str, str, str]] = Counter()  # (line, direction, label) -> crossings
         self._sides: dict[str, OrderedDict[int, tuple[int, Point]]] = {ln.name: OrderedDict() for ln in self.lines}
+        self._held: OrderedDict[int, list[Crossing]] = OrderedDict()  # tentative track -> its crossings so far
 
-    def observe(self, detections: Iterable[tuple[int, str, Point]], at: float) -> list[Crossing]:
-        """(track id, label, foot point in frame fractions) of a frame's confirmed tracks -> its crossings."""
+    def observe(self, detections: Iterable[tuple[int, str, Point] | tuple[int, str, Point, bool]],
+                at: float) -> list[Crossing]:
+        """(track id, label, foot point in frame fractions[, confirmed]) of a frame's tracked detections
+        (confirmed when left out) -> the crossings it completes, those a track made before it was
+        confirmed included."""
         out: list[Crossing] = []
-        for track_id, label, foot in detections:
+        for track_id, label, foot, *rest in detections:
+            confirmed = rest[0] if rest else True
+            if confirmed and track_id in self._held:
+                out += self._count(self._held.pop(track_id))
             for line in self.lines:
                 if line.labels and label not in line.labels:
                     continue
                 crossing = self._step(line, track_id, label, foot, at)
-                if crossing is not None:
-                    self.totals[line.name, crossing.direction, label] += 1
-                    out.append(crossing)
+                if crossing is None:
+                    continue
+                if confirmed:
+                    out += self._count([crossing])
+                else:
+                    held = self._held.setdefault(track_id, [])
+                    if len(held) < MAX_HELD_PER_TRACK:
+                        held.append(crossing)
+                    while len(self._held) > MAX_TRACKS_PER_LINE:
+                        self._held.popitem(last=False)
         return out
+
+    def _count(self, crossings: list[Crossing]) -> list[Crossing]:
+        for c in crossings:
+            self.totals[c.line, c.direction, c.label] += 1
+        return crossings
 
     def adopt(self, old: LineCounter, names: set[str]) -> None:
         """Take where tracks stand relative to the lines in `names` from `old` (the same lines, reloaded)."""

@@ -1,8 +1,12 @@
 """The motion model of a track: constant velocity of the box centre and size, an alpha-beta filter.
 
 State: centre x, centre y, width, height (pixels) and their rates (pixels per second of the
-camera's clock, `captured_at`). A prediction is the state moved on by rate x elapsed time, so a
-gap of any length (frames skipped, dropped or failed) is crossed in one step. An update blends
+camera's clock, `captured_at`). A prediction is the centre moved on by rate x elapsed time, so a
+gap of any length (frames skipped, dropped or failed) is crossed in one step; the size is held at
+its last estimate, not extrapolated: a box that shrank while its object was being hidden would
+otherwise keep shrinking while it is unseen, and no longer overlap the object when it reappears
+(bench/tracking_accuracy.py measured the switches that caused). Inside an update the size's rate
+is used as usual, so a box growing steadily as someone approaches is followed without lag. An update blends
 the prediction with the measured box: position += alpha * residual, rate += beta * residual / dt.
 The second measurement sets the rates directly from the first two boxes, so a track needs no
 warm-up frames to follow an object that is already moving. A Kalman filter would weigh the gains
@@ -30,9 +34,10 @@ class BoxFilter:
         self.updates = 1
 
     def predict(self, t: float) -> list[float]:
-        """The state at time `t` (never before the last update)."""
+        """The state at time `t` (never before the last update): the centre moved on, the size kept."""
         dt = max(t - self.t, 0.0)
-        return [s + r * dt for s, r in zip(self.state, self.rate)]
+        cx, cy, w, h = self.state
+        return [cx + self.rate[0] * dt, cy + self.rate[1] * dt, w, h]
 
     def box(self, t: float) -> Box:
         """The predicted box at `t` as x, y, w, h."""
@@ -51,7 +56,7 @@ class BoxFilter:
             self.rate = [(m - s) / dt for s, m in zip(self.state, z)]
             self.state = z
         else:
-            pred = self.predict(t)
+            pred = [s + r * dt for s, r in zip(self.state, self.rate)]
             res = [m - p for m, p in zip(z, pred)]
             self.state = [p + self.alpha * e for p, e in zip(pred, res)]
             self.rate = [r + self.beta * e / dt for r, e in zip(self.rate, res)]

@@ -67,3 +67,19 @@ def test_a_bad_line_is_refused(kwargs, words):
 
 def test_the_foot_point_is_the_bottom_centre():
     assert foot_point((100, 50, 40, 100), 400, 300) == (0.3, 0.5)
+
+
+def test_a_crossing_made_while_the_track_was_tentative_counts_once_it_is_confirmed():
+    c = LineCounter([DOOR])
+    assert c.observe([(1, "person", (0.40, 0.5), False)], 0.0) == []
+    assert c.observe([(1, "person", (0.60, 0.5), False)], 0.1) == []  # crossed, but not confirmed yet
+    assert [x.direction for x in c.observe([(1, "person", (0.62, 0.5), True)], 0.2)] == ["in"]
+    assert c.totals == {("door", "in", "person"): 1}
+
+
+def test_a_tentative_track_that_never_confirms_counts_nothing():
+    c = LineCounter([DOOR])
+    c.observe([(2, "person", (0.40, 0.5), False)], 0.0)
+    c.observe([(2, "person", (0.60, 0.5), False)], 0.1)
+    c.observe([(3, "person", (0.70, 0.5), True)], 0.2)  # another track
+    assert c.totals == {}

@@ -262,3 +262,13 @@ def test_config_is_checked():
         TrackerConfig(low_score=0.6, high_score=0.5)
     with pytest.raises(ValueError, match="max_tracks"):
         TrackerConfig(max_tracks=0)
+
+
+def test_an_unseen_box_keeps_its_size_while_its_centre_moves_on():
+    from master.tracking.motion import BoxFilter
+
+    f = BoxFilter((100, 100, 60, 120), 0.0, alpha=0.6, beta=0.2)
+    f.update((110, 100, 50, 100), 0.1)  # shrinking while it is being hidden
+    x, y, w, h = f.box(1.0)  # 0.9 s unseen
+    assert (w, h) == (50, 100), "the size is held, not extrapolated down to nothing"
+    assert x + w / 2 == pytest.approx(135 + 50 * 0.9), "the centre goes on at its speed (130 -> 135 in 0.1 s)"
