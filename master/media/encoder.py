@@ -43,6 +43,7 @@ import numpy as np
 from common.errors import DecodeError
 from common.imageinfo import MAX_IMAGE_PIXELS, check_image
 from common.runtime import Component
+from common.throttle import Throttle
 from common.video import H264Writer
 from master.media.clips import Boxed, ClipFrame, ClipJob
 from master.media.store import MediaDir, part_path, unlink_quietly
@@ -188,9 +189,7 @@ class ClipEncoder(Component):
         self._queue: deque[ClipJob] = deque()
         self._lock = threading.Lock()  # the queue, the counters and the warning limiter
         self._changed = threading.Condition(self._lock)  # a job queued, or stop()
-        self._clock = clock  # for rate-limiting warnings only
-        self._warned_at = -float("inf")
-        self._unwarned = 0
+        self._warnings = Throttle(WARN_EVERY_S, clock)
 
     def submit(self, job: ClipJob) -> bool:
         """Queue a finished recording; False (counted) when the queue is full or the encoder stopped."""
@@ -282,13 +281,10 @@ class ClipEncoder(Component):
                                               "error": "the encoder was stopped"})
 
     def _failed(self, job: ClipJob, error: str, counter: str) -> None:
-        now = self._clock()
-        with self._lock:
-            self.counters[counter] += 1
-            if now - self._warned_at < WARN_EVERY_S:
-                self._unwarned += 1
-                return
-            self._warned_at, unwarned, self._unwarned = now, self._unwarned, 0
+        self._count(counter)
+        unwarned = self._warnings.ready()
+        if unwarned is None:
+            return
         more = f" ({unwarned} more failed since the last warning)" if unwarned else ""
         log.warning("no clip for event %s (camera %s): %s%s", job.event_id, job.camera, error, more)
 

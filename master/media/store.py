@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.throttle import Throttle
+
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 2 * 2**30  # all media files together
@@ -65,15 +67,13 @@ class MediaDir:
             raise ValueError("max_bytes must be >= 0, max_age_s and rescan_s > 0")
         self.root = Path(root)
         self.max_bytes, self.max_age_s, self.rescan_s = max_bytes, max_age_s, rescan_s
-        self._clock = clock  # for rate-limiting warnings only
         self.counters: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._files: OrderedDict[Path, tuple[float, int]] = OrderedDict()  # path -> (mtime, bytes), oldest first
         self._by_event: dict[tuple[str, str], Path] = {}  # (suffix, event id) -> path
         self._total = 0
         self._scanned_at: float | None = None
-        self._warned_at = -float("inf")
-        self._unwarned = 0
+        self._warnings = Throttle(WARN_EVERY_S, clock)
         self.scan(start=True)
 
     # ----- paths ---------------------------------------------------------------------------------
@@ -146,13 +146,11 @@ class MediaDir:
 
     def failed(self, counter: str, message: str) -> None:
         """Count a failure and log it, at most once per WARN_EVERY_S (saying how many were not logged)."""
-        now = self._clock()
         with self._lock:
             self.counters[counter] += 1
-            if now - self._warned_at < WARN_EVERY_S:
-                self._unwarned += 1
-                return
-            self._warned_at, unwarned, self._unwarned = now, self._unwarned, 0
+        unwarned = self._warnings.ready()
+        if unwarned is None:
+            return
         more = f" ({unwarned} more failures since the last warning)" if unwarned else ""
         log.warning("media %s: %s%s", self.root, message, more)
 
