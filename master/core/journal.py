@@ -79,6 +79,9 @@ class NullJournal:
     def result_stored(self, port: int, cursor: int, result: Result, ring_size: int) -> None:
         pass
 
+    def result_updated(self, port: int, cursor: int, result: Result) -> None:
+        """A stored result changed (its detections got their track ids)."""
+
     def job_results_taken(self, task_ids: list[str]) -> None:
         pass
 
@@ -184,6 +187,11 @@ class SqliteJournal(NullJournal):
             self._writes[port] = n
             if n % PRUNE_EVERY == 0:
                 db.execute("DELETE FROM results WHERE port = ? AND cursor <= ?", (port, cursor - ring_size))
+
+    def result_updated(self, port: int, cursor: int, result: Result) -> None:
+        with self._write() as db:
+            db.execute("UPDATE results SET result = ? WHERE port = ? AND cursor = ?",
+                       (json.dumps(result.to_wire()), port, cursor))
 
     def job_results_taken(self, task_ids: list[str]) -> None:
         if task_ids:

@@ -297,6 +297,7 @@ class TaskStore:
                     if len(r.detections) != len(detections):
                         return False
                     ring.items[i] = (cursor, replace(r, detections=detections))
+                    self.journal.result_updated(port, cursor, ring.items[i][1])  # a restart keeps the ids
                     latest = self._latest.get(port)
                     if latest is not None and latest[0].seq == seq:
                         self._latest[port] = (ring.items[i][1], latest[1])
