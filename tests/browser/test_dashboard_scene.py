@@ -215,6 +215,11 @@ def test_a_camera_card_draws_its_zones_lines_and_tracks_over_the_frame_and_shows
     page.wait_for_selector(f"{yard} img", timeout=WAIT_MS)
     assert page.locator(f"{yard} svg.overlay").count() == 0 and page.locator(f"{yard} .scene").is_hidden()
     screenshot(page, "dashboard-scene")
+    # a reload of the config file renames the yard: its open card takes the new name
+    wait_text(page, f"{yard} h3 .title", f"yard ({YARD})")
+    porch.svc.apply_cluster(parse(CONFIG.replace("[cameras.yard]", "[cameras.garden]")))
+    porch.frames(2, port=YARD)
+    wait_text(page, f"{yard} h3 .title", f"garden ({YARD})")
     assert page.errors == [], page.errors
 
 

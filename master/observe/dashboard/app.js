@@ -51,18 +51,22 @@ function svg(tag, attrs = {}, ...children) {
 
 const cards = new Map(); // port -> {node, img, frame, overlay, seq}
 
+function cardTitle(port, name) {
+  return name ? `${name} (${port})` : `camera ${port}`;
+}
+
 function cameraCard(port, name) {
-  const title = name ? `${name} (${port})` : `camera ${port}`;
+  const title = cardTitle(port, name);
   const img = el("img", { alt: `latest frame of ${title}` });
   const frame = el("div", { class: "frame" }, "waiting for a frame…");
   const overlay = svg("svg", { class: "overlay", preserveAspectRatio: "xMidYMid meet", role: "img",
     "aria-label": `zones, lines and tracks of ${title}` });
   const node = el("article", { class: "camera", "data-port": port }, frame,
-    el("div", { class: "body" }, el("h3", {}, title, el("span", { class: "age" })),
+    el("div", { class: "body" }, el("h3", {}, el("span", { class: "title" }, title), el("span", { class: "age" })),
       el("div", { class: "scene", hidden: "" }),
       el("dl", { class: "stats" }), el("div", { class: "stages", title: "median time per stage, last 10 frames" }),
       el("div", { class: "chips" })));
-  return { node, img, frame, overlay, seq: null };
+  return { node, img, frame, overlay, seq: null, name };
 }
 
 function renderCameras(cameras) {
@@ -75,6 +79,13 @@ function renderCameras(cameras) {
       card = cameraCard(c.port, c.name);
       cards.set(c.port, card);
       box.append(card.node);
+    }
+    if ((c.name || "") !== (card.name || "")) { // named (or renamed) by a config reload
+      card.name = c.name;
+      const title = cardTitle(c.port, c.name);
+      card.node.querySelector("h3 .title").textContent = title;
+      card.img.alt = `latest frame of ${title}`;
+      card.overlay.setAttribute("aria-label", `zones, lines and tracks of ${title}`);
     }
     if (c.has_frame && c.last_seq !== card.seq) {
       card.seq = c.last_seq;
