@@ -74,12 +74,15 @@ function renderCameras(cameras) {
   if (!cameras.length) return;
   box.querySelector(".empty")?.remove();
   for (const c of cameras) {
-    let card = cards.get(c.port);
+    const key = c.key || c.port; // a federation of masters keys cameras by master/port
+    let card = cards.get(key);
     if (!card) {
       card = cameraCard(c.port, c.name);
-      cards.set(c.port, card);
+      if (c.master) card.node.dataset.master = c.master;
+      cards.set(key, card);
       box.append(card.node);
     }
+    card.node.classList.toggle("unreachable", Boolean(c.unreachable));
     if ((c.name || "") !== (card.name || "")) { // named (or renamed) by a config reload
       card.name = c.name;
       const title = cardTitle(c.port, c.name);
@@ -89,10 +92,11 @@ function renderCameras(cameras) {
     }
     if (c.has_frame && c.last_seq !== card.seq) {
       card.seq = c.last_seq;
-      card.img.src = `/ports/${c.port}/latest.jpg?seq=${c.last_seq}`;
+      card.img.src = `${c.frame_url || `/ports/${c.port}/latest.jpg`}?seq=${c.last_seq}`;
       if (!card.img.parentNode) card.frame.replaceChildren(card.img);
     }
-    card.node.querySelector(".age").textContent = fmt.age(c.last_age_s);
+    card.node.querySelector(".age").textContent = c.unreachable
+      ? `master ${c.master} unreachable` : fmt.age(c.last_age_s);
     const stats = [["fps", fmt.fixed(c.fps)], ["latency", fmt.ms(c.latency_ms)], ["queued", c.pending],
       ["in", fmt.num(c.frames_in)], ["out", fmt.num(c.frames_out)], ["dropped", fmt.num(c.dropped)]];
     card.node.querySelector(".stats").replaceChildren(
@@ -297,7 +301,7 @@ const STATE_TEXT = { ongoing: "ongoing", ended: "ended", moment: "" };
 
 function snapshotUrl(e) {
   // a later entry of an event may bring a better snapshot: its entry count makes a new URL
-  return `/events/${encodeURIComponent(e.id)}/snapshot.jpg?v=${e.entries || 1}`;
+  return `${e.base || ""}/events/${encodeURIComponent(e.id)}/snapshot.jpg?v=${e.entries || 1}`;
 }
 
 function renderEvents(events) {
@@ -367,7 +371,7 @@ const CLIP_NOTES = {
 
 function clipVideo(e) {
   const video = el("video", { controls: "", autoplay: "", muted: "", playsinline: "",
-    src: `/events/${encodeURIComponent(e.id)}/clip.mp4` });
+    src: `${e.base || ""}/events/${encodeURIComponent(e.id)}/clip.mp4` });
   video.muted = true; // the attribute alone does not mute a video made by script, and autoplay needs it muted
   video.addEventListener("error", () => {
     video.remove();
@@ -412,12 +416,24 @@ function renderChart(points) {
     : "collecting…";
 }
 
+function renderMasters(masters) {
+  const box = $("masters");
+  box.hidden = !masters;
+  if (!masters) return;
+  box.replaceChildren(...masters.map((m) => el("li", { class: `master ${m.state}`, "data-master": m.name },
+    el("strong", {}, m.name), ` ${m.state}`,
+    m.state === "up" ? ` · ${m.workers_alive} worker(s) · ${m.cameras.length} camera(s)`
+      : ` for ${Math.round(m.down_for_s || 0)} s · its cameras (${m.cameras.join(", ") || "none known"}) ` +
+        `are not being watched here · ${m.error}`)));
+}
+
 async function poll() {
   try {
     const r = await fetch("/api/v1/dashboard", { cache: "no-store" });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const d = await r.json();
     renderTotals(d);
+    renderMasters(d.masters);
     renderCameras(d.cameras);
     renderWorkers(d.workers);
     for (const c of d.cameras) if (c.name) portNames.set(c.port, c.name);

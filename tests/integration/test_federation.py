@@ -1,0 +1,98 @@
+"""Past one coordinator: three masters, each with its own cameras, receiver and worker, behind one
+federated view (python -m master.federation). One master is killed mid-run: the view says it is down
+and which cameras that costs, and the other two masters' cameras lose no result."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import xmlrpc.client
+
+from cluster.local import LocalCluster, free_port, free_udp_ports, wait_for_log
+from common.masterclient import MasterClient, wait_for_master
+from tests.conftest import wait_until
+
+CAMERAS = {"a": "porch", "b": "yard", "c": "shop"}
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def seqs(url: str, port: int) -> list[int]:
+    out, cursor = [], 0
+    with MasterClient(url) as c:
+        while True:
+            page = c.get_results(port, cursor, 1000)
+            if not page["results"]:
+                return sorted(r["seq"] for r in out)
+            out += page["results"]
+            cursor = page["next"]
+
+
+def test_three_masters_one_view_and_one_master_lost(tmp_path):
+    with LocalCluster(log_dir=tmp_path / "logs") as cluster:
+        urls, ports, procs = {}, {}, {}
+        for name, camera in CAMERAS.items():
+            [udp] = free_udp_ports(1)
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(f'[receivers.rx-{name}]\nports = [{udp}]\n[cameras.{camera}]\nsource = "synthetic:160x120"'
+                           f'\nport = {udp}\nfps = 10\npipeline = "noop"\n')
+            port = free_port()
+            urls[name], ports[name] = f"http://127.0.0.1:{port}", udp
+            procs[name] = cluster.spawn(f"master-{name}", "master", "--port", str(port), "--config", str(cfg))
+            assert wait_for_master(urls[name], 30), procs[name].log_text()
+            rx = cluster.spawn(f"rx-{name}", "receiver", "--name", f"rx-{name}", "--master", urls[name])
+            wait_for_log(rx, "receiving UDP", 30)
+            cluster.spawn(f"worker-{name}", "worker", "--master", urls[name], "--name", f"worker-{name}",
+                          "--threads", "1")
+            cluster.spawn(f"pub-{name}", "sender", "--master", urls[name], "--camera", camera)
+        fed_port = free_port()
+        fed = cluster.spawn("federation", "master.federation", "--port", str(fed_port), "--poll-s", "0.5",
+                            "--masters", ",".join(f"{n}={u}" for n, u in urls.items()))
+        wait_for_log(fed, "federation of 3 master(s)", 30)
+
+        def view() -> dict:
+            status, body = get(fed_port, "/api/v1/dashboard")
+            assert status == 200, body
+            return json.loads(body)
+
+        wait_until(lambda: {c["name"] for c in view()["cameras"] if c.get("has_frame")} == set(CAMERAS.values()), 60)
+        d = view()
+        assert [m["state"] for m in d["masters"]] == ["up", "up", "up"]
+        assert {c["name"]: c["master"] for c in d["cameras"]} == {"porch": "a", "yard": "b", "shop": "c"}
+        # results and counts by camera name, whichever master has the camera
+        rpc = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{fed_port}/RPC2")
+        page = rpc.get_results("shop", 0, 10)
+        assert page["master"] == "c" and page["results"] and page["results"][0]["camera"] == "shop"
+        status, body = get(fed_port, "/api/v1/results?camera=yard&limit=5")
+        assert status == 200 and json.loads(body)["results"][0]["camera"] == "yard"
+        status, jpeg = get(fed_port, f"/m/b/ports/{ports['b']}/latest.jpg")
+        assert status == 200 and jpeg[:2] == b"\xff\xd8"
+
+        # master b dies: b's camera is lost, and the view says so; a's and c's go on without a gap
+        before = {n: len(seqs(urls[n], ports[n])) for n in ("a", "c")}
+        procs["b"].popen.send_signal(signal.SIGKILL)
+        procs["b"].popen.wait(10)
+        cluster.procs.remove(procs["b"])  # killed on purpose: not a role that failed to stop
+        wait_until(lambda: view()["masters"][1]["state"] == "down", 20)
+        d = view()
+        yard = next(c for c in d["cameras"] if c["name"] == "yard")
+        assert yard["unreachable"] and d["masters"][1]["cameras"] == ["yard"]
+        assert {c["name"] for c in d["cameras"] if not c["unreachable"]} == {"porch", "shop"}
+        status, body = get(fed_port, "/api/v1/results?camera=yard")
+        assert status == 502 and b"does not answer" in body
+        for n in ("a", "c"):  # 3 s more of frames on the masters that live
+            wait_until(lambda n=n: len(seqs(urls[n], ports[n])) >= before[n] + 30, 30)
+            got = seqs(urls[n], ports[n])
+            missing = sorted(set(range(got[0], got[-1])) - set(got))
+            assert not missing, f"camera {CAMERAS[n]} on master {n} lost results: {missing[:10]}"
+        counts = json.loads(get(fed_port, "/api/v1/counts")[1])
+        assert isinstance(counts, dict)
