@@ -96,3 +96,29 @@ def test_three_masters_one_view_and_one_master_lost(tmp_path):
             assert not missing, f"camera {CAMERAS[n]} on master {n} lost results: {missing[:10]}"
         counts = json.loads(get(fed_port, "/api/v1/counts")[1])
         assert isinstance(counts, dict)
+        looks_right_in_chromium(f"http://127.0.0.1:{fed_port}/")
+
+
+def looks_right_in_chromium(url: str) -> None:
+    """The federated page in a real Chromium: each master's state, every camera's picture, the lost
+    master's camera marked, no error on the page."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.chromium import CHROMIUM_ARGS, DESKTOP, WAIT_MS, chromium, open_page, screenshot
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = open_page(browser, url, **DESKTOP)
+            page.wait_for_selector('#masters li.master.down[data-master="b"]', timeout=WAIT_MS)
+            assert "yard" in page.inner_text('#masters li[data-master="b"]')
+            for master in ("a", "c"):
+                page.wait_for_function(f'() => {{ const i = document.querySelector('
+                                       f'\'.camera[data-master="{master}"] img\'); '
+                                       'return i && i.complete && i.naturalWidth > 0; }', timeout=WAIT_MS)
+            page.wait_for_selector('.camera.unreachable[data-master="b"]', timeout=WAIT_MS)
+            assert "master b unreachable" in page.inner_text('.camera[data-master="b"] h3')
+            screenshot(page, "federation")
+            assert page.errors == [], page.errors
+        finally:
+            browser.close()

@@ -90,7 +90,9 @@ function renderCameras(cameras) {
       card.img.alt = `latest frame of ${title}`;
       card.overlay.setAttribute("aria-label", `zones, lines and tracks of ${title}`);
     }
-    if (c.has_frame && c.last_seq !== card.seq) {
+    if (c.unreachable && !card.img.parentNode) {
+      card.frame.textContent = `master ${c.master} does not answer: no picture`;
+    } else if (c.has_frame && !c.unreachable && c.last_seq !== card.seq) { // the last picture stays while it is lost
       card.seq = c.last_seq;
       card.img.src = `${c.frame_url || `/ports/${c.port}/latest.jpg`}?seq=${c.last_seq}`;
       if (!card.img.parentNode) card.frame.replaceChildren(card.img);
