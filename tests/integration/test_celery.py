@@ -194,3 +194,35 @@ def test_the_frame_rate_limit_paces_a_worker(cluster, redis):
     done = sorted(r["completed_at"] for r in rs)
     # 5 per second: 8 tasks need at least 7 gaps of ~0.2 s (a noop takes milliseconds unpaced)
     assert done[-1] - done[0] >= 0.7 * (n - 1) / 5, done
+
+
+def test_two_masters_share_one_celery_pool_and_each_gets_its_own_results(cluster, redis, tmp_path):
+    """Past one coordinator on Celery: two masters send to the same Redis queues and the same workers;
+    each collects its own results (by the Celery task ids it made) and none of the other's."""
+    import xmlrpc.client
+
+    from cluster.local import free_port
+    from common.masterclient import wait_for_master
+
+    ports = free_udp_ports(2)
+    start_celery_master(cluster, redis)
+    other = f"http://127.0.0.1:{free_port()}"
+    cluster.spawn("master-2", "master", "--port", other.rsplit(":", 1)[1], "--backend", "celery", "--redis",
+                  redis.url, "--visibility-s", str(VISIBILITY_S))
+    assert wait_for_master(other, 30)
+    cluster.start_receiver([ports[0]], "--pipeline", "noop")
+    cluster.spawn("receiver-2", "receiver", "--ports", str(ports[1]), "--master", other, "--name", "receiver-2",
+                  "--pipeline", "noop")
+    cluster.start_celery_workers(2, redis.url, visibility_s=VISIBILITY_S)
+    n = 40
+    for port in ports:
+        cluster.start_publisher(port, "synthetic:160x120", "--fps", "10", "--max-frames", str(n))
+    first = collect(cluster.master_url, ports[0], n, 60)
+    second = collect(other, ports[1], n, 60)
+    for rs in (first, second):
+        assert len(rs) >= 0.95 * n and len({r["seq"] for r in rs}) == len(rs)
+        assert all(r["status"] == "ok" for r in rs)
+    with xmlrpc.client.ServerProxy(f"{other}/RPC2") as c2:  # nothing of the first master's camera reached it
+        assert c2.get_results(ports[0], 0, 10)["results"] == []
+    assert collect(cluster.master_url, ports[1], 0, 1) == []
+    assert stats(cluster)["backend"]["in_flight"] == 0
