@@ -71,8 +71,12 @@ def check(path: str) -> int:
     enabled = [c for c in cluster.cameras.values() if c.enabled]
     print(f"{path}: ok: {len(cluster.receivers)} receiver(s), {len(enabled)} camera(s) enabled "
           f"({len(cluster.cameras) - len(enabled)} disabled), {len(cluster.rules)} rule(s)")
+    for name, url in cluster.master_urls().items() if cluster.masters else ():
+        theirs = ", ".join(r.name for r in cluster.receivers.values() if r.master == name)
+        print(f"  master {name:<13} {url}: receivers {theirs}")
     for c in cluster.cameras.values():
-        print(f"  {c.name:<20} port {c.port:<5} on {c.receiver:<12} {c.pipeline:<16} {c.source}"
+        owner = f" (master {c.master})" if c.master else ""
+        print(f"  {c.name:<20} port {c.port:<5} on {c.receiver:<12} {c.pipeline:<16} {c.source}{owner}"
               + ("" if c.enabled else "  (disabled)"))
     return 0
 

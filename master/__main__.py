@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="most tasks handed to Celery at once (bounds frame bytes in Redis and live latency)")
     p.add_argument("--visibility-s", type=float, default=DEFAULT_VISIBILITY_S,
                    help="Celery: a task whose worker died goes to another after this; use the workers' value")
+    p.add_argument("--name", default="",
+                   help="with a config file of several [masters.NAME]: which this is (it runs that master's "
+                        "receivers' cameras)")
     p.add_argument("--media-dir", default="",
                    help="where event clips (H.264 MP4) and snapshots are kept (default: STATE_DIR/media with "
                         "--state-dir; without either, events have snapshots but no clips)")
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if config.config_path:
         try:
-            service.cameras = Cameras(config.config_path, service.apply_cluster)
+            service.cameras = Cameras(config.config_path, service.apply_cluster, master=config.name)
         except ConfigError as e:
             print(f"python -m master: error: {e}", file=sys.stderr)
             return 2

@@ -6,9 +6,11 @@ Every error names the file, the line, the key and the reason (docs/CONFIG.md lis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,10 +34,11 @@ MASTER_KEYS = {"host": str, "port": int, "token_file": str, "state_dir": str, "m
                "clip_pre_s": (int, float), "clip_post_s": (int, float), "clip_max_s": (int, float),
                "clip_boxes": bool}
 RECEIVER_KEYS = {"host": str, "ports": (str, list), "zmq_port": int, "key_file": str, "jobs_port": int,
-                 "insecure": bool}
+                 "insecure": bool, "master": str}
 CAMERA_KEYS = {"source": (str, int), "fps": (int, float), "quality": int, "max_width": int, "receiver": str,
                "port": int, "transport": str, "pipeline": str, "detect": str, "enabled": bool, "host": str,
-               "username": str, "password_file": str, "rtsp_transport": str, "lines": dict, "zones": dict}
+               "username": str, "password_file": str, "rtsp_transport": str, "lines": dict, "zones": dict,
+               "master": str}
 LINE_KEYS = {"a": list, "b": list, "directions": list, "labels": list}
 ZONE_KEYS = {"points": list, "labels": list, "inertia": int}
 
@@ -51,6 +54,7 @@ class ReceiverSpec:
     key_file: str = ""
     jobs_port: int = 0
     insecure: bool = False
+    master: str = ""  # with several [masters.NAME]: the one it forwards to
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class CameraSpec:
     rtsp_transport: str = "tcp"
     lines: tuple[Line, ...] = ()  # counting lines across its frame
     zones: tuple[Zone, ...] = ()  # named polygons on its frame
+    master: str = ""  # with several [masters.NAME]: the one that owns it (its receiver's)
 
     def to_wire(self, receiver: ReceiverSpec) -> dict[str, Any]:
         """What a publisher is told: its source and pace, and the receiver address to send to."""
@@ -93,14 +98,32 @@ class ClusterFile:
     receivers: Mapping[str, ReceiverSpec] = field(default_factory=dict)
     cameras: Mapping[str, CameraSpec] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    masters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [masters.NAME], when several
+
+    def for_master(self, name: str) -> ClusterFile:
+        """What master `name` of several runs: its own [masters.NAME] table as [master], its receivers and
+        cameras, and the rules that watch any of them (ConfigError for a name the file does not have)."""
+        if name not in self.masters:
+            raise ConfigError(f"{self.path}: no master named {name!r}" +
+                              (f" (masters: {', '.join(self.masters)})" if self.masters else
+                               " (this file has one [master] table: run it without a name)"))
+        cameras = {n: c for n, c in self.cameras.items() if c.master == name}
+        ports = {c.port for c in cameras.values()}
+        rules = tuple(dataclasses.replace(r, ports=tuple(p for p in r.ports if p in ports)) if r.ports else r
+                      for r in self.rules if not r.ports or ports & set(r.ports))
+        return ClusterFile(self.path, dict(self.masters[name]),
+                           {n: r for n, r in self.receivers.items() if r.master == name}, cameras, rules, {})
+
+    def master_urls(self) -> dict[str, str]:
+        """Each master's URL: the [master] table's as "", or every [masters.NAME]'s."""
+        tables = self.masters or {"": self.master}
+        return {name: _url(t) for name, t in tables.items()}
 
     @property
     def master_url(self) -> str:
         """Where a process on the master's host reaches it: its [master] address (loopback when it binds
         every address), in URL form."""
-        host = self.master.get("host", "127.0.0.1")
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.master.get('port', 8000)}"
+        return _url(self.master)
 
     def camera_names(self) -> dict[int, str]:
         """Port -> camera name, for every enabled camera."""
@@ -112,6 +135,12 @@ class ClusterFile:
         cams = [c for c in self.cameras.values() if c.receiver == name and c.enabled]
         return {"name": name, "host": spec.host, "zmq_port": spec.zmq_port, "jobs_port": spec.jobs_port,
                 "ports": {str(c.port): {"camera": c.name, "pipeline": c.pipeline, "detect": c.detect} for c in cams}}
+
+
+def _url(table: Mapping[str, Any]) -> str:
+    host = table.get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{host}]' if ':' in host else host}:{table.get('port', 8000)}"
 
 
 def load(path: str | Path, *, previous: ClusterFile | None = None) -> ClusterFile:
@@ -141,24 +170,75 @@ def parse(text: str, path: str = "framehive.toml", *, previous: ClusterFile | No
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(f"{path}:{m.group(1) if m else 0}: invalid TOML: {e}") from e
     where = _Where(text, path)
-    unknown = sorted(set(doc) - {"master", "receivers", "cameras", "rule"})
+    unknown = sorted(set(doc) - {"master", "masters", "receivers", "cameras", "rule"})
     if unknown:
-        raise where.error([unknown[0]], None, "unknown section (expected [master], [receivers.NAME], "
-                                              "[cameras.NAME] and [[rule]])")
+        raise where.error([unknown[0]], None, "unknown section (expected [master] or [masters.NAME], "
+                                              "[receivers.NAME], [cameras.NAME] and [[rule]])")
     master = _table(doc, "master", where)
     _check_keys(master, MASTER_KEYS, ["master"], where)
+    masters = _named_tables(doc, "masters", where)
+    if masters and master:
+        raise where.error(["masters"], None, "give one [master] table, or several [masters.NAME], not both")
+    for name, table in masters.items():
+        _check_keys(table, MASTER_KEYS, ["masters", name], where)
     receivers = {n: _receiver(n, t, where) for n, t in _named_tables(doc, "receivers", where).items()}
     if not receivers:
         receivers = {"local": ReceiverSpec("local", ports=tuple(range(5000, 5000 + 16)))}
-    cameras = _cameras(_named_tables(doc, "cameras", where), receivers, previous, where)
+    camera_tables = _named_tables(doc, "cameras", where)
+    if masters:
+        receivers, camera_tables = _assign_masters(masters, receivers, camera_tables, where)
+    elif any(r.master for r in receivers.values()) or any("master" in t for t in camera_tables.values()):
+        name = next((n for n, t in camera_tables.items() if "master" in t), None)
+        path = ["cameras", name] if name else ["receivers", next(n for n, r in receivers.items() if r.master)]
+        raise where.error(path, "master", "names a master, but the file has no [masters.NAME] tables")
+    cameras = _cameras(camera_tables, receivers, previous, where)
     try:
         places = {c.name: Places(frozenset(z.name for z in c.zones), {ln.name: ln.directions for ln in c.lines})
                   for c in cameras.values()}
         rules = parse_rules(text, path, cameras={c.name: c.port for c in cameras.values()},
-                            others=("master", "receivers", "cameras"), places=places)
+                            others=("master", "masters", "receivers", "cameras"), places=places)
     except RulesError as e:
         raise ConfigError(str(e)) from e
-    return ClusterFile(path, dict(master), receivers, cameras, tuple(rules))
+    return ClusterFile(path, dict(master), receivers, cameras, tuple(rules), {n: dict(t) for n, t in masters.items()})
+
+
+def _assign_masters(masters: Mapping[str, Any], receivers: dict[str, ReceiverSpec],
+                    cameras: Mapping[str, dict[str, Any]], where: _Where
+                    ) -> tuple[dict[str, ReceiverSpec], dict[str, dict[str, Any]]]:
+    """Several masters: each receiver forwards to one (its `master`, or the only one); each camera is its
+    receiver's master's, its own `master`'s, or, naming neither, goes to a master by a stable hash of
+    its name (the same on every host and after every reload) and to that master's first receiver."""
+    names = sorted(masters)
+    out = {}
+    for rname, spec in receivers.items():
+        owner = spec.master or (names[0] if len(names) == 1 else "")
+        if not owner:
+            raise where.error(["receivers", rname], None, f"say which master it forwards to: master = one of "
+                                                          f"{', '.join(names)}")
+        if owner not in masters:
+            raise where.error(["receivers", rname], "master",
+                              f"no master named {owner!r} (masters: {', '.join(names)})")
+        out[rname] = dataclasses.replace(spec, master=owner)
+    tables = {}
+    for cname, table in cameras.items():
+        table = dict(table)
+        wanted = table.get("master")
+        if wanted is not None and wanted not in masters:
+            raise where.error(["cameras", cname], "master", f"no master named {wanted!r} (masters: {', '.join(names)})")
+        receiver = table.get("receiver")
+        if receiver is not None and receiver in out:
+            if wanted is not None and out[receiver].master != wanted:
+                raise where.error(["cameras", cname], "master", f"receiver {receiver!r} forwards to master "
+                                                                f"{out[receiver].master!r}, not {wanted!r}")
+        elif receiver is None:
+            owner = wanted or names[zlib.crc32(cname.encode()) % len(names)]
+            theirs = [n for n, r in out.items() if r.master == owner]
+            if not theirs:
+                raise where.error(["cameras", cname], "master" if wanted else None,
+                                  f"master {owner!r} has no receiver: give one a `master = \"{owner}\"`")
+            table["receiver"] = theirs[0]
+        tables[cname] = table
+    return out, tables
 
 
 class _Where:
@@ -225,7 +305,7 @@ def _receiver(name: str, table: Mapping[str, Any], where: _Where) -> ReceiverSpe
             raise where.error(path, key, "must be 0..65535")
     return ReceiverSpec(name, host=table.get("host", "127.0.0.1"), ports=ports, zmq_port=table.get("zmq_port", 0),
                         key_file=table.get("key_file", ""), jobs_port=table.get("jobs_port", 0),
-                        insecure=table.get("insecure", False))
+                        insecure=table.get("insecure", False), master=table.get("master", ""))
 
 
 def _ports(value: Any, path: list[str], where: _Where) -> tuple[int, ...]:
@@ -263,7 +343,8 @@ def _cameras(tables: Mapping[str, dict[str, Any]], receivers: Mapping[str, Recei
         receiver = table.get("receiver") or next(iter(receivers))
         port = table.get("port") or _keep_or_assign(name, receivers[receiver], previous, taken, where)
         taken[port] = name
-        cameras[name] = _camera(name, table, receiver, port, where)
+        cameras[name] = dataclasses.replace(_camera(name, table, receiver, port, where),
+                                            master=receivers[receiver].master)
     return cameras
 
 

@@ -43,6 +43,7 @@ class MasterConfig:
     visibility_s: float = DEFAULT_VISIBILITY_S
     log_level: str = "INFO"
     config_path: str = ""  # framehive.toml: cameras, receivers and rules, reloaded on SIGHUP
+    name: str = ""  # which of the file's [masters.NAME] this is ("": its one [master])
     media_dir: Path | None = None  # event clips and snapshots (default: STATE_DIR/media with a state dir)
     media_max_bytes: int = 2 * 2**30
     media_keep_s: float = 7 * 86400.0
@@ -101,8 +102,13 @@ def from_flags(args: Any, env: Mapping[str, str] = os.environ,
     command line wins) and the environment (the token file or $FRAMEHIVE_TOKEN, $FRAMEHIVE_REDIS for
     the celery backend); ConfigError says what is wrong."""
     path = args.config or env.get(CONFIG_ENV, "")
+    name = getattr(args, "name", "") or ""
     if path:
-        table = load_file(path).master
+        cluster = load_file(path)
+        if cluster.masters and not name:
+            raise ConfigError(f"{path} has several masters ({', '.join(cluster.masters)}): say which this is "
+                              f"with --name")
+        table = cluster.for_master(name).master if name else cluster.master
         for key, dest in FILE_KEYS.items():
             if key in table and (defaults is None or getattr(args, dest) == defaults.get(dest)):
                 setattr(args, dest, table[key])
@@ -124,7 +130,7 @@ def from_flags(args: Any, env: Mapping[str, str] = os.environ,
         "max_request_bytes": int(args.max_request_mb * 2**20),
         "max_connections_per_host": args.max_connections_per_host, "backend": args.backend, "redis_url": redis,
         "celery_in_flight": args.celery_in_flight, "visibility_s": args.visibility_s, "log_level": args.log_level,
-        "config_path": path, "media_dir": Path(media) if media else None,
+        "config_path": path, "name": name, "media_dir": Path(media) if media else None,
         "media_max_bytes": int(args.media_max_gb * 2**30), "media_keep_s": args.media_keep_days * 86400.0,
         "clip": clip,
     })

@@ -18,11 +18,12 @@ class Cameras:
     """The current cluster file and its generation (bumped by every applied reload); thread-safe.
     `on_change(file)` is called with each file that takes effect, the first included."""
 
-    def __init__(self, path: str, on_change: Callable[[ClusterFile], None]) -> None:
-        self.path = path
+    def __init__(self, path: str, on_change: Callable[[ClusterFile], None], *, master: str = "") -> None:
+        self.path, self.master = path, master  # master: which [masters.NAME] of the file this is
         self._on_change = on_change
         self._lock = threading.Lock()
-        self.current = load(path)  # ConfigError at start: the master does not start with a broken file
+        self._whole: ClusterFile | None = None  # the whole file last applied (ports are kept across all of it)
+        self.current = self._load()  # ConfigError at start: the master does not start with a broken file
         self.generation = 1
         self.reloads = {"applied": 0, "refused": 0}
         self.last_error = ""
@@ -33,7 +34,7 @@ class Cameras:
         with self._lock:
             old = self.current
             try:
-                new = load(self.path, previous=old)
+                new = self._load()
             except ConfigError as e:
                 self.reloads["refused"] += 1
                 self.last_error = str(e)
@@ -47,6 +48,13 @@ class Cameras:
         log.info("config reloaded from %s (generation %d): %s", self.path, self.generation,
                  "; ".join(f"{k} {', '.join(v)}" for k, v in diff.items() if v) or "nothing changed")
         return {"ok": True, "generation": self.generation, "error": "", **diff}
+
+    def _load(self) -> ClusterFile:
+        """The file (this master's share of it), read again; ConfigError leaves the last one in force."""
+        whole = load(self.path, previous=self._whole)
+        mine = whole.for_master(self.master) if self.master else whole
+        self._whole = whole
+        return mine
 
     def receiver(self, name: str) -> dict[str, Any]:
         """What receiver `name` serves (BadRequest naming the receivers when the file has none by that name)."""

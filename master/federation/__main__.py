@@ -27,8 +27,10 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m master.federation", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--masters", required=True,
+    p.add_argument("--masters", default="",
                    help="the masters, NAME=URL separated by commas, e.g. a=http://10.0.0.1:8000,b=http://10.0.0.2:8000")
+    p.add_argument("--config", default="",
+                   help="or the cluster file: its [masters.NAME] tables say where each master is")
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8100, help="HTTP port (XML-RPC at /RPC2)")
     p.add_argument("--token-file", default="",
@@ -59,11 +61,23 @@ def masters_arg(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def masters_of(path: str) -> list[tuple[str, str]]:
+    """The masters a cluster file names, with their URLs."""
+    from master.clusterfile import load
+
+    cluster = load(path)
+    if not cluster.masters:
+        raise ConfigError(f"{path} has one [master] table: a federation needs [masters.NAME] tables, or --masters")
+    return sorted(cluster.master_urls().items())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def configure() -> tuple[list[tuple[str, str]], str | None]:
-        masters = masters_arg(args.masters)
+        if bool(args.masters) == bool(args.config):
+            raise ConfigError("give --masters NAME=URL,... or --config FILE (one of the two)")
+        masters = masters_arg(args.masters) if args.masters else masters_of(args.config)
         if not 0 <= args.port <= 65535 or not 0.1 <= args.poll_s <= 60:
             raise ConfigError("--port must be 0..65535 and --poll-s 0.1..60")
         token = auth.load_token(args.token_file or None)

@@ -1,6 +1,7 @@
-"""Past one coordinator: three masters, each with its own cameras, receiver and worker, behind one
-federated view (python -m master.federation). One master is killed mid-run: the view says it is down
-and which cameras that costs, and the other two masters' cameras lose no result."""
+"""Past one coordinator: one cluster file with three masters ([masters.NAME]), each with its own
+receiver, camera and worker, behind one federated view (python -m master.federation --config FILE).
+One master is killed mid-run: the view says it is down and which cameras that costs, and the other
+two masters' cameras lose no result."""
 
 from __future__ import annotations
 
@@ -38,16 +39,19 @@ def seqs(url: str, port: int) -> list[int]:
 
 
 def test_three_masters_one_view_and_one_master_lost(tmp_path):
+    udp = dict(zip(CAMERAS, free_udp_ports(3)))
+    http_ports = {n: free_port() for n in CAMERAS}
+    cfg = tmp_path / "framehive.toml"
+    text = "".join(f"[masters.{n}]\nport = {http_ports[n]}\n" for n in CAMERAS)
+    text += "".join(f'[receivers.rx-{n}]\nmaster = "{n}"\nports = [{udp[n]}]\n' for n in CAMERAS)
+    text += "".join(f'[cameras.{c}]\nsource = "synthetic:160x120"\nreceiver = "rx-{n}"\nfps = 10\npipeline = "noop"\n'
+                    for n, c in CAMERAS.items())
+    cfg.write_text(text)
     with LocalCluster(log_dir=tmp_path / "logs") as cluster:
-        urls, ports, procs = {}, {}, {}
-        for name, camera in CAMERAS.items():
-            [udp] = free_udp_ports(1)
-            cfg = tmp_path / f"{name}.toml"
-            cfg.write_text(f'[receivers.rx-{name}]\nports = [{udp}]\n[cameras.{camera}]\nsource = "synthetic:160x120"'
-                           f'\nport = {udp}\nfps = 10\npipeline = "noop"\n')
-            port = free_port()
-            urls[name], ports[name] = f"http://127.0.0.1:{port}", udp
-            procs[name] = cluster.spawn(f"master-{name}", "master", "--port", str(port), "--config", str(cfg))
+        urls = {n: f"http://127.0.0.1:{p}" for n, p in http_ports.items()}
+        ports, procs = udp, {}
+        for name, camera in CAMERAS.items():  # what `framehive up` would start on each master's host
+            procs[name] = cluster.spawn(f"master-{name}", "master", "--config", str(cfg), "--name", name)
             assert wait_for_master(urls[name], 30), procs[name].log_text()
             rx = cluster.spawn(f"rx-{name}", "receiver", "--name", f"rx-{name}", "--master", urls[name])
             wait_for_log(rx, "receiving UDP", 30)
@@ -56,7 +60,7 @@ def test_three_masters_one_view_and_one_master_lost(tmp_path):
             cluster.spawn(f"pub-{name}", "sender", "--master", urls[name], "--camera", camera)
         fed_port = free_port()
         fed = cluster.spawn("federation", "master.federation", "--port", str(fed_port), "--poll-s", "0.5",
-                            "--masters", ",".join(f"{n}={u}" for n, u in urls.items()))
+                            "--config", str(cfg))
         wait_for_log(fed, "federation of 3 master(s)", 30)
 
         def view() -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cluster.local import ROOT
@@ -84,3 +86,74 @@ def test_the_master_url_is_reachable_from_the_masters_host():
     assert parse('[master]\nhost = "0.0.0.0"\nport = 9000\n').master_url == "http://127.0.0.1:9000"
     assert parse('[master]\nhost = "::1"\n').master_url == "http://[::1]:8000"
     assert parse('').master_url == "http://127.0.0.1:8000"
+
+
+# ----- several masters ---------------------------------------------------------------------------
+
+SEVERAL = '''[masters.a]
+host = "10.0.0.1"
+[masters.b]
+host = "10.0.0.2"
+port = 8001
+[receivers.rx-a]
+master = "a"
+ports = "5000-5009"
+[receivers.rx-b]
+master = "b"
+ports = "6000-6009"
+[cameras.porch]
+source = "synthetic"
+master = "b"
+[cameras.yard]
+source = "synthetic"
+receiver = "rx-a"
+[cameras.shop]
+source = "synthetic"
+[cameras.drive]
+source = "synthetic"
+[[rule]]
+name = "at-the-porch"
+label = "person"
+cameras = ["porch"]
+[[rule]]
+name = "anywhere"
+label = "person"
+'''
+
+
+def test_several_masters_each_own_their_receivers_cameras_and_rules():
+    import zlib
+
+    cluster = parse(SEVERAL)
+    assert cluster.master_urls() == {"a": "http://10.0.0.1:8000", "b": "http://10.0.0.2:8001"}
+    owners = {c.name: (c.master, c.receiver) for c in cluster.cameras.values()}
+    assert owners["porch"] == ("b", "rx-b") and owners["yard"] == ("a", "rx-a")
+    for name in ("shop", "drive"):  # naming neither: a stable hash of the name, the same everywhere
+        want = ["a", "b"][zlib.crc32(name.encode()) % 2]
+        assert owners[name] == (want, f"rx-{want}")
+    b = cluster.for_master("b")
+    assert b.master == {"host": "10.0.0.2", "port": 8001} and set(b.receivers) == {"rx-b"}
+    assert set(b.cameras) == {n for n, (m, _) in owners.items() if m == "b"}
+    assert [r.name for r in b.rules] == ["at-the-porch", "anywhere"]
+    a = cluster.for_master("a")
+    assert [r.name for r in a.rules] == ["anywhere"], "a rule on b's camera only is b's"
+    with pytest.raises(ConfigError, match="no master named 'c'.*masters: a, b"):
+        cluster.for_master("c")
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda t: t.replace('master = "a"\nports', 'ports'), "rx-a: say which master it forwards to"),
+    (lambda t: t.replace('source = "synthetic"\nmaster = "b"', 'source = "synthetic"\nmaster = "z"'),
+     "no master named 'z'"),
+    (lambda t: t.replace('receiver = "rx-a"', 'receiver = "rx-a"\nmaster = "b"'),
+     "receiver 'rx-a' forwards to master 'a', not 'b'"),
+    (lambda t: "[master]\nport = 1\n" + t, "one [master] table, or several [masters.NAME], not both"),
+])
+def test_several_masters_mistakes_name_their_line(change, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        parse(change(SEVERAL))
+
+
+def test_a_master_key_without_masters_is_an_error():
+    with pytest.raises(ConfigError, match="names a master, but the file has no"):
+        parse('[cameras.porch]\nsource = "synthetic"\nmaster = "a"\n')
