@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up = sub.add_parser("up", help="run this host's share of the cluster, supervised, until Ctrl-C")
     up.add_argument("config", type=path_arg, help="the cluster file (framehive.toml)")
     up.add_argument("--workers", type=int, default=default_workers(), help="worker processes on this host")
+    up.add_argument("--master", default="", help="with several [masters.NAME]: run this master's share here "
+                                                 "(default: every master, on this one host)")
     up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                     help="how much the supervisor logs (each role logs on its own)")
     reload = sub.add_parser("reload", help="have the running master re-read its config file")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}")
             return 0
         setup_logging(args.log_level)
-        return Up(args.config, args.workers).run(stop_on_signals())
+        return Up(args.config, args.workers, args.master).run(stop_on_signals())
     except ConfigError as e:
         print(f"framehive: error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,10 @@
 """`framehive up framehive.toml`: the cluster a config file describes, on this host, supervised.
 
 Starts the master (which reads the file), each receiver by name, the publishers of the cameras this
-host publishes and N workers, each as its own `python -m` process. A role that dies is restarted with
+host publishes and N workers, each as its own `python -m` process. With several `[masters.NAME]`,
+`--master NAME` runs that master's share (its receivers, its cameras' publishers, workers for it);
+without it every master runs here (one box), each with its own receivers and publishers, and the
+workers are dealt out among the masters. A role that dies is restarted with
 backoff (logged and counted); SIGHUP re-reads the file, has the master apply it, and starts or stops
 publishers and receivers to match; SIGINT/SIGTERM stops everything in order (publishers, receivers,
 workers, then the master) and exits 0.
@@ -64,14 +67,21 @@ class Up:
 
     path: str
     workers: int
+    only: str = ""  # with several [masters.NAME]: run this one's share ("": all of them)
     host: str = field(default_factory=socket.gethostname)
     roles: dict[str, Role] = field(default_factory=dict)
     restarts: int = 0
 
     def __post_init__(self) -> None:
         self.file: ClusterFile = load(self.path)  # ConfigError: nothing starts
-        master = self.file.master
-        self.url = self.file.master_url
+        if self.only and self.only not in self.file.masters:
+            raise ConfigError(f"{self.path}: no master named {self.only!r}" +
+                              (f" (masters: {', '.join(self.file.masters)})" if self.file.masters else
+                               " (this file has one [master] table: leave --master out)"))
+        names = [self.only] if self.only else list(self.file.masters) or [""]
+        self.urls = {n: self.file.master_urls()[n] for n in names}  # the masters this host runs
+        master = self.file.masters[names[0]] if self.file.masters else self.file.master
+        self.url = self.urls[names[0]]
         self.token_args = ["--token-file", master["token_file"]] if master.get("token_file") else []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._reload = threading.Event()
@@ -80,19 +90,26 @@ class Up:
 
     def wanted(self) -> dict[str, Role]:
         """The roles the current file asks of this host."""
-        out = {"master": Role("master", "master", ["master", "--config", self.path])}
+        out = {}
+        for m in self.urls:
+            key = f"master {m}" if m else "master"
+            out[key] = Role(key, "master", ["master", "--config", self.path, *(["--name", m] if m else [])])
         for name, spec in self.file.receivers.items():
-            argv = ["receiver", "--name", name, "--master", self.url, *self.token_args]
+            if spec.master not in self.urls:
+                continue
+            argv = ["receiver", "--name", name, "--master", self.urls[spec.master], *self.token_args]
             argv += ["--insecure"] if spec.insecure else []
             argv += ["--key-file", spec.key_file] if spec.key_file else []
             out[f"receiver {name}"] = Role(f"receiver {name}", "receiver", argv)
         for name, cam in self.file.cameras.items():
-            if cam.enabled and cam.host in ("", self.host):
+            if cam.enabled and cam.host in ("", self.host) and cam.master in self.urls:
                 out[f"publisher {name}"] = Role(f"publisher {name}", "publisher",
-                                                ["sender", "--master", self.url, "--camera", name, *self.token_args])
-        for i in range(self.workers):
-            out[f"worker {i}"] = Role(f"worker {i}", "worker", ["worker", "--master", self.url, "--name",
-                                                                 f"{self.host}-w{i}", *self.token_args])
+                                                ["sender", "--master", self.urls[cam.master], "--camera", name,
+                                                 *self.token_args])
+        masters = list(self.urls.values())
+        for i in range(max(self.workers, len(masters) if self.workers else 0)):  # dealt out: one per master at least
+            out[f"worker {i}"] = Role(f"worker {i}", "worker", ["worker", "--master", masters[i % len(masters)],
+                                                                 "--name", f"{self.host}-w{i}", *self.token_args])
         return out
 
     # ----- running ----------------------------------------------------------------------------------
@@ -100,11 +117,14 @@ class Up:
     def run(self, stop: threading.Event) -> int:
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         self.roles = self.wanted()
-        self.roles["master"].start(self.env)
-        if not wait_for_master(self.url, 30):
-            log.error("the master did not come up at %s", self.url)
-            self.stop_all()
-            return 1
+        for role in self.roles.values():
+            if role.kind == "master":
+                role.start(self.env)
+        for url in self.urls.values():
+            if not wait_for_master(url, 30):
+                log.error("the master did not come up at %s", url)
+                self.stop_all()
+                return 1
         for role in self.roles.values():
             if role.popen is None:
                 role.start(self.env)
@@ -147,15 +167,16 @@ class Up:
         except ConfigError as e:
             log.error("config reload refused, still running the old file: %s", e)
             return
-        try:
-            reply = MasterLink.load(self.url, self.token_args[1] if self.token_args else "").client().call(
-                "reload_config")
-        except Exception as e:  # noqa: BLE001 - any failure leaves the running cluster as it is
-            log.error("the master could not reload: %s", e)
-            return
-        if not reply["ok"]:
-            log.error("the master refused the edited file: %s", reply["error"])
-            return
+        for url in self.urls.values():
+            try:
+                reply = MasterLink.load(url, self.token_args[1] if self.token_args else "").client().call(
+                    "reload_config")
+            except Exception as e:  # noqa: BLE001 - any failure leaves the running cluster as it is
+                log.error("the master at %s could not reload: %s", url, e)
+                return
+            if not reply["ok"]:
+                log.error("the master at %s refused the edited file: %s", url, reply["error"])
+                return
         changed = {f"publisher {n}" for n, c in new.cameras.items()
                    if n in self.file.cameras and c != self.file.cameras[n]}
         self.file = new

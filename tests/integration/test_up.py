@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from cluster.local import ROOT, free_port, free_udp_ports, packaged_clip
-from common.masterclient import MasterClient
+from common.masterclient import MasterClient, wait_for_master
 from tests.conftest import wait_until
 
 FPS = 10
@@ -168,3 +168,27 @@ def test_a_ctrl_c_to_the_terminals_process_group_still_stops_the_roles_in_order(
     assert text.index("publisher: stopped") < text.index("receiver: stopped") < text.index("worker: stopped") \
         < text.index("master: stopped"), text[-3000:]
     assert "dropping" not in text, "a worker lost its last report: the master stopped before it"
+
+
+def test_up_runs_several_masters_from_one_file_each_with_its_cameras(up, tmp_path):
+    ports = {"east": free_port(), "west": free_port()}
+    udp = free_udp_ports(2)
+    path = tmp_path / "framehive.toml"
+    path.write_text("".join(f"[masters.{m}]\nport = {p}\n" for m, p in ports.items())
+                    + f'[receivers.rx-east]\nmaster = "east"\nports = [{udp[0]}]\n'
+                    + f'[receivers.rx-west]\nmaster = "west"\nports = [{udp[1]}]\n'
+                    + camera("door", "synthetic:160x120", "rx-east", udp[0])
+                    + camera("yard", "synthetic:160x120", "rx-west", udp[1]))
+    proc = up(path)
+    for (master, port), (cam, udp_port) in zip(ports.items(), (("door", udp[0]), ("yard", udp[1]))):
+        assert wait_for_master(f"http://127.0.0.1:{port}", 60), (tmp_path / "up.log").read_text()
+        with MasterClient(f"http://127.0.0.1:{port}") as c:
+            wait_until(lambda c=c, p=udp_port: len(seqs(c, p)) >= 10, 90)
+            page = c.get_results(udp_port, 0, 1)
+            assert page["results"][0]["camera"] == cam, (master, page)
+            assert c.get_stats()["config"]["generation"] == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    bad = subprocess.run([sys.executable, "-m", "cluster.cli", "up", str(path), "--master", "north"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "no master named 'north' (masters: east, west)" in bad.stderr
