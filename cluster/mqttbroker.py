@@ -55,7 +55,8 @@ def make_certificates(folder: Path, days: int = 2) -> TlsFiles:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True, timeout=30)
 
-    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", str(days), "-subj", "/CN=framehive test CA")
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", str(days),
+        "-subj", "/CN=framehive test CA")
     for name, usage, alt in (("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
                              ("client", "clientAuth", "")):
         (folder / f"{name}.ext").write_text(f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
