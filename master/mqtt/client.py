@@ -94,7 +94,13 @@ class MqttClient(Component):
     def run(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            failures = 0 if self._one_connection() else failures + 1
+            try:
+                failures = 0 if self._one_connection() else failures + 1
+            except Exception:  # a surprise inside paho must cost this connection, not the master
+                failures += 1
+                self.connected.clear()
+                self.outbox.requeue()
+                log.exception("mqtt: the connection to %s failed unexpectedly", self.settings.where)
             if self._stop.is_set():
                 break
             self._stop.wait(backoff_s(max(failures, 1), self._rand(), cap_s=self.settings.reconnect_max_s))
