@@ -289,7 +289,12 @@ class MqttBridge(Component):
             return
         word = payload.strip().upper()
         if word in TRUE_WORDS or word in FALSE_WORDS:
-            self.service.set_detection(cam.name, word in TRUE_WORDS)
+            try:
+                self.service.set_detection(cam.name, word in TRUE_WORDS)
+            except BadRequest as e:  # its name is not in force yet (a reload under way)
+                self.counters["commands_refused"] += 1
+                log.warning("mqtt: detect command for camera %s refused: %s", cam.name, e)
+                return
             self.counters["commands"] += 1
             log.info("mqtt: command: camera %s detection %s", cam.name, "on" if word in TRUE_WORDS else "off")
         else:
