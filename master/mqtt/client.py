@@ -99,7 +99,7 @@ class MqttClient(Component):
             except Exception:  # a surprise inside paho must cost this connection, not the master
                 failures += 1
                 self.connected.clear()
-                self.outbox.requeue()
+                self.outbox.requeue(time.monotonic())
                 log.exception("mqtt: the connection to %s failed unexpectedly", self.settings.where)
             if self._stop.is_set():
                 break
@@ -144,7 +144,7 @@ class MqttClient(Component):
             self._serve(client, conn)
         finally:
             self.connected.clear()
-            back = self.outbox.requeue()
+            back = self.outbox.requeue(time.monotonic(), replay=not self._stop.is_set())
         if conn.lost and not self._stop.is_set():
             self.counters["drops"] += 1
             self._failed(f"lost the connection ({conn.lost}); {back} message(s) in flight wait again, "
@@ -201,16 +201,20 @@ class MqttClient(Component):
         if room <= 0:
             return
         for key, msg in self.outbox.take(room):
-            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
-                log.warning("mqtt: cannot publish to %s: %s; dropped", msg.topic, paho.error_string(info.rc))
-                self.outbox.sent(key)  # a message paho refuses (too long a topic) would be refused forever
+            try:
+                info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            except ValueError as e:  # a message paho will never take (a topic too long): it would fail forever
+                log.warning("mqtt: cannot publish to %.80s: %s; dropped", msg.topic, e)
+                self.outbox.refused(key)
                 continue
             if info.mid in conn.early:
                 conn.early.discard(info.mid)
-                self.outbox.sent(key)
+                self.outbox.sent(key, time.monotonic())
             else:
-                conn.mids[info.mid] = key  # sent or not yet: in flight until acknowledged or the link drops
+                conn.mids[info.mid] = key  # in flight until acknowledged, or until the connection drops
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # the connection is going: the rest wait for the next
+                conn.lost = conn.lost or paho.error_string(info.rc)
+                return
 
     def _goodbye(self, client: paho.Client, conn: _Connection) -> None:
         """Stopping: send what waits (for at most flush_s), then `offline`, then DISCONNECT."""
@@ -242,7 +246,7 @@ class MqttClient(Component):
         if key is None:
             self._conn.early.add(mid)
         else:
-            self.outbox.sent(key)
+            self.outbox.sent(key, time.monotonic())
 
     def _message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         if self._on_message is not None:
