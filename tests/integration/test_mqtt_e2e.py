@@ -97,10 +97,8 @@ def test_a_streamed_clip_reaches_mqtt_through_a_broker_restart(tmp_path, clip):
                 wait_until(lambda: len(c.call("get_events", 0, 100)["events"]) > min(logged, ENTRIES - 1), 30)
                 broker.start()
                 wait_until(lambda: pub.popen.poll() is not None, 120)
-                wait_until(lambda: c.get_stats()["ports"].get(str(port), {}).get("results", 0)
-                           >= truth["frames"] - 5, 60)
-                wait_until(lambda: sum(c.call("get_counts")["walkway"]["lines"]["exit"].get("in", {}).values()) >= 1,
-                           30)
+                # the last crossing ends the clip's events; on a loaded machine the worker may lag behind
+                wait_until(lambda: len(c.call("get_events", 0, 100)["events"]) >= ENTRIES, 120)
                 counts = c.call("get_counts")["walkway"]["lines"]["exit"]
                 events = c.call("get_events", 0, 100)["events"]
             crossings = truth["crossings"]
