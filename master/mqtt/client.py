@@ -131,10 +131,11 @@ class MqttClient(Component):
     def _one_connection(self) -> bool:
         """Connect, serve until the connection drops or we stop; True if the broker accepted us."""
         self._conn = conn = _Connection()
+        client = self._new_client()
         try:
-            client = self._new_client()
             client.connect(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
         except (OSError, ValueError) as e:  # refused, unreachable, TLS handshake, bad host name
+            _close(client)
             self._failed(f"cannot connect: {e}", "warning")
             return False
         if not self._await_connack(client, conn):
