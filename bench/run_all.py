@@ -32,6 +32,7 @@ BENCHES: list[tuple[str, float, tuple[str, str]]] = [
     ("journal_cost", 120.0, ("tiles_per_s", "tiles_per_s")),
     ("tracker_cost", 120.0, ("us_per_result", "us_per_result")),
     ("tracking_accuracy", 420.0, ("idf1", "idf1")),
+    ("mqtt_delivery", 180.0, ("messages_per_s", "messages_per_s")),
     ("motion_gating", 300.0, ("cpu_s", "cpu_s")),
     ("file_jobs", 420.0, ("frames_per_s", "frames_per_s")),
 ]

@@ -80,6 +80,10 @@ def check(path: str) -> int:
         owner = f" (master {c.master})" if c.master else ""
         print(f"  {c.name:<20} port {c.port:<5} on {c.receiver:<12} {c.pipeline:<16} {c.source}{owner}"
               + ("" if c.enabled else "  (disabled)"))
+    if cluster.mqtt:
+        m = cluster.mqtt
+        print(f"  mqtt: {m['url']} prefix {m.get('prefix', 'framehive')}, Home Assistant discovery "
+              f"{'on' if m.get('discovery', True) else 'off'}, commands {'on' if m.get('commands') else 'off'}")
     return 0
 
 

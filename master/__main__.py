@@ -25,6 +25,7 @@ from master.core.service import MasterService, ServiceConfig
 from master.core.store import StoreConfig, TaskStore
 from master.media.clips import ClipConfig
 from master.media.events import EventMedia
+from master.mqtt import bridge as mqtt_bridge
 
 log = logging.getLogger("master")
 
@@ -92,11 +93,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-max-s", type=float, default=ClipConfig.max_s, help="the longest clip, pre-roll included")
     p.add_argument("--clip-boxes", action=argparse.BooleanOptionalAction, default=True,
                    help="draw boxes and track ids on clips")
+    _mqtt_flags(p)
     p.add_argument("--config", default="",
                    help=f"the cluster file (framehive.toml): named cameras, receivers, rules; its [master] table "
                         f"sets what no flag gives; SIGHUP re-reads it (default: ${CONFIG_ENV})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log")
     return p.parse_args(argv)
+
+def _mqtt_flags(p: argparse.ArgumentParser) -> None:
+    """--mqtt and friends: each fills in its [mqtt] key of the config file (a flag given wins); docs/MQTT.md."""
+    g = p.add_argument_group("MQTT (docs/MQTT.md; or the [mqtt] table of --config)")
+    g.add_argument("--mqtt", metavar="URL", help="publish events, counts and health to this broker: "
+                                                 "mqtt://HOST[:1883] or mqtts://HOST[:8883]")
+    g.add_argument("--mqtt-prefix", metavar="PREFIX", help="first topic level(s), default framehive")
+    g.add_argument("--mqtt-client-id", metavar="ID", help="default framehive-<node id>; keep it stable: the broker "
+                                                         "keeps a session per client id")
+    g.add_argument("--mqtt-node-id", metavar="ID", help="the cluster's part of Home Assistant unique ids, default "
+                                                       "from --host and --port")
+    g.add_argument("--mqtt-username", metavar="USER")
+    g.add_argument("--mqtt-password-file", metavar="FILE", help="file holding the broker password (never a flag)")
+    g.add_argument("--mqtt-ca-file", metavar="FILE", help="TLS: the CA of the broker's certificate")
+    g.add_argument("--mqtt-cert-file", metavar="FILE", help="TLS: client certificate")
+    g.add_argument("--mqtt-key-file", metavar="FILE", help="TLS: client certificate's key")
+    g.add_argument("--mqtt-qos", type=int, choices=[0, 1], help="QoS of state and stats messages, default 1 "
+                                                                "(events are always QoS 1)")
+    g.add_argument("--mqtt-retain", action=argparse.BooleanOptionalAction, help="retain state topics, default on")
+    g.add_argument("--mqtt-discovery", action=argparse.BooleanOptionalAction,
+                   help="Home Assistant discovery configs, default on")
+    g.add_argument("--mqtt-discovery-prefix", metavar="PREFIX", help="default homeassistant")
+    g.add_argument("--mqtt-commands", action=argparse.BooleanOptionalAction,
+                   help="obey detect/set and reload/set commands, default off (restrict them with broker ACLs)")
+    g.add_argument("--mqtt-stats-interval-s", type=float, metavar="S", help="health JSON period, default 10")
+    g.add_argument("--mqtt-keepalive-s", type=int, metavar="S", help="MQTT keepalive, default 30")
+    g.add_argument("--mqtt-max-queued", type=int, metavar="N",
+                   help="events waiting for the broker, default 10000; beyond, the oldest are dropped")
+    g.add_argument("--mqtt-max-queued-mb", type=float, metavar="MB", help="their bytes, default 32")
+
 
 def main(argv: list[str] | None = None) -> int:
     config = config_or_exit("python -m master", lambda: from_flags(parse_args(argv), defaults=vars(parse_args([]))))
@@ -134,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.backend == "celery":
         service.backend = supervisor.add(CeleryDispatcher(service, config.redis_url, in_flight=config.celery_in_flight,
                                                           visibility_s=config.visibility_s))
+    if config.mqtt is not None:  # the connection, then the bridge: the bridge stops first, its last messages go out
+        for part in mqtt_bridge.build(service, config.mqtt):
+            supervisor.add(part, join_timeout_s=8.0)
     supervisor.add(ServerThread(server, "http"))  # stopped first: no new requests while the rest winds down
 
     def ready() -> None:

@@ -20,6 +20,7 @@ from common.errors import ConfigError
 from common.gating import parse_policy
 from common.pipeline import normalize_pipeline
 from master.alerts.rules import Places, Rule, RulesError, parse_rules
+from master.mqtt import config as mqtt_config
 from master.tracking.lines import Line
 from master.tracking.zones import Zone
 
@@ -98,6 +99,7 @@ class ClusterFile:
     receivers: Mapping[str, ReceiverSpec] = field(default_factory=dict)
     cameras: Mapping[str, CameraSpec] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    mqtt: Mapping[str, Any] = field(default_factory=dict)  # the [mqtt] table, checked (master/mqtt/config.py)
     masters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [masters.NAME], when several
 
     def for_master(self, name: str) -> ClusterFile:
@@ -112,7 +114,8 @@ class ClusterFile:
         rules = tuple(dataclasses.replace(r, ports=tuple(p for p in r.ports if p in ports)) if r.ports else r
                       for r in self.rules if not r.ports or ports & set(r.ports))
         return ClusterFile(self.path, dict(self.masters[name]),
-                           {n: r for n, r in self.receivers.items() if r.master == name}, cameras, rules, {})
+                           {n: r for n, r in self.receivers.items() if r.master == name}, cameras, rules, self.mqtt,
+                           {})
 
     def master_urls(self) -> dict[str, str]:
         """Each master's URL: the [master] table's as "", or every [masters.NAME]'s."""
@@ -170,10 +173,10 @@ def parse(text: str, path: str = "framehive.toml", *, previous: ClusterFile | No
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(f"{path}:{m.group(1) if m else 0}: invalid TOML: {e}") from e
     where = _Where(text, path)
-    unknown = sorted(set(doc) - {"master", "masters", "receivers", "cameras", "rule"})
+    unknown = sorted(set(doc) - {"master", "masters", "receivers", "cameras", "rule", "mqtt"})
     if unknown:
         raise where.error([unknown[0]], None, "unknown section (expected [master] or [masters.NAME], "
-                                              "[receivers.NAME], [cameras.NAME] and [[rule]])")
+                                              "[receivers.NAME], [cameras.NAME], [mqtt] and [[rule]])")
     master = _table(doc, "master", where)
     _check_keys(master, MASTER_KEYS, ["master"], where)
     masters = _named_tables(doc, "masters", where)
@@ -181,6 +184,7 @@ def parse(text: str, path: str = "framehive.toml", *, previous: ClusterFile | No
         raise where.error(["masters"], None, "give one [master] table, or several [masters.NAME], not both")
     for name, table in masters.items():
         _check_keys(table, MASTER_KEYS, ["masters", name], where)
+    mqtt = _mqtt(_table(doc, "mqtt", where), where)
     receivers = {n: _receiver(n, t, where) for n, t in _named_tables(doc, "receivers", where).items()}
     if not receivers:
         receivers = {"local": ReceiverSpec("local", ports=tuple(range(5000, 5000 + 16)))}
@@ -196,10 +200,11 @@ def parse(text: str, path: str = "framehive.toml", *, previous: ClusterFile | No
         places = {c.name: Places(frozenset(z.name for z in c.zones), {ln.name: ln.directions for ln in c.lines})
                   for c in cameras.values()}
         rules = parse_rules(text, path, cameras={c.name: c.port for c in cameras.values()},
-                            others=("master", "masters", "receivers", "cameras"), places=places)
+                            others=("master", "masters", "receivers", "cameras", "mqtt"), places=places)
     except RulesError as e:
         raise ConfigError(str(e)) from e
-    return ClusterFile(path, dict(master), receivers, cameras, tuple(rules), {n: dict(t) for n, t in masters.items()})
+    return ClusterFile(path, dict(master), receivers, cameras, tuple(rules), mqtt,
+                       {n: dict(t) for n, t in masters.items()})
 
 
 def _assign_masters(masters: Mapping[str, Any], receivers: dict[str, ReceiverSpec],
@@ -239,6 +244,23 @@ def _assign_masters(masters: Mapping[str, Any], receivers: dict[str, ReceiverSpe
             table["receiver"] = theirs[0]
         tables[cname] = table
     return out, tables
+
+
+def _mqtt(table: Mapping[str, Any], where: _Where) -> dict[str, Any]:
+    """[mqtt]: the broker's URL and how to publish (docs/MQTT.md); every value checked here, with its line."""
+    _check_keys(table, mqtt_config.FILE_KEYS, ["mqtt"], where)
+    if table and "url" not in table:
+        raise where.error(["mqtt"], None, "missing required key 'url' (mqtt://HOST[:PORT] or mqtts://HOST[:PORT])")
+    for key, value in table.items():
+        reason = mqtt_config.problem(key, value)
+        if reason:
+            raise where.error(["mqtt"], key, reason)
+    if bool(table.get("cert_file")) != bool(table.get("key_file")):
+        raise where.error(["mqtt"], "cert_file" if table.get("cert_file") else "key_file",
+                          "cert_file and key_file go together (a client certificate and its key)")
+    if table.get("password_file") and not table.get("username"):
+        raise where.error(["mqtt"], "password_file", "needs a username")
+    return dict(table)
 
 
 class _Where:

@@ -19,6 +19,8 @@ from master.clusterfile import load as load_file
 from master.core.service import ServiceConfig
 from master.core.store import StoreConfig
 from master.media.clips import ClipConfig
+from master.mqtt import config as mqtt_config
+from master.mqtt.config import MqttSettings
 
 BACKENDS = ("builtin", "celery")
 
@@ -48,6 +50,7 @@ class MasterConfig:
     media_max_bytes: int = 2 * 2**30
     media_keep_s: float = 7 * 86400.0
     clip: ClipConfig = field(default_factory=ClipConfig)
+    mqtt: MqttSettings | None = None  # publish to an MQTT broker ([mqtt] or --mqtt); None: no MQTT at all
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -96,6 +99,28 @@ FILE_KEYS = {"host": "host", "port": "port", "token_file": "token_file", "state_
              "clip_post_s": "clip_post_s", "clip_max_s": "clip_max_s", "clip_boxes": "clip_boxes"}  # key -> dest
 
 
+# [mqtt] key -> the flag's dest (`--mqtt URL`, `--mqtt-prefix`, ...)
+MQTT_FLAGS = {key: "mqtt" if key == "url" else f"mqtt_{key}" for key in mqtt_config.FILE_KEYS}
+
+
+def mqtt_from(args: Any, table: Mapping[str, Any], base: Path | None) -> MqttSettings | None:
+    """The MQTT settings from the --mqtt flags (each defaults to None: a flag given wins) and the [mqtt]
+    table (paths relative to the config file's folder); None when neither names a broker."""
+    values: dict[str, Any] = {}
+    for key, dest in MQTT_FLAGS.items():
+        flag = getattr(args, dest, None)
+        if flag is not None:
+            values[key] = flag
+        elif key in table:
+            value = table[key]
+            if key in mqtt_config.PATH_KEYS and value and base is not None and not Path(value).is_absolute():
+                value = str(base / value)
+            values[key] = value
+    if not values.get("url"):
+        return None
+    return mqtt_config.settings(values, master_host=args.host, master_port=args.port)
+
+
 def from_flags(args: Any, env: Mapping[str, str] = os.environ,
                defaults: Mapping[str, Any] | None = None) -> MasterConfig:
     """The master's config from parsed flags, the config file's [master] table (a flag given on the
@@ -103,12 +128,14 @@ def from_flags(args: Any, env: Mapping[str, str] = os.environ,
     the celery backend); ConfigError says what is wrong."""
     path = args.config or env.get(CONFIG_ENV, "")
     name = getattr(args, "name", "") or ""
+    mqtt_table: Mapping[str, Any] = {}
     if path:
         cluster = load_file(path)
         if cluster.masters and not name:
             raise ConfigError(f"{path} has several masters ({', '.join(cluster.masters)}): say which this is "
                               f"with --name")
         table = cluster.for_master(name).master if name else cluster.master
+        mqtt_table = cluster.mqtt
         for key, dest in FILE_KEYS.items():
             if key in table and (defaults is None or getattr(args, dest) == defaults.get(dest)):
                 setattr(args, dest, table[key])
@@ -133,4 +160,5 @@ def from_flags(args: Any, env: Mapping[str, str] = os.environ,
         "config_path": path, "name": name, "media_dir": Path(media) if media else None,
         "media_max_bytes": int(args.media_max_gb * 2**30), "media_keep_s": args.media_keep_days * 86400.0,
         "clip": clip,
+        "mqtt": mqtt_from(args, mqtt_table, Path(path).resolve().parent if path else None),
     })

