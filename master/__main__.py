@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         service.backend = supervisor.add(CeleryDispatcher(service, config.redis_url, in_flight=config.celery_in_flight,
                                                           visibility_s=config.visibility_s))
     if config.mqtt is not None:  # the connection, then the bridge: the bridge stops first, its last messages go out
-        for part in mqtt_bridge.build(service, config.mqtt):
+        client, bridge = mqtt_bridge.build(service, config.mqtt)
+        service.stats_providers["mqtt"] = client.stats  # in get_stats, /api/v1/stats and the dashboard's source
+        for part in (client, bridge):
             supervisor.add(part, join_timeout_s=8.0)
     supervisor.add(ServerThread(server, "http"))  # stopped first: no new requests while the rest winds down
 

@@ -106,6 +106,7 @@ class MasterService(Component):
         # a listener must only queue: it runs on the thread that completed the frame
         self.event_listeners: list[Callable[[Event], None]] = []
         self.detection_off: set[int] = set()  # ports whose frames are stored as skipped ("disabled")
+        self.stats_providers: dict[str, Callable[[], dict[str, Any]]] = {}  # more sections of stats(), e.g. mqtt
         self._reserve_track_ids()
         self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
@@ -361,6 +362,16 @@ class MasterService(Component):
     def clip_path(self, event_id: str) -> Any:
         """The finished clip of an event (a Path), or None."""
         return self.clips.clip_path(event_id) if self.clips is not None else None
+
+    def _provided_stats(self) -> dict[str, Any]:
+        out = {}
+        for name, provide in list(self.stats_providers.items()):
+            try:
+                out[name] = provide()
+            except Exception as e:  # one part's read-out must not break the others
+                log.warning("stats of %s failed: %s", name, e)
+                out[name] = {"error": str(e)[:200]}
+        return out
 
     def _tell(self, event: Event) -> None:
         for listener in list(self.event_listeners):
@@ -641,5 +652,6 @@ class MasterService(Component):
                 "tracking": {"next_id": self.tracker.next_id, **dict(self.tracker.counters)},
                 "counts": self.counts(),
                 "media": self.clips.stats() if self.clips is not None else {},
+                **self._provided_stats(),
                 "events": {"total": len(self.events), "rules": self.rules.stats() if self.rules else {},
                            "webhooks": self.webhooks.stats() if self.webhooks else {}}}

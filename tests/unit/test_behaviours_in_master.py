@@ -170,3 +170,12 @@ def test_event_listeners_hear_every_entry_and_a_camera_can_have_detection_turned
     assert (last.seq, last.status.value, last.skip_reason) == (999, "skipped", "disabled")
     porch.svc.set_detection("5000", True)
     assert porch.svc.detection_off == set()
+
+
+def test_stats_take_sections_from_their_providers_and_one_that_fails_costs_only_its_own():
+    porch = Porch()
+    porch.svc.stats_providers["mqtt"] = lambda: {"connected": True}
+    porch.svc.stats_providers["broken"] = lambda: 1 / 0
+    stats = porch.svc.stats()
+    assert stats["mqtt"] == {"connected": True} and "division by zero" in stats["broken"]["error"]
+    assert "counts" in stats
