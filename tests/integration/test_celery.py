@@ -215,8 +215,9 @@ def test_two_masters_share_one_celery_pool_and_each_gets_its_own_results(cluster
                   "--pipeline", "noop")
     cluster.start_celery_workers(2, redis.url, visibility_s=VISIBILITY_S)
     n = 40
-    for port in ports:
-        cluster.start_publisher(port, "synthetic:160x120", "--fps", "10", "--max-frames", str(n))
+    pubs = [cluster.start_publisher(port, "synthetic:160x120", "--fps", "10", "--max-frames", str(n)) for port in ports]
+    for pub in pubs:
+        assert pub.popen.wait(60) == 0  # finite: let them finish, not race their exit with the teardown's SIGTERM
     first = collect(cluster.master_url, ports[0], n, 60)
     second = collect(other, ports[1], n, 60)
     for rs in (first, second):
