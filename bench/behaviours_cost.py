@@ -28,37 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import benchlib  # noqa: E402
 from cluster.local import LocalCluster, free_udp_ports, wait_for_log  # noqa: E402
-from cluster.testdata import WALKWAY_LINE, WALKWAY_ZONE, walkway_clip  # noqa: E402
+from cluster.testdata import walkway_camera, walkway_clip  # noqa: E402
 
 
 def config(port: int, clip: Path, behaviours: bool) -> str:
-    text = f'[receivers.hub]\nports = [{port}]\n\n[cameras.walkway]\nsource = "{clip}"\nport = {port}\n' \
+    if behaviours:
+        return f"[receivers.hub]\nports = [{port}]\n" + walkway_camera(port, clip, cross=True)
+    return f'[receivers.hub]\nports = [{port}]\n\n[cameras.walkway]\nsource = "{clip}"\nport = {port}\n' \
            f'fps = 10\npipeline = "person"\n'
-    if not behaviours:
-        return text
-    zone = ", ".join(f"[{x}, {y}]" for x, y in WALKWAY_ZONE)
-    (ax, ay), (bx, by) = WALKWAY_LINE
-    return text + f'''
-[cameras.walkway.zones.middle]
-points = [{zone}]
-
-[cameras.walkway.lines.exit]
-a = [{ax}, {ay}]
-b = [{bx}, {by}]
-
-[[rule]]
-name = "loiter"
-kind = "dwell"
-label = "person"
-zone = "middle"
-seconds = 3
-
-[[rule]]
-name = "through"
-kind = "cross"
-label = "person"
-line = "exit"
-'''
 
 
 def one_run(work: Path, clip: Path, frames: int, behaviours: bool, workers: int) -> dict[str, Any]:

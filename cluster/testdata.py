@@ -156,3 +156,19 @@ def walkway_clip(path: Path | str, person_height: int = 260) -> dict[str, object
     stay = sum(1 for fx in walk_in if left_edge <= fx <= right_edge) / WALKWAY_FPS  # walking in and out included
     return {"frames": len(feet), "fps": WALKWAY_FPS, "feet_x": feet, "crossings": {"right": 1, "left": 1},
             "stands_s": 6.0, "in_zone_s": stay, "zone_pass_s": 1.2}
+
+
+def walkway_camera(port: int, clip: str | Path, *, dwell_s: float = 3, webhook: str = "", cross: bool = False) -> str:
+    """The [cameras.walkway] section of a cluster file for the walkway clip: its zone `middle`, its line
+    `exit` (directions in, out) and a dwell rule `loiter` (and a cross rule `crossing` on the line)."""
+    zone = ", ".join(f"[{x}, {y}]" for x, y in WALKWAY_ZONE)
+    (ax, ay), (bx, by) = WALKWAY_LINE
+    text = (f'\n[cameras.walkway]\nsource = "{clip}"\nport = {port}\nfps = {WALKWAY_FPS}\npipeline = "person"\n'
+            f'\n[cameras.walkway.zones.middle]\npoints = [{zone}]\n'
+            f'\n[cameras.walkway.lines.exit]\na = [{ax}, {ay}]\nb = [{bx}, {by}]\ndirections = ["in", "out"]\n'
+            f'\n[[rule]]\nname = "loiter"\nkind = "dwell"\nlabel = "person"\nzone = "middle"\nseconds = {dwell_s}\n')
+    if webhook:
+        text += f'webhook = "{webhook}"\n'
+    if cross:
+        text += '\n[[rule]]\nname = "crossing"\nkind = "cross"\nlabel = "person"\nline = "exit"\n'
+    return text

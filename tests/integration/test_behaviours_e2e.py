@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cluster.local import LocalCluster, free_udp_ports, wait_for_log
-from cluster.testdata import WALKWAY_LINE, WALKWAY_ZONE, walkway_clip
+from cluster.testdata import walkway_camera, walkway_clip
 from tests.browser.chromium import CHROMIUM_ARGS, chromium
 from tests.conftest import wait_until
 from tests.integration.test_events import Hook, webhook  # noqa: F401 - the fixture
@@ -25,33 +25,7 @@ DWELL_S = 3
 
 
 def config(port: int, clip: str, hook: str) -> str:
-    zone = ", ".join(f"[{x}, {y}]" for x, y in WALKWAY_ZONE)
-    (ax, ay), (bx, by) = WALKWAY_LINE
-    return f'''[receivers.hub]
-ports = [{port}]
-
-[cameras.walkway]
-source = "{clip}"
-port = {port}
-fps = 10
-pipeline = "person"
-
-[cameras.walkway.zones.middle]
-points = [{zone}]
-
-[cameras.walkway.lines.exit]
-a = [{ax}, {ay}]
-b = [{bx}, {by}]
-directions = ["in", "out"]
-
-[[rule]]
-name = "loiter"
-kind = "dwell"
-label = "person"
-zone = "middle"
-seconds = {DWELL_S}
-webhook = "{hook}"
-'''
+    return f"[receivers.hub]\nports = [{port}]\n" + walkway_camera(port, clip, dwell_s=DWELL_S, webhook=hook)
 
 
 def ended(events: list[dict]) -> list[dict] | None:

@@ -12,7 +12,7 @@ import pytest
 
 from cluster.local import LocalCluster, free_udp_ports, wait_for_log
 from cluster.mqttbroker import MosquittoBroker
-from cluster.testdata import WALKWAY_LINE, WALKWAY_ZONE, walkway_clip
+from cluster.testdata import walkway_camera, walkway_clip
 from tests.conftest import wait_until
 from tests.hadiscovery import problems
 from tests.mqttsub import Subscriber
@@ -23,8 +23,6 @@ ENTRIES = 6  # event entries the clip raises: the dwell's start and end, each cr
 
 
 def config(port: int, clip: str, broker_url: str) -> str:
-    zone = ", ".join(f"[{x}, {y}]" for x, y in WALKWAY_ZONE)
-    (ax, ay), (bx, by) = WALKWAY_LINE
     return f'''[receivers.hub]
 ports = [{port}]
 
@@ -33,34 +31,7 @@ url = "{broker_url}"
 prefix = "fh"
 node_id = "e2e"
 stats_interval_s = 2
-
-[cameras.walkway]
-source = "{clip}"
-port = {port}
-fps = 10
-pipeline = "person"
-
-[cameras.walkway.zones.middle]
-points = [{zone}]
-
-[cameras.walkway.lines.exit]
-a = [{ax}, {ay}]
-b = [{bx}, {by}]
-directions = ["in", "out"]
-
-[[rule]]
-name = "loiter"
-kind = "dwell"
-label = "person"
-zone = "middle"
-seconds = 3
-
-[[rule]]
-name = "crossing"
-kind = "cross"
-label = "person"
-line = "exit"
-'''
+''' + walkway_camera(port, clip, cross=True)
 
 
 @pytest.fixture(scope="module")
