@@ -1,4 +1,7 @@
-"""UDP ingest: one socket per camera port, one thread for all of them, reassembly, no decoding."""
+"""UDP ingest: one socket per camera port, one thread for all of them, reassembly, no decoding.
+
+Reassembly runs in the compiled core (receiver/_ingest.c: recvmmsg batches, no GIL held) when it is
+built, else in the pure-Python reference (common/reassembly.py); receiver.ingestcore chooses."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from common.protocol import MAX_DATAGRAM_BYTES
-from common.reassembly import FrameAssembler, ReassemblyLimits
+from common.reassembly import Frame, ReassemblyLimits
 from common.runtime import Component
+from receiver import ingestcore
 from receiver.buffer import FrameBuffer, ReadyFrame
 
 log = logging.getLogger(__name__)
@@ -48,20 +52,25 @@ class UdpIngest(Component):
 
     def __init__(self, host: str, ports: list[int], pipelines: Mapping[int, str], out: FrameBuffer, *,
                  limits: ReassemblyLimits | None = None, rcvbuf: int = DEFAULT_RCVBUF_BYTES,
-                 clock: Callable[[], float] = time.monotonic, key: bytes | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: bytes | None = None, core: str = "auto") -> None:
         super().__init__()
         self.out = out
         self.clock = clock
+        self.core = ingestcore.resolve(core)  # 'compiled' or 'python'
+        self._assembler = ingestcore.assembler_class(self.core)
+        self._batch = ingestcore.recv_batch() if self.core == "compiled" else None
         opened = [(asked, open_udp_socket(host, asked, rcvbuf)) for asked in ports]
         # Everything below is keyed by the port actually bound (asking for 0 lets the OS pick).
         self.sockets = {s.getsockname()[1]: s for _, s in opened}
         self.pipelines = {s.getsockname()[1]: pipelines[asked] for asked, s in opened}
-        self.assemblers = {port: FrameAssembler(limits, key) for port in self.sockets}
+        self.assemblers = {port: self._assembler(limits, key) for port in self.sockets}
         self._selector = selectors.DefaultSelector()
         for port, s in self.sockets.items():
             self._selector.register(s, selectors.EVENT_READ, port)
         self._buf = bytearray(MAX_DATAGRAM_BYTES + 1)
         self.host, self.rcvbuf, self.limits, self.key = host, rcvbuf, limits, key
+        log.info("udp ingest: %s reassembly core%s", self.core,
+                 " (recvmmsg batches)" if self.core == "compiled" else " (pure Python)")
         self._changes: queue.SimpleQueue[dict[int, str]] = queue.SimpleQueue()
 
     def reconfigure(self, pipelines: Mapping[int, str]) -> None:
@@ -89,7 +98,7 @@ class UdpIngest(Component):
         except OSError as e:  # e.g. the port is taken: say so, keep serving the others
             log.error("port %d: cannot listen: %s", port, e)
             return
-        self.assemblers[port] = FrameAssembler(self.limits, self.key)
+        self.assemblers[port] = self._assembler(self.limits, self.key)
         self.sockets[port] = sock
         self._selector.register(sock, selectors.EVENT_READ, port)
         log.info("port %d: listening (a camera joined the config)", port)
@@ -117,6 +126,11 @@ class UdpIngest(Component):
                 next_expire = now + EXPIRE_EVERY_S
 
     def _drain(self, sock: socket.socket, port: int) -> None:
+        if self._batch is not None:
+            frames, _ = self.assemblers[port].recv(sock.fileno(), self._batch, self.clock(), MAX_DRAIN_PER_WAKE)
+            for frame in frames:
+                self._deliver(port, frame)
+            return
         asm, view = self.assemblers[port], memoryview(self._buf)
         for _ in range(MAX_DRAIN_PER_WAKE):
             try:
@@ -129,8 +143,12 @@ class UdpIngest(Component):
                 return
             frame = asm.add(view[:n], source[:2], self.clock())
             if frame is not None:
-                self.out.put(ReadyFrame(port, frame.seq, frame.capture_ns, time.time_ns(), frame.data,
-                                        self.pipelines[port], {"source": f"{source[0]}:{source[1]}"}))
+                self._deliver(port, frame)
+
+    def _deliver(self, port: int, frame: Frame) -> None:
+        host, sport = frame.source  # type: ignore[misc]  # (host, port) of the datagram that completed it
+        self.out.put(ReadyFrame(port, frame.seq, frame.capture_ns, time.time_ns(), frame.data, self.pipelines[port],
+                                {"source": f"{host}:{sport}"}))
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Per-port counters: frames complete/incomplete, malformed (total and by reason), dropped

@@ -1,0 +1,138 @@
+"""The compiled ingest core: that it is built, how the receiver falls back without it, and its batched
+receive on real sockets. What it shares with the Python reference (every protocol and fuzz test, and a
+differential fuzzer) runs from test_protocol*.py and test_fuzz_inputs.py against both cores."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import pytest
+
+from common.protocol import encode_frame
+from common.reassembly import FrameAssembler, ReassemblyLimits
+from receiver import ingestcore
+from receiver.buffer import FrameBuffer
+from receiver.udp import UdpIngest
+from tests.conftest import wait_until
+from tests.cores import BUILT, NOT_BUILT, compiled_assembler
+
+KEY = bytes(range(32))
+compiled_only = pytest.mark.skipif(not BUILT, reason=NOT_BUILT)
+
+
+def test_compiled_core_is_built():
+    """`make setup` builds it; without it half of the protocol tests are skipped, so say so here."""
+    assert ingestcore.compiled_module() is not None, "run `make setup` (scripts/build_ingest_core.py says why not)"
+
+
+@pytest.fixture
+def no_compiled_core(monkeypatch):
+    """This process as if the extension had not been built: importing it fails."""
+    monkeypatch.setitem(sys.modules, "receiver._ingest", None)  # None in sys.modules: ImportError on import
+    ingestcore.compiled_module.cache_clear()
+    ingestcore._compiled_class.cache_clear()
+    yield
+    ingestcore.compiled_module.cache_clear()
+    ingestcore._compiled_class.cache_clear()
+
+
+def test_without_the_compiled_core_the_receiver_says_so_once_and_runs_python(no_compiled_core, caplog):
+    with caplog.at_level(logging.WARNING, logger="receiver.ingestcore"):
+        assert [ingestcore.resolve(c) for c in ("auto", "compiled", "python")] == ["python"] * 3
+        assert ingestcore.assembler_class("compiled") is FrameAssembler
+        ing = UdpIngest("127.0.0.1", [0], {0: "person"}, FrameBuffer(), core="compiled")
+        ing.close()
+    assert ing.core == "python" and all(type(a) is FrameAssembler for a in ing.assemblers.values())
+    warned = [r for r in caplog.records if "not available" in r.getMessage()]
+    assert len(warned) == 1 and "make setup" in warned[0].getMessage()
+
+
+def test_an_unknown_core_name_is_refused():
+    with pytest.raises(ValueError, match="auto, compiled, python"):
+        ingestcore.resolve("fast")
+
+
+@compiled_only
+def test_compiled_assembler_takes_only_ip_sources():
+    asm = compiled_assembler()()
+    [g] = encode_frame(b"abc", stream_id=1, seq=1, capture_ns=1)
+    assert asm.add(g, ("::1", 5), 0.0).source == ("::1", 5)
+    with pytest.raises(ValueError, match="not an IP address"):
+        asm.add(g, ("camera-7", 5), 0.0)
+    with pytest.raises(TypeError):
+        asm.add(g, "127.0.0.1:5", 0.0)
+
+
+@compiled_only
+def test_counters_are_a_snapshot_with_the_reference_names():
+    asm = compiled_assembler()(ReassemblyLimits(max_chunks=4))
+    asm.add(b"junk", ("127.0.0.1", 1), 0.0)
+    c = asm.counters
+    c["short"] += 5  # a copy: the core keeps its own
+    assert asm.counters == {"datagrams": 1, "bytes": 4, "short": 1} and asm.malformed() == 1
+    assert asm.limits.max_chunks == 4 and asm.key is None
+
+
+@pytest.fixture
+def udp_pair():
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    txs = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for tx in txs:
+        tx.bind(("127.0.0.1", 0))
+    yield rx, txs
+    for s in (rx, *txs):
+        s.close()
+
+
+@compiled_only
+@pytest.mark.parametrize("key", [None, KEY], ids=["keyless", "keyed"])
+def test_recv_drains_batches_from_two_senders_into_whole_frames(udp_pair, key):
+    rx, txs = udp_pair
+    asm, batch = compiled_assembler()(key=key), ingestcore.recv_batch()
+    data = [bytes([i]) * 20_000 for i in range(4)]  # 15 datagrams of 1,400 bytes each
+    sent = 0
+    for seq, frame in enumerate(data):
+        for stream, tx in enumerate(txs):  # interleaved frame by frame: two streams on one port
+            for g in encode_frame(frame, stream_id=stream, seq=seq, capture_ns=seq, chunk_bytes=1400, key=key):
+                tx.sendto(g, rx.getsockname())
+                sent += 1
+        rx.sendto(b"not ours", rx.getsockname())
+        sent += 1
+    frames, read = [], 0
+    while read < sent:  # at most 50 per call, in recvmmsg batches of up to 64
+        got, n = asm.recv(rx.fileno(), batch, 7.0, 50)
+        assert 0 < n <= 50
+        frames += got
+        read += n
+    assert asm.recv(rx.fileno(), batch, 7.0, 50) == ([], 0)  # drained: no error, nothing read
+    by_sender = {tx.getsockname(): [f.data for f in frames if f.source == tx.getsockname()] for tx in txs}
+    assert list(by_sender.values()) == [data, data]
+    assert all(f.first_at == f.completed_at == 7.0 and f.chunks == 15 for f in frames)
+    assert asm.counters["bad_magic"] + asm.counters["short"] == 4 and asm.counters["frames_complete"] == 8
+
+
+@compiled_only
+def test_udp_ingest_runs_the_compiled_core_end_to_end(udp_pair):
+    _, [tx, _] = udp_pair
+    buf = FrameBuffer(per_port=100)
+    ing = UdpIngest("127.0.0.1", [0], {0: "person"}, buf, core="compiled")
+    [port] = ing.sockets
+    ing.start()
+    try:
+        for seq in range(5):
+            for g in encode_frame(bytes([seq]) * 10_000, stream_id=9, seq=seq, capture_ns=seq + 1):
+                tx.sendto(g, ("127.0.0.1", port))
+        frames = []
+        wait_until(lambda: frames.extend(buf.take(10, 0.05)) or len(frames) == 5)
+    finally:
+        ing.stop()
+        ing.join(5)
+        ing.close()
+    assert [(f.seq, f.data) for f in frames] == [(s, bytes([s]) * 10_000) for s in range(5)]
+    assert frames[0].meta["source"] == "{}:{}".format(*tx.getsockname())
+    assert ing.counters()[str(port)]["frames_complete"] == 5
