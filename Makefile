@@ -3,7 +3,7 @@
 VENV     := .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.framehive-setup
-CORE     := $(VENV)/.framehive-ingest-core
+CORE     := $(VENV)/.framehive-datagram-core
 DURATION ?= 30
 BACKEND  ?= builtin
 
@@ -13,9 +13,9 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/bootst
 	bash scripts/bootstrap.sh
 	touch $@
 
-# The compiled ingest core again when its source changed (bootstrap.sh builds it the first time).
-$(CORE): receiver/_ingest.c scripts/build_ingest_core.py | $(STAMP)
-	$(PY) scripts/build_ingest_core.py
+# The compiled datagram core again when its source changed (bootstrap.sh builds it the first time).
+$(CORE): common/_datagram.c scripts/build_datagram_core.py | $(STAMP)
+	$(PY) scripts/build_datagram_core.py
 	touch $@
 
 # The detector model lives outside the checkout: checked on every run (a fraction of a second when
@@ -63,4 +63,4 @@ diagrams: $(STAMP)
 	@ls -l images/*.svg
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info receiver/_ingest*.so
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info common/_datagram*.so

@@ -1,20 +1,20 @@
-"""Which reassembly core the UDP ingest runs: compiled (receiver/_ingest.c) or the pure-Python reference.
+"""Which reassembly core the UDP ingest runs: compiled (common/_datagram.c) or the pure-Python reference.
 
 The compiled core reads datagrams in recvmmsg batches and reassembles them without the GIL; the
 pure-Python one (common/reassembly.py) is the reference it is tested against and the fallback when it
-was not built (`make setup` builds it; scripts/build_ingest_core.py says why when it cannot). Both
+was not built (`make setup` builds it; scripts/build_datagram_core.py says why when it cannot). Both
 take the same limits and key, apply the same checks and count under the same names.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from collections import Counter
 from types import ModuleType
 from typing import Any
 
+from common.compiled import datagram_core
 from common.reassembly import MALFORMED_REASONS, Frame, FrameAssembler, ReassemblyLimits
 
 log = logging.getLogger(__name__)
@@ -23,16 +23,9 @@ CORE_ENV = "FRAMEHIVE_INGEST_CORE"
 CORE_CHOICES = ("auto", "compiled", "python")
 
 
-@functools.cache
 def compiled_module() -> ModuleType | None:
-    """The built extension, or None (the reason is logged once)."""
-    try:
-        module = importlib.import_module("receiver._ingest")
-    except ImportError as e:
-        log.warning("the compiled ingest core is not available (%s): using the pure-Python reassembly; "
-                    "`make setup` builds it (needs gcc, the Python headers and libssl-dev)", e)
-        return None
-    return module
+    """The built extension, or None (common.compiled logs why, once)."""
+    return datagram_core()
 
 
 def resolve(core: str) -> str:

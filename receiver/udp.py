@@ -1,6 +1,6 @@
 """UDP ingest: one socket per camera port, one thread for all of them, reassembly, no decoding.
 
-Reassembly runs in the compiled core (receiver/_ingest.c: recvmmsg batches, no GIL held) when it is
+Reassembly runs in the compiled core (common/_datagram.c: recvmmsg batches, no GIL held) when it is
 built, else in the pure-Python reference (common/reassembly.py); receiver.ingestcore chooses."""
 
 from __future__ import annotations
@@ -125,25 +125,31 @@ class UdpIngest(Component):
                     asm.expire(now)
                 next_expire = now + EXPIRE_EVERY_S
 
-    def _drain(self, sock: socket.socket, port: int) -> None:
+    def drain(self, port: int) -> int:
+        """Read what `port`'s socket holds now (at most MAX_DRAIN_PER_WAKE datagrams), as the ingest
+        thread does when the socket is readable; the datagrams read. For benchmarks and tests."""
+        return self._drain(self.sockets[port], port)
+
+    def _drain(self, sock: socket.socket, port: int) -> int:
         if self._batch is not None:
-            frames, _ = self.assemblers[port].recv(sock.fileno(), self._batch, self.clock(), MAX_DRAIN_PER_WAKE)
+            frames, read = self.assemblers[port].recv(sock.fileno(), self._batch, self.clock(), MAX_DRAIN_PER_WAKE)
             for frame in frames:
                 self._deliver(port, frame)
-            return
+            return read
         asm, view = self.assemblers[port], memoryview(self._buf)
-        for _ in range(MAX_DRAIN_PER_WAKE):
+        for read in range(MAX_DRAIN_PER_WAKE):
             try:
                 n, source = sock.recvfrom_into(self._buf)
             except (BlockingIOError, InterruptedError):
-                return
+                return read
             except OSError as e:  # e.g. ICMP errors surfacing on the socket: count, keep serving
                 asm.counters["socket_errors"] += 1
                 log.debug("port %d: %s", port, e)
-                return
+                return read
             frame = asm.add(view[:n], source[:2], self.clock())
             if frame is not None:
                 self._deliver(port, frame)
+        return MAX_DRAIN_PER_WAKE
 
     def _deliver(self, port: int, frame: Frame) -> None:
         host, sport = frame.source  # type: ignore[misc]  # (host, port) of the datagram that completed it

@@ -19,7 +19,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt redis-server
 command -v chromium >/dev/null 2>&1 || need_apt chromium
 # Graphviz renders `make diagrams`.
 command -v dot >/dev/null 2>&1 || need_apt graphviz
-# The compiled ingest core (receiver/_ingest.c, scripts/build_ingest_core.py): a C compiler, the
+# The compiled datagram core (common/_datagram.c, scripts/build_datagram_core.py): a C compiler, the
 # headers of OpenSSL (HMAC-SHA256 for signed datagrams) and zlib (CRC-32), and Python's headers.
 command -v cc >/dev/null 2>&1 && [ -f /usr/include/stdio.h ] || need_apt build-essential
 [ -f /usr/include/openssl/hmac.h ] || need_apt libssl-dev
@@ -60,10 +60,10 @@ fi
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 .venv/bin/python -m pip install -q --no-deps -e .
-# The compiled ingest core, in place (receiver/_ingest*.so); when it cannot be built the receiver uses
-# the pure-Python reassembly and says so (the build script explains why, and exits 0).
+# The compiled datagram core, in place (common/_datagram*.so); when it cannot be built the receiver and
+# the publisher use the pure-Python protocol code and say so (the build script explains why, exits 0).
 .venv/bin/python -c 'import setuptools' 2>/dev/null || .venv/bin/python -m pip install -q setuptools
-.venv/bin/python scripts/build_ingest_core.py && touch .venv/.framehive-ingest-core
+.venv/bin/python scripts/build_datagram_core.py && touch .venv/.framehive-datagram-core
 # A package that pulled in plain opencv-python would shadow the headless build (it needs libGL).
 if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   echo "bootstrap: removing opencv-python (conflicts with opencv-python-headless)"

@@ -1,5 +1,5 @@
 """Both reassembly cores, for the tests that must hold for each: the pure-Python reference
-(common/reassembly.py) and the compiled one (receiver/_ingest.c, built by `make setup`).
+(common/reassembly.py) and the compiled one (common/_datagram.c, built by `make setup`).
 
 The compiled cases are skipped when the core is not built; tests/unit/test_ingestcore.py has the one
 test that fails then, so a broken build is seen instead of silently testing half.

@@ -1,20 +1,26 @@
-"""The compiled ingest core: that it is built, how the receiver falls back without it, and its batched
-receive on real sockets. What it shares with the Python reference (every protocol and fuzz test, and a
-differential fuzzer) runs from test_protocol*.py and test_fuzz_inputs.py against both cores."""
+"""The compiled datagram core (common/_datagram.c): that it is built, how the receiver falls back
+without it, its batched receive on real sockets, its encoder, and the publisher's segmented sends.
+What it shares with the Python reference (every protocol and fuzz test, and a differential fuzzer)
+runs from test_protocol*.py and test_fuzz_inputs.py against both cores."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from common.protocol import encode_frame
+from common.compiled import datagram_core
+from common.protocol import encode_frame, max_chunk_bytes
 from common.reassembly import FrameAssembler, ReassemblyLimits
 from receiver import ingestcore
 from receiver.buffer import FrameBuffer
 from receiver.udp import UdpIngest
+from sender.transport import UdpTransport
 from tests.conftest import wait_until
 from tests.cores import BUILT, NOT_BUILT, compiled_assembler
 
@@ -24,22 +30,22 @@ compiled_only = pytest.mark.skipif(not BUILT, reason=NOT_BUILT)
 
 def test_compiled_core_is_built():
     """`make setup` builds it; without it half of the protocol tests are skipped, so say so here."""
-    assert ingestcore.compiled_module() is not None, "run `make setup` (scripts/build_ingest_core.py says why not)"
+    assert ingestcore.compiled_module() is not None, "run `make setup` (scripts/build_datagram_core.py says why not)"
 
 
 @pytest.fixture
 def no_compiled_core(monkeypatch):
     """This process as if the extension had not been built: importing it fails."""
-    monkeypatch.setitem(sys.modules, "receiver._ingest", None)  # None in sys.modules: ImportError on import
-    ingestcore.compiled_module.cache_clear()
+    monkeypatch.setitem(sys.modules, "common._datagram", None)  # None in sys.modules: ImportError on import
+    datagram_core.cache_clear()
     ingestcore._compiled_class.cache_clear()
     yield
-    ingestcore.compiled_module.cache_clear()
+    datagram_core.cache_clear()
     ingestcore._compiled_class.cache_clear()
 
 
 def test_without_the_compiled_core_the_receiver_says_so_once_and_runs_python(no_compiled_core, caplog):
-    with caplog.at_level(logging.WARNING, logger="receiver.ingestcore"):
+    with caplog.at_level(logging.WARNING, logger="common.compiled"):
         assert [ingestcore.resolve(c) for c in ("auto", "compiled", "python")] == ["python"] * 3
         assert ingestcore.assembler_class("compiled") is FrameAssembler
         ing = UdpIngest("127.0.0.1", [0], {0: "person"}, FrameBuffer(), core="compiled")
@@ -136,3 +142,62 @@ def test_udp_ingest_runs_the_compiled_core_end_to_end(udp_pair):
     assert [(f.seq, f.data) for f in frames] == [(s, bytes([s]) * 10_000) for s in range(5)]
     assert frames[0].meta["source"] == "{}:{}".format(*tx.getsockname())
     assert ing.counters()[str(port)]["frames_complete"] == 5
+
+
+@compiled_only
+@given(data=st.binary(max_size=5000), chunk=st.integers(1, 1500), seq=st.integers(-5, 2**32 + 5),
+       stream=st.integers(0, 2**32 - 1), cap=st.integers(0, 2**64 - 1), signed=st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_compiled_encoder_writes_the_reference_bytes(data, chunk, seq, stream, cap, signed):
+    key = KEY if signed else None
+    want = b"".join(encode_frame(data, stream_id=stream, seq=seq, capture_ns=cap, chunk_bytes=chunk, key=key))
+    assert datagram_core().encode_frame(data, stream, seq, cap, chunk, key) == want
+
+
+@compiled_only
+def test_compiled_encoder_refuses_what_the_reference_refuses():
+    enc = datagram_core().encode_frame
+    for chunk in (0, max_chunk_bytes(True) + 1):
+        with pytest.raises(ValueError):
+            enc(b"x", 1, 1, 1, chunk, KEY)
+    with pytest.raises(ValueError, match="max 65535"):
+        enc(b"x" * 70_000, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_publisher_sends_a_frame_in_segmented_sends_that_arrive_as_separate_datagrams(udp_pair, signed):
+    rx, _ = udp_pair
+    key = KEY if signed else None
+    tx = UdpTransport("127.0.0.1", rx.getsockname()[1], stream_id=3, chunk_bytes=1400, key=key)
+    data = bytes(range(256)) * 400  # 102,400 bytes: 74 datagrams, more than one send's worth
+    assert tx.send(data, seq=9, capture_ns=5)
+    want = list(encode_frame(data, stream_id=3, seq=9, capture_ns=5, chunk_bytes=1400, key=key))
+    got = [rx.recv(65536) for _ in want]
+    tx.close()
+    assert got == want  # each datagram on its own, as sent one by one
+    assert tx.counters["datagrams"] == 74 and tx.counters["segmented_sends"] == 2
+
+
+class RefusingSegmentation:
+    """A UDP socket on a kernel or route without segmentation offload: sendmsg with UDP_SEGMENT fails."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def sendmsg(self, *args) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
+def test_publisher_falls_back_to_one_send_per_datagram_when_segmentation_is_refused(udp_pair, caplog):
+    rx, _ = udp_pair
+    tx = UdpTransport("127.0.0.1", rx.getsockname()[1], stream_id=3, chunk_bytes=1000)
+    tx.sock = RefusingSegmentation(tx.sock)
+    with caplog.at_level(logging.WARNING, logger="sender.transport"):
+        assert tx.send(b"a" * 2500, seq=1, capture_ns=1) and tx.send(b"b" * 2500, seq=2, capture_ns=2)
+    assert [len(rx.recv(65536)) for _ in range(6)] == [1034, 1034, 534] * 2
+    assert not tx.batch and tx.counters["datagrams"] == 6 and "segmented_sends" not in tx.counters
+    assert sum("segmentation offload refused" in r.getMessage() for r in caplog.records) == 1
+    tx.close()

@@ -1,10 +1,10 @@
-"""Build the compiled ingest core (receiver/_ingest.c) in place, next to its source.
+"""Build the compiled datagram core (common/_datagram.c) in place, next to its source.
 
 `make setup` runs this after the virtual environment is ready. It needs a C compiler and the headers
 of the Python it runs under, of OpenSSL and of zlib (Debian: build-essential, python3-dev, libssl-dev,
 zlib1g-dev; scripts/bootstrap.sh installs what is missing). A failed build is reported and is not
-fatal: the receiver then runs the pure-Python reassembly (common/reassembly.py) and says so once at
-start-up. Exit code 0 either way, unless --strict."""
+fatal: the receiver and the publisher then run the pure-Python protocol code (common/protocol.py,
+common/reassembly.py) and say so once at start-up. Exit code 0 either way, unless --strict."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = "receiver/_ingest.c"
-MODULE = "receiver._ingest"
+SOURCE = "common/_datagram.c"
+MODULE = "common._datagram"
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 
 
 def target() -> Path:
-    """Where the built module goes: receiver/_ingest<EXT_SUFFIX>."""
-    return ROOT / "receiver" / f"_ingest{sysconfig.get_config_var('EXT_SUFFIX')}"
+    """Where the built module goes: common/_datagram<EXT_SUFFIX>."""
+    return ROOT / "common" / f"_datagram{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
 def build(*, quiet: bool) -> None:
@@ -31,10 +31,10 @@ def build(*, quiet: bool) -> None:
     from setuptools import Distribution, Extension
 
     ext = Extension(MODULE, [SOURCE], libraries=["crypto", "z"], extra_compile_args=CFLAGS)
-    dist = Distribution({"name": "framehive-ingest-core", "ext_modules": [ext], "script_args": []})
+    dist = Distribution({"name": "framehive-datagram-core", "ext_modules": [ext], "script_args": []})
     cmd = dist.get_command_obj("build_ext")
     cmd.inplace = True
-    cmd.build_temp = str(ROOT / "build" / "ingest-core")
+    cmd.build_temp = str(ROOT / "build" / "datagram-core")
     cmd.force = True
     dist.verbose = 0 if quiet else 1
     cmd.ensure_finalized()
@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         build(quiet=not args.verbose)
         path = check()
     except (Exception, SystemExit) as e:  # a compiler or header missing surfaces as many types
-        print(f"build_ingest_core: the compiled ingest core was not built ({type(e).__name__}: {e}); "
-              "the receiver will use the pure-Python reassembly. Needs gcc, the Python headers and "
+        print(f"build_datagram_core: the compiled datagram core was not built ({type(e).__name__}: {e}); "
+              "the receiver and publisher will use the pure-Python protocol code. Needs gcc, the Python headers and "
               "libssl-dev (and zlib1g-dev).", file=sys.stderr)
         return 1 if args.strict else 0
-    print(f"build_ingest_core: built {Path(path).relative_to(ROOT)}")
+    print(f"build_datagram_core: built {Path(path).relative_to(ROOT)}")
     return 0
 
 

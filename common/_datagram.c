@@ -1,7 +1,8 @@
-/* The compiled ingest core: batched UDP receive (recvmmsg) and reassembly of frame datagrams.
+/* The compiled datagram core: frame datagrams encoded for one segmented send (the publisher), and
+ * received in recvmmsg batches and reassembled (the receiver).
  *
- * A twin of common/protocol.py's decode_datagram and common/reassembly.py's FrameAssembler, which stay
- * the reference: the same checks in the same order, the same counters under the same names, the same
+ * A twin of common/protocol.py's encode_frame and decode_datagram and of common/reassembly.py's
+ * FrameAssembler, which stay the reference: the same checks in the same order, the same counters under the same names, the same
  * bounds (docs/PROTOCOL.md section 1). The unit tests and fuzzers run against both, and a differential
  * fuzzer feeds both the same hostile sequences and compares every frame and counter.
  *
@@ -82,6 +83,50 @@ static inline int seq_newer(uint32_t a, uint32_t b) {
 /* CRC-32 as zlib.crc32: zlib's own (the library Python's zlib module uses). */
 static inline uint32_t crc32_more(uint32_t crc, const uint8_t *p, size_t n) { return (uint32_t)crc32_z(crc, p, n); }
 
+/* ----- the MAC ----------------------------------------------------------------------------------- */
+
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+typedef EVP_MAC_CTX MacCtx;
+static EVP_MAC *hmac_algorithm; /* fetched once at import; contexts are per user */
+
+static MacCtx *mac_new(const void *key, size_t len) {
+    MacCtx *ctx = hmac_algorithm ? EVP_MAC_CTX_new(hmac_algorithm) : NULL;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+    if (ctx && !EVP_MAC_init(ctx, key, len, params)) {
+        EVP_MAC_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+static void mac_free(MacCtx *ctx) { EVP_MAC_CTX_free(ctx); }
+
+/* HMAC-SHA256 of d[0..n) with the context's key into out (32 bytes); 0 on a library error. */
+static int mac_compute(MacCtx *ctx, const uint8_t *d, size_t n, unsigned char *out) {
+    size_t outlen = 0;
+    return EVP_MAC_init(ctx, NULL, 0, NULL) && EVP_MAC_update(ctx, d, n) &&
+           EVP_MAC_final(ctx, out, &outlen, EVP_MAX_MD_SIZE) && outlen >= MAC_BYTES;
+}
+#else
+typedef HMAC_CTX MacCtx;
+
+static MacCtx *mac_new(const void *key, size_t len) {
+    MacCtx *ctx = HMAC_CTX_new();
+    if (ctx && !HMAC_Init_ex(ctx, key, (int)len, EVP_sha256(), NULL)) {
+        HMAC_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+static void mac_free(MacCtx *ctx) { HMAC_CTX_free(ctx); }
+
+static int mac_compute(MacCtx *ctx, const uint8_t *d, size_t n, unsigned char *out) {
+    unsigned int outlen = 0;
+    return HMAC_Init_ex(ctx, NULL, 0, NULL, NULL) && HMAC_Update(ctx, d, n) && HMAC_Final(ctx, out, &outlen) &&
+           outlen >= MAC_BYTES;
+}
+#endif
+
 /* ----- state ------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -141,11 +186,7 @@ typedef struct {
     long max_frames_in_flight, max_streams;
     double frame_timeout_s, stream_idle_s;
     int keyed;
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    EVP_MAC_CTX *mac;
-#else
-    HMAC_CTX *mac;
-#endif
+    MacCtx *mac;
     uint64_t counters[C_COUNT];
     uint64_t buffered;
     long nstreams, nwindows;
@@ -365,23 +406,10 @@ static int window_accept(Window *w, uint32_t seq, uint32_t index) {
     return 1;
 }
 
-/* ----- the MAC ----------------------------------------------------------------------------------- */
-
 /* 1 when the last 16 bytes of d[0..n) are the truncated HMAC-SHA256 of the rest; -1 on a library error. */
 static int mac_matches(Assembler *a, const uint8_t *d, size_t n) {
     unsigned char out[EVP_MAX_MD_SIZE];
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    size_t outlen = 0;
-    if (!EVP_MAC_init(a->mac, NULL, 0, NULL) || !EVP_MAC_update(a->mac, d, n - MAC_BYTES) ||
-        !EVP_MAC_final(a->mac, out, &outlen, sizeof(out)))
-        return -1;
-#else
-    unsigned int outlen = 0;
-    if (!HMAC_Init_ex(a->mac, NULL, 0, NULL, NULL) || !HMAC_Update(a->mac, d, n - MAC_BYTES) ||
-        !HMAC_Final(a->mac, out, &outlen))
-        return -1;
-#endif
-    if (outlen < MAC_BYTES) return -1;
+    if (!mac_compute(a->mac, d, n - MAC_BYTES, out)) return -1;
     return CRYPTO_memcmp(out, d + n - MAC_BYTES, MAC_BYTES) == 0;
 }
 
@@ -636,19 +664,9 @@ static int Assembler_init(Assembler *a, PyObject *args, PyObject *kw) {
     a->max_frames_in_flight = (long)mfif64;
     a->max_streams = (long)ms64;
     if (key.buf) {
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-        EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        a->mac = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
-        EVP_MAC_free(hmac);
-        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
-                               OSSL_PARAM_construct_end()};
-        int ok = a->mac && EVP_MAC_init(a->mac, key.buf, (size_t)key.len, params);
-#else
-        a->mac = HMAC_CTX_new();
-        int ok = a->mac && HMAC_Init_ex(a->mac, key.buf, (int)key.len, EVP_sha256(), NULL);
-#endif
+        a->mac = mac_new(key.buf, (size_t)key.len);
         PyBuffer_Release(&key);
-        if (!ok) {
+        if (!a->mac) {
             PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
             return -1;
         }
@@ -672,11 +690,7 @@ static void Assembler_dealloc(Assembler *a) {
         free(s);
     }
     while (a->whead) forget_window(a, a->whead);
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    EVP_MAC_CTX_free(a->mac);
-#else
-    HMAC_CTX_free(a->mac);
-#endif
+    if (a->mac) mac_free(a->mac);
     if (a->lock) PyThread_free_lock(a->lock);
     Py_XDECREF(a->frame_type);
     Py_TYPE(a)->tp_free((PyObject *)a);
@@ -948,7 +962,7 @@ static PyGetSetDef Assembler_getset[] = {
 
 static PyTypeObject AssemblerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "receiver._ingest.Assembler",
+    .tp_name = "common._datagram.Assembler",
     .tp_doc = "Reassembles frame datagrams from any number of senders on one port (compiled twin of "
               "common.reassembly.FrameAssembler).",
     .tp_basicsize = sizeof(Assembler),
@@ -962,7 +976,7 @@ static PyTypeObject AssemblerType = {
 
 static PyTypeObject RecvBatchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "receiver._ingest.RecvBatch",
+    .tp_name = "common._datagram.RecvBatch",
     .tp_doc = "RecvBatch(slots=64, slot_bytes=65536): the buffers one ingest thread's recvmmsg calls fill.",
     .tp_basicsize = sizeof(RecvBatch),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -970,6 +984,85 @@ static PyTypeObject RecvBatchType = {
     .tp_init = (initproc)RecvBatch_init,
     .tp_dealloc = (destructor)RecvBatch_dealloc,
 };
+
+/* ----- encoding (the publisher) ------------------------------------------------------------------ */
+
+static inline void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void put32(uint8_t *p, uint32_t v) { put16(p, v >> 16); put16(p + 2, v); }
+
+/* encode_frame(data, stream_id, seq, capture_ns, chunk_bytes, key=None) -> bytes: the frame's datagrams
+ * back to back, each HEADER + chunk (+ MAC) bytes but the last, which may be shorter: what one segmented
+ * send (UDP_SEGMENT with that size) puts on the wire as separate datagrams. Byte for byte what
+ * common.protocol.encode_frame yields, joined. */
+static PyObject *mod_encode_frame(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw) {
+    static char *names[] = {"data", "stream_id", "seq", "capture_ns", "chunk_bytes", "key", NULL};
+    Py_buffer data, key = {0};
+    unsigned long long stream_id, seq;
+    PyObject *capture_obj;
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*KKOn|z*:encode_frame", names, &data, &stream_id, &seq,
+                                     &capture_obj, &chunk, &key))
+        return NULL;
+    PyObject *out = NULL;
+    MacCtx *mac = NULL;
+    size_t mac_bytes = key.buf ? MAC_BYTES : 0;
+    Py_ssize_t max_chunk = 65507 - HEADER_BYTES - (Py_ssize_t)mac_bytes;
+    uint64_t capture_ns = PyLong_AsUnsignedLongLong(capture_obj);
+    size_t len = (size_t)data.len, count = len ? (len + (size_t)chunk - 1) / (size_t)(chunk > 0 ? chunk : 1) : 1;
+    if (capture_ns == (uint64_t)-1 && PyErr_Occurred()) goto done;
+    if (chunk < 1 || chunk > max_chunk) {
+        PyErr_Format(PyExc_ValueError, "chunk_bytes must be 1..%zd, got %zd", max_chunk, chunk);
+        goto done;
+    }
+    if (count > 0xFFFF || len > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "frame of %zu bytes needs %zu chunks (max 65535)", len, count);
+        goto done;
+    }
+    if (key.buf && !(mac = mac_new(key.buf, (size_t)key.len))) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(count * (HEADER_BYTES + mac_bytes) + len));
+    if (!out) goto done;
+    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(out);
+    const uint8_t *src = data.buf;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t i = 0; i < count && !failed; i++) {
+        size_t at = i * (size_t)chunk, n = len - at < (size_t)chunk ? len - at : (size_t)chunk;
+        if (!len) n = 0;
+        w[0] = 'F';
+        w[1] = 'H';
+        w[2] = 1;
+        w[3] = key.buf ? FLAG_SIGNED : 0;
+        put32(w + 4, (uint32_t)stream_id);
+        put32(w + 8, (uint32_t)seq);
+        put16(w + 12, (uint32_t)i);
+        put16(w + 14, (uint32_t)count);
+        put32(w + 16, (uint32_t)(capture_ns >> 32));
+        put32(w + 20, (uint32_t)capture_ns);
+        put32(w + 24, (uint32_t)len);
+        put16(w + 28, (uint32_t)n);
+        memcpy(w + HEADER_BYTES, src + at, n);
+        put32(w + CRC_OFFSET, crc32_more(crc32_more(0, w, CRC_OFFSET), w + HEADER_BYTES, n));
+        if (mac) {
+            unsigned char digest[EVP_MAX_MD_SIZE];
+            failed = !mac_compute(mac, w, HEADER_BYTES + n, digest);
+            memcpy(w + HEADER_BYTES + n, digest, MAC_BYTES);
+        }
+        w += HEADER_BYTES + n + mac_bytes;
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to compute an HMAC");
+    }
+done:
+    if (mac) mac_free(mac);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&key);
+    return out;
+}
 
 /* ----- module functions -------------------------------------------------------------------------- */
 
@@ -996,17 +1089,24 @@ static PyObject *mod_steer_by_stream_id(PyObject *Py_UNUSED(m), PyObject *args) 
 }
 
 static PyMethodDef module_methods[] = {
+    {"encode_frame", (PyCFunction)(void (*)(void))mod_encode_frame, METH_VARARGS | METH_KEYWORDS,
+     "encode_frame(data, stream_id, seq, capture_ns, chunk_bytes, key=None) -> bytes: every datagram of a "
+     "frame, back to back (as common.protocol.encode_frame yields them)."},
     {"steer_by_stream_id", mod_steer_by_stream_id, METH_VARARGS,
      "steer_by_stream_id(fd, sockets): route a SO_REUSEPORT group's datagrams by stream id."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "receiver._ingest",
-    "Compiled UDP ingest: recvmmsg batches and reassembly (twin of common.reassembly).", -1, module_methods,
+    PyModuleDef_HEAD_INIT, "common._datagram",
+    "Compiled frame datagrams: segmented encoding, recvmmsg batches and reassembly (twin of common.protocol "
+    "and common.reassembly).", -1, module_methods,
 };
 
-PyMODINIT_FUNC PyInit__ingest(void) {
+PyMODINIT_FUNC PyInit__datagram(void) {
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    if (!hmac_algorithm) hmac_algorithm = EVP_MAC_fetch(NULL, "HMAC", NULL);
+#endif
     if (PyType_Ready(&AssemblerType) < 0 || PyType_Ready(&RecvBatchType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
