@@ -123,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ingest-core", choices=CORE_CHOICES, default=None,
                    help=f"UDP reassembly: compiled (recvmmsg batches, C; built by `make setup`), python (the "
                         f"reference), auto (compiled when built, else python) (default: ${CORE_ENV}, else auto)")
+    p.add_argument("--ingest-threads", type=int, default=1,
+                   help="UDP ingest threads (compiled core): each port becomes a SO_REUSEPORT group of this many "
+                        "sockets, one per thread, datagrams spread by stream id; for links faster than one core")
     p.add_argument("--name", default="",
                    help="receiver name in the master's stats; each receiver needs its own (default: "
                         "receiver@HOST:PORTS, e.g. receiver@cam-hub:5000-5003)")
@@ -160,6 +163,7 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
         "zmq_port": args.zmq_port, "jobs": jobs, "backlog": args.backlog, "max_image_pixels": args.max_image_pixels,
         "rcvbuf_bytes": args.rcvbuf_kb * 1024, "name": args.name, "log_level": args.log_level,
         "ingest_core": args.ingest_core or os.environ.get(CORE_ENV, "") or "auto",
+        "ingest_threads": args.ingest_threads,
         "unix_sockets": unix_sockets})
 
 
@@ -191,7 +195,8 @@ def run(config: ReceiverConfig) -> int:
     try:
         if config.ports:
             sockets.append(UdpIngest(config.host, list(config.ports), dict(config.pipelines), buffer,
-                                     rcvbuf=config.rcvbuf_bytes, key=config.key, core=config.ingest_core))
+                                     rcvbuf=config.rcvbuf_bytes, key=config.key, core=config.ingest_core,
+                                     threads=config.ingest_threads))
         if config.zmq_port:
             from receiver.zmqhub import ZmqHub
 

@@ -201,3 +201,70 @@ def test_publisher_falls_back_to_one_send_per_datagram_when_segmentation_is_refu
     assert not tx.batch and tx.counters["datagrams"] == 6 and "segmented_sends" not in tx.counters
     assert sum("segmentation offload refused" in r.getMessage() for r in caplog.records) == 1
     tx.close()
+
+
+def send_frames(tx: socket.socket, port: int, *, stream: int, seqs: range, size: int = 5000, key=KEY) -> None:
+    for seq in seqs:
+        for g in encode_frame(bytes([stream]) * size, stream_id=stream, seq=seq, capture_ns=seq + 1,
+                              chunk_bytes=1000, key=key):
+            tx.sendto(g, ("127.0.0.1", port))
+
+
+@pytest.fixture
+def two_lane_ingest():
+    buf = FrameBuffer(per_port=100)
+    ing = UdpIngest("127.0.0.1", [0], {0: "person"}, buf, core="compiled", threads=2, key=KEY)
+    ing.start()
+    yield ing, buf
+    ing.stop()
+    ing.join(5)
+    ing.close()
+
+
+@compiled_only
+def test_two_ingest_threads_share_a_port_by_stream_id_and_replays_from_other_addresses_are_refused(two_lane_ingest):
+    ing, buf = two_lane_ingest
+    [port] = ing.sockets
+    assert [set(lane.sockets) for lane in ing.lanes] == [{port}, {port}] and ing.threads == 2
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(12)]
+    try:
+        for stream, tx in enumerate(senders[:4]):  # stream ids 0-3: even ones to the first thread, odd to the second
+            send_frames(tx, port, stream=stream, seqs=range(3))
+        frames = []
+        wait_until(lambda: frames.extend(buf.take(100, 0.05)) or len(frames) == 12)
+        assert sorted((f.data[0], f.seq) for f in frames) == [(s, q) for s in range(4) for q in range(3)]
+        per_lane = [lane.assemblers[port].counters["frames_complete"] for lane in ing.lanes]
+        assert per_lane == [6, 6]
+        # stream 1's datagrams captured and sent again from 8 other source addresses: whichever socket
+        # the 4-tuple hash would pick, they reach the thread whose replay window knows stream 1
+        for tx in senders[4:]:
+            send_frames(tx, port, stream=1, seqs=range(2, 3))
+        wait_until(lambda: ing.counters()[str(port)].get("dropped_replayed", 0) == 8 * 5)
+        assert ing.counters()[str(port)]["frames_complete"] == 12 and not buf.take(10, 0.1)
+    finally:
+        for tx in senders:
+            tx.close()
+
+
+@compiled_only
+def test_two_ingest_threads_follow_a_config_change(two_lane_ingest):
+    ing, buf = two_lane_ingest
+    [old] = ing.sockets
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        new = probe.getsockname()[1]
+    ing.reconfigure({new: "face"})
+    wait_until(lambda: [set(lane.sockets) for lane in ing.lanes] == [{new}, {new}])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for stream in (4, 5):
+            send_frames(tx, new, stream=stream, seqs=range(1))
+        frames = []
+        wait_until(lambda: frames.extend(buf.take(10, 0.05)) or len(frames) == 2)
+    assert {(f.port, f.pipeline) for f in frames} == {(new, "face")} and old not in ing.pipelines
+
+
+def test_the_python_core_runs_one_thread_whatever_is_asked(caplog):
+    with caplog.at_level(logging.WARNING, logger="receiver.udp"):
+        ing = UdpIngest("127.0.0.1", [0], {0: "person"}, FrameBuffer(), core="python", threads=4)
+        ing.close()
+    assert ing.threads == 1 and len(ing.lanes) == 1 and "need the compiled core" in caplog.text
