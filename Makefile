@@ -15,8 +15,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/bootst
 
 # The compiled datagram core again when its source changed (bootstrap.sh builds it the first time).
 $(CORE): common/_datagram.c scripts/build_datagram_core.py | $(STAMP)
-	$(PY) scripts/build_datagram_core.py
-	touch $@
+	$(PY) scripts/build_datagram_core.py --stamp $@
 
 # The detector model lives outside the checkout: checked on every run (a fraction of a second when
 # the cache is sound), fetched and converted again when it is missing or damaged.

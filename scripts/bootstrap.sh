@@ -63,7 +63,7 @@ fi
 # The compiled datagram core, in place (common/_datagram*.so); when it cannot be built the receiver and
 # the publisher use the pure-Python protocol code and say so (the build script explains why, exits 0).
 .venv/bin/python -c 'import setuptools' 2>/dev/null || .venv/bin/python -m pip install -q setuptools
-.venv/bin/python scripts/build_datagram_core.py && touch .venv/.framehive-datagram-core
+.venv/bin/python scripts/build_datagram_core.py --stamp .venv/.framehive-datagram-core
 # A package that pulled in plain opencv-python would shadow the headless build (it needs libGL).
 if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   echo "bootstrap: removing opencv-python (conflicts with opencv-python-headless)"

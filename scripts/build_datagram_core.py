@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strict", action="store_true", help="exit 1 when the core cannot be built")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--stamp", default="", help="a file to touch once the core is built and imports (for make)")
     args = p.parse_args(argv)
     os.chdir(ROOT)
     try:
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
               "libssl-dev (and zlib1g-dev).", file=sys.stderr)
         return 1 if args.strict else 0
     print(f"build_datagram_core: built {Path(path).relative_to(ROOT)}")
+    if args.stamp:
+        Path(args.stamp).touch()
     return 0
 
 
