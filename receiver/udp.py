@@ -36,6 +36,8 @@ DEFAULT_RCVBUF_BYTES = 8 * 1024 * 1024
 EXPIRE_EVERY_S = 0.1
 MAX_DRAIN_PER_WAKE = 256  # datagrams read from one socket before looking at the others
 MAX_THREADS = 16
+# Reported for every port even at 0 (the compiled core keeps only counters that moved; readers index these).
+ALWAYS_REPORTED = ("datagrams", "bytes", "frames_complete", "frames_incomplete")
 
 
 def open_udp_socket(host: str, port: int, rcvbuf: int, *, reuseport: bool = False) -> socket.socket:
@@ -273,7 +275,8 @@ class UdpIngest(Component):
         out: dict[str, dict[str, int]] = {}
         for lane in self.lanes:
             for port, asm in list(lane.assemblers.items()):  # the ingest threads may add or remove ports
-                c = Counter(dict(asm.counters))  # dict() copies atomically under the GIL
+                c = Counter(dict.fromkeys(ALWAYS_REPORTED, 0))
+                c.update(dict(asm.counters))  # dict() copies atomically under the GIL
                 c["malformed"] = asm.malformed()
                 c.update(out.get(str(port), {}))
                 c["dropped_stale"] = self.out.dropped[port]

@@ -22,7 +22,7 @@ from receiver.buffer import FrameBuffer
 from receiver.udp import UdpIngest
 from sender.transport import UdpTransport
 from tests.conftest import wait_until
-from tests.cores import BUILT, NOT_BUILT, compiled_assembler
+from tests.cores import BUILT, CORE_NAMES, NOT_BUILT, compiled_assembler
 
 KEY = bytes(range(32))
 compiled_only = pytest.mark.skipif(not BUILT, reason=NOT_BUILT)
@@ -268,3 +268,12 @@ def test_the_python_core_runs_one_thread_whatever_is_asked(caplog):
         ing = UdpIngest("127.0.0.1", [0], {0: "person"}, FrameBuffer(), core="python", threads=4)
         ing.close()
     assert ing.threads == 1 and len(ing.lanes) == 1 and "need the compiled core" in caplog.text
+
+
+@pytest.mark.parametrize("core", CORE_NAMES)
+def test_every_port_reports_the_same_counter_names_on_either_core(core):
+    ing = UdpIngest("127.0.0.1", [0], {0: "person"}, FrameBuffer(), core=core)
+    [port] = ing.sockets
+    ing.close()
+    assert ing.counters()[str(port)] == {"datagrams": 0, "bytes": 0, "frames_complete": 0, "frames_incomplete": 0,
+                                         "malformed": 0, "dropped_stale": 0}
