@@ -70,7 +70,7 @@ class UdpTransport:
         blob, size = self._encode(jpeg, seq, capture_ns)
         view = memoryview(blob)
         try:
-            if self.batch and len(blob) > size and self._send_segmented(view, size):
+            if self.batch and len(blob) > size and 2 * size <= BYTES_PER_SEND and self._send_segmented(view, size):
                 return True
             for at in range(0, len(blob), size):
                 self.sock.sendto(view[at:at + size], self.addr)

@@ -277,3 +277,12 @@ def test_every_port_reports_the_same_counter_names_on_either_core(core):
     ing.close()
     assert ing.counters()[str(port)] == {"datagrams": 0, "bytes": 0, "frames_complete": 0, "frames_incomplete": 0,
                                          "malformed": 0, "dropped_stale": 0}
+
+
+def test_datagrams_too_big_to_pair_in_one_send_go_one_per_sendto(udp_pair):
+    rx, _ = udp_pair
+    tx = UdpTransport("127.0.0.1", rx.getsockname()[1], stream_id=3, chunk_bytes=40_000)
+    assert tx.send(b"z" * 70_000, seq=1, capture_ns=1)
+    assert [len(rx.recv(65536)) for _ in range(2)] == [40_034, 30_034]
+    assert tx.counters == {"datagrams": 2}
+    tx.close()
