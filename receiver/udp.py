@@ -178,7 +178,8 @@ class UdpIngest(Component):
             wanted = self._changes.get()
             for port in [p for p in self.pipelines if p not in wanted]:
                 del self.pipelines[port]
-                for lane in self.lanes:
+                self.lanes[0].remove(port)  # this thread's own socket at once: the port can be opened again
+                for lane in self.lanes[1:]:
                     lane.ops.put((port, None))
                 log.info("port %d: closed (its camera left the config)", port)
             for port, pipeline in wanted.items():

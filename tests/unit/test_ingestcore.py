@@ -286,3 +286,24 @@ def test_datagrams_too_big_to_pair_in_one_send_go_one_per_sendto(udp_pair):
     assert [len(rx.recv(65536)) for _ in range(2)] == [40_034, 30_034]
     assert tx.counters == {"datagrams": 2}
     tx.close()
+
+
+@pytest.mark.parametrize("core", CORE_NAMES)
+def test_a_port_dropped_and_taken_back_in_two_quick_reloads_is_served_again(core):
+    buf = FrameBuffer(per_port=10)
+    ing = UdpIngest("127.0.0.1", [0], {0: "person"}, buf, core=core)
+    [port] = ing.sockets
+    ing.reconfigure({})
+    ing.reconfigure({port: "face"})  # both applied in one pass of the ingest thread
+    ing.start()
+    try:
+        wait_until(lambda: ing.pipelines == {port: "face"} and port in ing.sockets)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            send_frames(tx, port, stream=1, seqs=range(1), key=None)
+        frames = []
+        wait_until(lambda: frames.extend(buf.take(10, 0.05)) or frames)
+    finally:
+        ing.stop()
+        ing.join(5)
+        ing.close()
+    assert [(f.port, f.pipeline) for f in frames] == [(port, "face")]
