@@ -3,6 +3,7 @@
 VENV     := .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.framehive-setup
+CORE     := $(VENV)/.framehive-datagram-core
 DURATION ?= 30
 BACKEND  ?= builtin
 
@@ -12,23 +13,27 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/bootst
 	bash scripts/bootstrap.sh
 	touch $@
 
+# The compiled datagram core again when its source changed (bootstrap.sh builds it the first time).
+$(CORE): common/_datagram.c scripts/build_datagram_core.py | $(STAMP)
+	$(PY) scripts/build_datagram_core.py --stamp $@
+
 # The detector model lives outside the checkout: checked on every run (a fraction of a second when
 # the cache is sound), fetched and converted again when it is missing or damaged.
 models: $(STAMP)
 	@$(PY) -m worker.models --log-level WARNING >/dev/null
 
-setup: $(STAMP) models
+setup: $(STAMP) $(CORE) models
 
-demo: $(STAMP) models
+demo: $(STAMP) $(CORE) models
 	DURATION=$(DURATION) BACKEND=$(BACKEND) $(PY) -m cluster.demo
 
-test: $(STAMP) models
+test: $(STAMP) $(CORE) models
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: $(STAMP) models
+test-slow: $(STAMP) $(CORE) models
 	$(PY) -m pytest -m slow -q
 
-bench: $(STAMP) models
+bench: $(STAMP) $(CORE) models
 	$(PY) bench/run_all.py
 
 # images/ from the code: pyreverse (pylint) reads the imports and classes, Graphviz draws them.
@@ -57,4 +62,4 @@ diagrams: $(STAMP)
 	@ls -l images/*.svg
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info common/_datagram*.so

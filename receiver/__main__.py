@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from common.runtime import Component, ServerThread, Supervisor, setup_logging, s
 from receiver.buffer import FrameBuffer
 from receiver.config import MAX_PORTS, JobSettings, ReceiverConfig
 from receiver.forward import Forwarder
+from receiver.ingestcore import CORE_CHOICES, CORE_ENV
 from receiver.udp import DEFAULT_RCVBUF_BYTES, UdpIngest
 from receiver.unixingest import UnixIngest, parse_unix_sockets
 from receiver.watch import ConfigWatcher, fetch, ports_of
@@ -118,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help="frames claiming more pixels (read from their JPEG header) are refused and counted")
     p.add_argument("--rcvbuf-kb", type=int, default=DEFAULT_RCVBUF_BYTES // 1024, help="UDP receive buffer asked for")
+    p.add_argument("--ingest-core", choices=CORE_CHOICES, default=None,
+                   help=f"UDP reassembly: compiled (recvmmsg batches, C; built by `make setup`), python (the "
+                        f"reference), auto (compiled when built, else python) (default: ${CORE_ENV}, else auto)")
+    p.add_argument("--ingest-threads", type=int, default=1,
+                   help="UDP ingest threads (compiled core): each port becomes a SO_REUSEPORT group of this many "
+                        "sockets, one per thread, datagrams spread by stream id; for links faster than one core")
     p.add_argument("--name", default="",
                    help="receiver name in the master's stats; each receiver needs its own (default: "
                         "receiver@HOST:PORTS, e.g. receiver@cam-hub:5000-5003)")
@@ -154,6 +162,8 @@ def from_flags(args: argparse.Namespace) -> ReceiverConfig:
         "default_pipeline": default_pipeline, "pipelines": pipelines, "policies": policies,
         "zmq_port": args.zmq_port, "jobs": jobs, "backlog": args.backlog, "max_image_pixels": args.max_image_pixels,
         "rcvbuf_bytes": args.rcvbuf_kb * 1024, "name": args.name, "log_level": args.log_level,
+        "ingest_core": args.ingest_core or os.environ.get(CORE_ENV, "") or "auto",
+        "ingest_threads": args.ingest_threads,
         "unix_sockets": unix_sockets})
 
 
@@ -185,7 +195,8 @@ def run(config: ReceiverConfig) -> int:
     try:
         if config.ports:
             sockets.append(UdpIngest(config.host, list(config.ports), dict(config.pipelines), buffer,
-                                     rcvbuf=config.rcvbuf_bytes, key=config.key))
+                                     rcvbuf=config.rcvbuf_bytes, key=config.key, core=config.ingest_core,
+                                     threads=config.ingest_threads))
         if config.zmq_port:
             from receiver.zmqhub import ZmqHub
 

