@@ -136,10 +136,25 @@ def events_table(events: Sequence[Mapping[str, Any]], limit: int = 5) -> Table:
     return t
 
 
+def masters_table(masters: Sequence[Mapping[str, Any]]) -> Table:
+    """A federation's masters: up or down, since when, their cameras."""
+    t = Table(title="masters", title_justify="left")
+    for c in ("master", "state", "workers", "cameras", "note"):
+        t.add_column(c)
+    for m in masters:
+        up = m["state"] == "up"
+        note = "" if up else \
+            f"down for {m.get('down_for_s') or 0:.0f} s: its cameras are not watched here; {m['error']}"
+        t.add_row(m["name"], Text(m["state"], style="green" if up else "red"), str(m.get("workers_alive", 0)),
+                  ", ".join(m.get("cameras", [])) or "-", note)
+    return t
+
+
 def render(d: Mapping[str, Any]) -> Group:
-    """The whole status screen for one dashboard document."""
+    """The whole status screen for one dashboard document (a master's, or a federation's)."""
     counts = counts_table(d["cameras"])
-    return Group(totals_table(d), cameras_table(d["cameras"]), *([counts] if counts else []),
+    masters = [masters_table(d["masters"])] if d.get("masters") else []
+    return Group(totals_table(d), *masters, cameras_table(d["cameras"]), *([counts] if counts else []),
                  workers_table(d["workers"]), events_table(d["events"]["recent"]))
 
 

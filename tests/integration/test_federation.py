@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
+import subprocess
+import sys
 import xmlrpc.client
 
-from cluster.local import LocalCluster, free_port, free_udp_ports, wait_for_log
+from cluster.local import ROOT, LocalCluster, free_port, free_udp_ports, wait_for_log
 from common.masterclient import MasterClient, wait_for_master
 from tests.conftest import wait_until
 
@@ -100,6 +103,11 @@ def test_three_masters_one_view_and_one_master_lost(tmp_path):
             assert not missing, f"camera {CAMERAS[n]} on master {n} lost results: {missing[:10]}"
         counts = json.loads(get(fed_port, "/api/v1/counts")[1])
         assert isinstance(counts, dict)
+        status = subprocess.run([sys.executable, "-m", "master.cli.status", "--master",
+                                 f"http://127.0.0.1:{fed_port}"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "COLUMNS": "200"})
+        assert status.returncode == 0, status.stderr
+        assert "masters" in status.stdout and "down for" in status.stdout and "porch" in status.stdout, status.stdout
         looks_right_in_chromium(f"http://127.0.0.1:{fed_port}/")
 
 
