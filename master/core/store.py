@@ -132,6 +132,7 @@ class TaskStore:
         self._job_seen: dict[str, float] = {}  # when each file job last added or took tiles
         self._lanes: dict[Hashable, deque[str]] = {}
         self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
+        self._in_turn: set[Hashable] = set()  # the same lanes, to ask "is it there?" in O(1) with 1,000 cameras
         self._rings: dict[int, _Ring] = {}
         self._latest: dict[int, tuple[Result, bytes]] = {}  # newest processed frame per port
         self._job_results: dict[str, deque[tuple[Result, bytes]]] = {}  # finished tiles per job
@@ -235,6 +236,8 @@ class TaskStore:
                 rec = self._next_in_lane(lane_key, now)
                 if self._lanes.get(lane_key):
                     self._turn.append(lane_key)
+                else:
+                    self._in_turn.discard(lane_key)
                 if rec is None:
                     idle += 1
                 else:
@@ -436,7 +439,8 @@ class TaskStore:
         self._ready(rec.lane)
 
     def _ready(self, lane_key: Hashable) -> None:
-        if lane_key not in self._turn:
+        if lane_key not in self._in_turn:
+            self._in_turn.add(lane_key)
             self._turn.append(lane_key)
 
     def _drop(self, task_id: str, reason: str) -> None:
@@ -529,7 +533,8 @@ class TaskStore:
             for task_id in doomed:
                 self._drop(task_id, "cancelled")
             self._lanes.pop(("job", job_id), None)
-            if ("job", job_id) in self._turn:
+            if ("job", job_id) in self._in_turn:
+                self._in_turn.discard(("job", job_id))
                 self._turn.remove(("job", job_id))
             self.journal.job_cancelled(job_id)
             return len(doomed)
