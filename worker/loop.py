@@ -259,12 +259,21 @@ class Worker(Component):
         if not self.worker_id:
             return
         try:
-            if not client.heartbeat(self.worker_id, stats or self.stats(), self._held).get("known", True):
-                self._reregister.set()
+            self.heartbeat_reply(client.heartbeat(self.worker_id, stats or self.stats(), self._held))
         except (MasterUnavailable, OSError):
             pass  # the pull loop reports the outage
         except Exception:
             log.exception("worker %s: heartbeat failed", self.worker_id)
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The task ids in hand, as the next heartbeat tells the master."""
+        return self._held
+
+    def heartbeat_reply(self, reply: dict[str, Any]) -> None:
+        """A master that does not know this worker (it restarted) makes the pull loop register again."""
+        if not reply.get("known", True):
+            self._reregister.set()
 
     def _heartbeat_loop(self) -> None:
         client = self.heartbeat_client()

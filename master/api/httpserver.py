@@ -76,6 +76,7 @@ POST_ROUTES: dict[str, Route] = {
     "/api/v1/tasks": taskapi.add,
     "/api/v1/lease": taskapi.lease,
     "/api/v1/complete": taskapi.complete,
+    "/api/v1/heartbeats": taskapi.heartbeats,
     "/api/v1/jobs/take": taskapi.job_take,
     "/api/v1/jobs/cancel": taskapi.job_cancel,
 }
