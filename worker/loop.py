@@ -105,12 +105,20 @@ class Worker(Component):
         self._master_down = False
         self._next: list[Lease] = []  # leases that came back with the last report
         self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
+        self._slow = False  # the last task took EARLY_REPORT_S or more
         # The seed's local pool: CPU-heavy stages of one batch run in parallel processes, same pipeline.
         env = self.stages.env
         self._pool = ProcessPoolExecutor(config.processes, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=init_pool_process,
                                          initargs=(env.device, env.threads, env.model_dir, env.max_image_pixels)) \
             if config.processes > 1 else None
+
+    @property
+    def lease_size(self) -> int:
+        """Tasks to lease next: the batch, or one while tasks are slow (each is reported at once anyway,
+        so a second one in hand would only wait for the first while another worker may be idle). A
+        local process pool always takes whole batches: it runs them in parallel."""
+        return 1 if self._slow and self._pool is None else self.config.batch
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -141,7 +149,7 @@ class Worker(Component):
         try:
             if not self.worker_id or self._reregister.is_set():
                 self._register()
-            leases, self._next = self._next or self.client.lease(self.worker_id, self.config.batch,
+            leases, self._next = self._next or self.client.lease(self.worker_id, self.lease_size,
                                                                  self.config.wait_s), []
             self._held = frozenset(x.task.id for x in leases)
         except Unauthorized as e:  # a configuration error that retrying will not fix: stop the process
@@ -182,6 +190,7 @@ class Worker(Component):
                 continue
             started = time.monotonic()
             outcome, error = self.process(lease, pending.get(lease.task.id))
+            self._slow = time.monotonic() - started >= EARLY_REPORT_S
             if outcome is not None:
                 outcomes.append(outcome)
             else:
@@ -202,7 +211,7 @@ class Worker(Component):
         """Deliver a batch's outcomes (and lease the next batch in the same request), retrying while
         the leases could still be valid. `hold`: the leases still in hand (a report mid-batch)."""
         started = time.monotonic()
-        lease_max = self.config.batch if lease_more else 0
+        lease_max = self.lease_size if lease_more else 0
         while True:
             try:
                 reply, self._next = self.client.complete(self.worker_id, outcomes, failed, released,

@@ -157,3 +157,19 @@ def test_loops_and_a_process_pool_do_not_mix():
         WorkerConfig(loops=4, processes=2)
     with pytest.raises(ValueError, match="loops must be"):
         WorkerConfig(loops=0)
+
+
+def test_a_worker_leases_one_at_a_time_while_its_tasks_are_slow(master, stages, person_frames):
+    """Tasks over EARLY_REPORT_S are reported one by one anyway: a worker then leases one at a time, so
+    no task waits in its hand for another while a second worker may be idle; fast tasks go back to
+    whole batches (one request for several)."""
+    payload = jpeg(person_frames[0])
+    add(master.url, [payload] * 3, port=5300, pipeline="sleep:40")
+    w = Worker(WorkerConfig(master_url=master.url, name="adaptive", batch=4, wait_s=0.2), stages=stages)
+    assert w.lease_size == 4
+    with w:
+        wait_until(lambda: len(results(master.url, 5300)) == 3, 30)
+        assert w.lease_size == 1
+        add(master.url, [payload] * 8, port=5301, pipeline="noop")
+        wait_until(lambda: len(results(master.url, 5301)) == 8, 30)
+        assert w.lease_size == 4
