@@ -458,9 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     at_goal = next((p for p in main_curve if p["workers"] == GOAL_AT[0] and p["task_ms"] == GOAL_AT[1]), None)
     result = {
         "bench": "scaling",
-        "figure": {"curves": {str(k): [_row(p) for p in v] for k, v in curves.items()}, "knee": knee,
+        "figure": {"results_per_s": at_goal["results_per_s"] if at_goal else None,
+                   "efficiency": at_goal["efficiency"] if at_goal else None,
+                   "curves": {str(k): [_row(p) for p in v] for k, v in curves.items()}, "knee": knee,
                    "knees_by_task_ms": knees},
-        "baseline": {"design": "ideal = workers / task time, capped by the offered load; bare_per_s: the same "
+        "baseline": {"ideal_per_s": at_goal["ideal_per_s"] if at_goal else None,
+                     "bare_per_s": at_goal.get("bare_per_s") if at_goal else None,
+                     "design": "ideal = workers / task time, capped by the offered load; bare_per_s: the same "
                                "loops in the same process layout running the same pipeline with no master"},
         "ratio": at_goal["efficiency"] if at_goal else None,
         "goal": {"efficiency": GOAL_EFFICIENCY, "at": {"workers": GOAL_AT[0], "task_ms": GOAL_AT[1]},
