@@ -226,15 +226,28 @@ class Point:
         return max(1, min(MAX_CAMERAS, math.ceil(load * self.capacity / self.fps)))
 
 
-def _master_snapshot(client: Any, master_pid: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+def _master_snapshot(client: Any, master_pid: int, pids: dict[str, list[int]], fleet: Fleet) -> dict[str, Any]:
+    """Clocks, CPU and frames sent read just before asking for the master's counters, which it reads
+    first thing: with 1,000 cameras a stats call takes long enough to skew a window read after it."""
+    out = {"t": time.monotonic(), "sent": fleet.sent.value, "master_cpu_s": benchlib.cpu_seconds([master_pid]),
+           "cpu_s": {role: benchlib.cpu_seconds(p) for role, p in pids.items()}}
     stats = client.get_stats()
-    return {"t": time.monotonic(), "completed": int(stats["counters"].get("completed", 0)),
-            "counters": dict(stats["counters"]), "master_cpu_s": benchlib.cpu_seconds([master_pid]),
-            "cpu_s": {role: benchlib.cpu_seconds(p) for role, p in pids.items()}}
+    return {**out, "completed": int(stats["counters"].get("completed", 0)), "counters": dict(stats["counters"]),
+            "receivers": _receiver_counters(stats)}
 
 
-def _window(before: dict, after: dict, sent: int) -> dict[str, Any]:
-    seconds = after["t"] - before["t"]
+def _receiver_counters(stats: dict[str, Any]) -> dict[str, int]:
+    """Every receiver's per-port counters, summed (frames complete, dropped while the master was slow...)."""
+    total: dict[str, int] = {}
+    for source in stats.get("sources", {}).values():
+        for counters in source.get("ports", {}).values():
+            for k, v in counters.items() if isinstance(counters, dict) else ():
+                total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def _window(before: dict, after: dict) -> dict[str, Any]:
+    seconds, sent = after["t"] - before["t"], after["sent"] - before["sent"]
     done = after["completed"] - before["completed"]
     master_ms = (after["master_cpu_s"] - before["master_cpu_s"]) * 1000
     drops = {k: after["counters"].get(k, 0) - before["counters"].get(k, 0)
@@ -244,7 +257,9 @@ def _window(before: dict, after: dict, sent: int) -> dict[str, Any]:
             "master_cpu_ms_per_result": round(master_ms / max(done, 1), 3),
             "master_cores": round(master_ms / 1000 / seconds, 3),
             "cores_by_role": {r: round((after["cpu_s"][r] - before["cpu_s"][r]) / seconds, 3) for r in after["cpu_s"]},
-            "master_drops": {k: v for k, v in drops.items() if v}}
+            "master_drops": {k: v for k, v in drops.items() if v},
+            "receiver_counters": {k: v - before["receivers"].get(k, 0) for k, v in after["receivers"].items()
+                                  if v - before["receivers"].get(k, 0)}}
 
 
 def _latency(client: Any, ports: list[int], t0: float, t1: float) -> dict[str, Any]:
@@ -261,14 +276,14 @@ def _measure(cluster: LocalCluster, fleet: Fleet, seconds: float, pids: dict[str
              ports: list[int]) -> dict[str, Any]:
     master_pid = cluster.procs[0].popen.pid
     with cluster.client() as client:
-        sent0, wall0 = fleet.sent.value, time.time()
-        before = _master_snapshot(client, master_pid, pids)
+        wall0 = time.time()
         meter = benchlib.CpuMeter([p for group in pids.values() for p in group] + [master_pid])
         meter.start()
+        before = _master_snapshot(client, master_pid, pids, fleet)
         _wait_alive(cluster, seconds)
-        after = _master_snapshot(client, master_pid, pids)
-        cores, sent1, wall1 = meter.stop(), fleet.sent.value, time.time()
-        out = _window(before, after, sent1 - sent0)
+        cores, wall1 = meter.stop(), time.time()
+        after = _master_snapshot(client, master_pid, pids, fleet)
+        out = _window(before, after)
         out["latency"] = _latency(client, ports, wall0, wall1)
     out["machine_cores"] = cores
     return out
