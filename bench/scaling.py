@@ -400,7 +400,8 @@ def draw(curves: dict[int, list[dict[str, Any]]], knee: dict[str, Any], path: Pa
     ax_eff.axhline(GOAL_EFFICIENCY, color="red", lw=0.8, ls="--", label=f"goal {GOAL_EFFICIENCY}")
     if knee.get("workers"):
         for ax in (ax_rate, ax_eff):
-            ax.axvline(knee["workers"], color="orange", lw=0.8, ls=":", label=f"knee: {knee['workers']} workers")
+            ax.axvline(knee["workers"], color="orange", lw=0.8, ls=":",
+                       label=f"knee ({TASK_MS} ms): {knee['workers']} workers")
     for ax, ylabel in ((ax_rate, "results/s"), (ax_eff, "results/s / ideal"), (ax_cores, "cores, saturated phase"),
                        (ax_lat, "capture -> result, ms (light load)"), (ax_sat, "capture -> result, ms (saturated)"),
                        (ax_cpu, "master CPU ms per result")):
