@@ -35,6 +35,7 @@ BENCHES: list[tuple[str, float, tuple[str, str]]] = [
     ("mqtt_delivery", 180.0, ("messages_per_s", "messages_per_s")),
     ("motion_gating", 300.0, ("cpu_s", "cpu_s")),
     ("file_jobs", 420.0, ("frames_per_s", "frames_per_s")),
+    ("scaling", 900.0, ("results_per_s", "ideal_per_s")),
 ]
 
 

@@ -230,6 +230,17 @@ class MasterClient:
             return self.call("heartbeat", worker_id, dict(stats))
         return self.call("heartbeat", worker_id, dict(stats), list(held))
 
+    def heartbeats(self, beats: Sequence[tuple[str, Mapping[str, Any], Iterable[str] | None]],
+                   shared: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Heartbeats of several workers of this process in one request: (worker_id, its own stats, task
+        ids in hand) each, `shared` stats once for all; one {known, renewed, reclaimed} per beat."""
+        body = json.dumps({"stats": dict(shared) if shared is not None else None,
+                           "beats": [{"worker": w, "stats": dict(s), "held": None if h is None else list(h)}
+                                     for w, s, h in beats]}).encode()
+        status, _, data = self._request("/api/v1/heartbeats", body, "application/json")
+        self._check(status, data)
+        return json.loads(data)["replies"]
+
     def get_results(self, port: int, since: int = 0, limit: int = 100, incarnation: str = "") -> dict[str, Any]:
         """One page of a camera's results: {results, next, missed, incarnation[, restarted]}; pass the
         previous page's `incarnation` to learn of a master restart instead of skipping results."""

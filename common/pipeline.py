@@ -245,4 +245,10 @@ def pipeline_halo(stages: tuple[StageSpec, ...]) -> int:
 
 def normalize_pipeline(spec: str) -> str:
     """The canonical text of a spec (lower case, defaults dropped), for cache keys and display."""
-    return ",".join(str(s) for s in parse_pipeline(spec))
+    parse_pipeline(spec)  # refuses what is not a string
+    return _normalize(spec)
+
+
+@functools.lru_cache(maxsize=256)  # every queued task's spec is normalised: format each distinct text once
+def _normalize(spec: str) -> str:
+    return ",".join(str(s) for s in _parse(spec))

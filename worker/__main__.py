@@ -17,6 +17,7 @@ from common.imageinfo import MAX_IMAGE_PIXELS
 from common.pipeline import DEVICES, STAGES, parse_pipeline
 from common.runtime import Supervisor, setup_logging, stop_on_signals
 from worker.detectors import StageEnv
+from worker.group import WorkerGroup
 from worker.loop import Worker, WorkerConfig
 from worker.models.store import MODEL_DIR_ENV, default_model_dir
 from worker.pipeline import StageCache
@@ -46,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=0,
                    help="run each batch's tasks in a local pool of this many processes (CPU-heavy stages); "
                         "0 or 1: in this process. Use with --batch at least as large")
+    p.add_argument("--loops", type=int, default=1,
+                   help="pull loops in this process, each registered as its own worker with its own connection: "
+                        "concurrency for stages that wait rather than compute (sleep:MS, a remote accelerator), "
+                        "at the cost of one process (1..256; not with --processes)")
     p.add_argument("--preload", default="", help="pipeline to load before taking work, e.g. person,face")
     p.add_argument("--token-file", default="", help="file holding the master's token (default: $FRAMEHIVE_TOKEN)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log")
@@ -66,7 +71,8 @@ def from_flags(args: argparse.Namespace) -> WorkerConfig:
     """The pull loop's config from parsed flags and the token file (or $FRAMEHIVE_TOKEN)."""
     return build(WorkerConfig, {
         "master_url": args.master, "token": auth.load_token(args.token_file or None), "name": args.name,
-        "batch": max(args.batch, args.processes), "wait_s": args.wait_s, "processes": args.processes})
+        "batch": max(args.batch, args.processes), "wait_s": args.wait_s, "processes": args.processes,
+        "loops": args.loops})
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineSpecError, ConfigError, RuntimeError) as e:
         log.error("cannot preload %s: %s", args.preload, e)
         return 2
-    worker = Worker(config, stages=stages)
+    worker = WorkerGroup(config, stages=stages) if config.loops > 1 else Worker(config, stages=stages)
     supervisor = Supervisor("worker", stop)
     supervisor.add(worker, join_timeout_s=60)  # a stop finishes the task in hand and hands back the rest
     return supervisor.run()

@@ -32,6 +32,7 @@ REPORT_RETRY_STOPPING_S = 5.0
 # A task that took this long is reported at once, before the rest of its batch: its camera should not
 # wait for another frame's detector. Cheap tasks wait and share one request.
 EARLY_REPORT_S = 0.02
+MAX_LOOPS = 256  # pull loops one process may run (each holds one connection to the master)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class WorkerConfig:
     backoff_max_s: float = 5.0
     timeout_s: float = 10.0
     processes: int = 0  # > 1: run a batch's tasks in a local pool of this many processes
+    loops: int = 1  # > 1: this many pull loops in one process, each its own worker (worker/group.py)
 
     def __post_init__(self) -> None:
         MasterLink(self.master_url, self.token)  # checks the URL
@@ -56,6 +58,11 @@ class WorkerConfig:
             raise ValueError(f"wait_s must be 0..5, got {self.wait_s}")
         if not 0 <= self.processes <= 64:
             raise ValueError(f"processes must be 0..64, got {self.processes}")
+        if not 1 <= self.loops <= MAX_LOOPS:
+            raise ValueError(f"loops must be 1..{MAX_LOOPS}, got {self.loops}")
+        if self.loops > 1 and self.processes > 1:
+            raise ValueError("loops and processes do not mix: loops are for stages that wait, a process pool "
+                             "for stages that compute")
         if not 0 < self.backoff_min_s <= self.backoff_max_s:
             raise ValueError("backoff_min_s must be > 0 and <= backoff_max_s")
 
@@ -80,12 +87,13 @@ class Worker(Component):
 
     thread_name = "worker"
 
-    def __init__(self, config: WorkerConfig, *, stages: StageCache | None = None) -> None:
+    def __init__(self, config: WorkerConfig, *, stages: StageCache | None = None,
+                 capabilities: Capabilities | None = None) -> None:
         super().__init__()
         self.config = config
         self.name = config.name or f"{socket.gethostname()}-{os.getpid()}"
         self.stages = stages or StageCache()
-        self.capabilities = Capabilities(self.stages.env)
+        self.capabilities = capabilities or Capabilities(self.stages.env)
         self.client = MasterClient(config.master_url, timeout_s=config.timeout_s, token=config.token)
         self.worker_id = ""
         self.heartbeat_s = 1.0
@@ -97,12 +105,20 @@ class Worker(Component):
         self._master_down = False
         self._next: list[Lease] = []  # leases that came back with the last report
         self._held: frozenset[str] = frozenset()  # task ids in hand, told to the master by heartbeats
+        self._slow = False  # the last task took EARLY_REPORT_S or more
         # The seed's local pool: CPU-heavy stages of one batch run in parallel processes, same pipeline.
         env = self.stages.env
         self._pool = ProcessPoolExecutor(config.processes, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=init_pool_process,
                                          initargs=(env.device, env.threads, env.model_dir, env.max_image_pixels)) \
             if config.processes > 1 else None
+
+    @property
+    def lease_size(self) -> int:
+        """Tasks to lease next: the batch, or one while tasks are slow (each is reported at once anyway,
+        so a second one in hand would only wait for the first while another worker may be idle). A
+        local process pool always takes whole batches: it runs them in parallel."""
+        return 1 if self._slow and self._pool is None else self.config.batch
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -133,7 +149,7 @@ class Worker(Component):
         try:
             if not self.worker_id or self._reregister.is_set():
                 self._register()
-            leases, self._next = self._next or self.client.lease(self.worker_id, self.config.batch,
+            leases, self._next = self._next or self.client.lease(self.worker_id, self.lease_size,
                                                                  self.config.wait_s), []
             self._held = frozenset(x.task.id for x in leases)
         except Unauthorized as e:  # a configuration error that retrying will not fix: stop the process
@@ -174,6 +190,7 @@ class Worker(Component):
                 continue
             started = time.monotonic()
             outcome, error = self.process(lease, pending.get(lease.task.id))
+            self._slow = time.monotonic() - started >= EARLY_REPORT_S
             if outcome is not None:
                 outcomes.append(outcome)
             else:
@@ -194,7 +211,7 @@ class Worker(Component):
         """Deliver a batch's outcomes (and lease the next batch in the same request), retrying while
         the leases could still be valid. `hold`: the leases still in hand (a report mid-batch)."""
         started = time.monotonic()
-        lease_max = self.config.batch if lease_more else 0
+        lease_max = self.lease_size if lease_more else 0
         while True:
             try:
                 reply, self._next = self.client.complete(self.worker_id, outcomes, failed, released,
@@ -240,19 +257,37 @@ class Worker(Component):
         """What the heartbeat reports: load, memory, progress, and what it can run how fast."""
         return process_stats(self.done, self.failed, self.busy, self.capabilities)
 
+    def heartbeat_client(self) -> MasterClient:
+        """A connection of its own for heartbeats: a long poll on the pull loop's must not delay them."""
+        return MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s),
+                            token=self.config.token)
+
+    def heartbeat_once(self, client: MasterClient, stats: dict[str, Any] | None = None) -> None:
+        """Tell the master this worker is alive and which tasks it holds (`stats`: what to report,
+        by default this worker's own); a master that forgot it makes the pull loop register again."""
+        if not self.worker_id:
+            return
+        try:
+            self.heartbeat_reply(client.heartbeat(self.worker_id, stats or self.stats(), self._held))
+        except (MasterUnavailable, OSError):
+            pass  # the pull loop reports the outage
+        except Exception:
+            log.exception("worker %s: heartbeat failed", self.worker_id)
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The task ids in hand, as the next heartbeat tells the master."""
+        return self._held
+
+    def heartbeat_reply(self, reply: dict[str, Any]) -> None:
+        """A master that does not know this worker (it restarted) makes the pull loop register again."""
+        if not reply.get("known", True):
+            self._reregister.set()
+
     def _heartbeat_loop(self) -> None:
-        client = MasterClient(self.config.master_url, timeout_s=min(5.0, self.config.timeout_s),
-                              token=self.config.token)
+        client = self.heartbeat_client()
         try:
             while not self._stop.wait(self.heartbeat_s):
-                if not self.worker_id:
-                    continue
-                try:
-                    if not client.heartbeat(self.worker_id, self.stats(), self._held).get("known", True):
-                        self._reregister.set()
-                except (MasterUnavailable, OSError):
-                    pass  # the pull loop reports the outage
-                except Exception:
-                    log.exception("worker %s: heartbeat failed", self.worker_id)
+                self.heartbeat_once(client)
         finally:
             client.close()

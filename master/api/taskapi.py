@@ -104,6 +104,26 @@ def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     return 200, batch.CONTENT_TYPE, batch.pack(out, [x.task.payload for x in leases])
 
 
+def heartbeats(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
+    """POST /api/v1/heartbeats: JSON {stats, beats: [{worker, stats, held}]} -> {replies: [...]}, one reply
+    ({known, renewed, reclaimed}) per beat: the pull loops of one worker process in one request."""
+    req = _json_body(body)
+    shared = req.get("stats")
+    if shared is not None and not isinstance(shared, dict):
+        raise BadRequest("'stats' must be an object")
+    beats = []
+    for beat in _list(req, "beats"):
+        if not isinstance(beat, dict):
+            raise BadRequest("each beat must be an object {worker, stats, held}")
+        own, held = beat.get("stats"), beat.get("held")
+        if own is not None and not isinstance(own, dict):
+            raise BadRequest("a beat's 'stats' must be an object")
+        if held is not None:
+            held = [str(t)[:64] for t in _list(beat, "held")]
+        beats.append((_worker(beat), own, held))
+    return _json({"replies": svc.heartbeats(beats, shared)})
+
+
 def _lease_args(req: Any) -> tuple[int, float]:
     if not isinstance(req, dict):
         raise BadRequest("'lease' must be an object {max, wait_s}")

@@ -25,6 +25,7 @@ from master.alerts.behaviours import Action, Scene, SceneStep
 from master.alerts.events import Event, EventLog, annotate, new_event_ids, to_wire
 from master.alerts.rules import Rule, RuleEngine
 from master.alerts.webhooks import WebhookSender
+from master.core.longpoll import WakeChannel
 from master.core.rates import RateMeter
 from master.core.store import StoreConfig, TaskStore
 from master.core.timing import BUCKETS_S, STAGES, LatencyHistograms
@@ -110,8 +111,8 @@ class MasterService(Component):
         self._reserve_track_ids()
         self.cameras: Any = None  # the cluster file (master.core.cameras.Cameras) when started with --config
         self.started_at = clock()
-        self._work = threading.Condition()
-        self._generation = 0
+        self._work = WakeChannel()  # lease requests waiting for a task
+        self._finished = WakeChannel()  # job servers waiting for a finished tile
         self.backend: Any = None  # a dispatcher to another engine (master.backends.celery), when one is used
 
     # ----- lifecycle ---------------------------------------------------------------------------
@@ -135,6 +136,7 @@ class MasterService(Component):
 
     def _wake(self) -> None:
         self._signal()
+        self._finished.signal()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the monitor thread and the webhook senders; True when all ended."""
@@ -177,12 +179,12 @@ class MasterService(Component):
                         "cancelled, %d tile(s) dropped", job_id, self.config.job_idle_s, dropped)
         if n:
             self._signal()
+            self._finished.signal()  # a tile out of attempts is a finished (failed) tile
         return n
 
-    def _signal(self) -> None:
-        with self._work:
-            self._generation += 1
-            self._work.notify_all()
+    def _signal(self, n: int | None = None) -> None:
+        """Tasks to lease: wake `n` waiting lease requests (None: all)."""
+        self._work.signal(n)
 
     # ----- producers ---------------------------------------------------------------------------
 
@@ -205,7 +207,7 @@ class MasterService(Component):
                 full = e
                 ids.append("")
         if any(ids):
-            self._signal()
+            self._signal(sum(1 for task_id in ids if task_id))
         elif full is not None:
             raise full
         return ids
@@ -495,8 +497,24 @@ class MasterService(Component):
                   held: Collection[str] | None = None) -> dict[str, Any]:
         """A worker is alive: renew its leases (those it lists in `held`, when it lists them; the
         others are requeued). `known` False means register again."""
-        now = self.clock()
         stats = clean(stats, STATS, what="stats") if stats is not None else None
+        return self._beat(worker_id, stats, held, self.clock())
+
+    def heartbeats(self, beats: Iterable[tuple[str, Mapping[str, Any] | None, Collection[str] | None]],
+                   shared: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Heartbeats of many workers in one call (the pull loops of one process, worker/group.py): the
+        `shared` stats (the process's) are cleaned once, each beat's own (its counts) go on top; one reply
+        per beat, in order. Cheaper than one request per worker: K loops cost one request a period."""
+        now = self.clock()
+        base = clean(shared, STATS, what="stats") if shared is not None else None
+        replies = []
+        for worker_id, own, held in beats:
+            stats = {**(base or {}), **clean(own, STATS, what="beat stats")} if own else base
+            replies.append(self._beat(worker_id, stats, held, now))
+        return replies
+
+    def _beat(self, worker_id: str, stats: Mapping[str, Any] | None, held: Collection[str] | None,
+              now: float) -> dict[str, Any]:
         if not self.workers.seen(worker_id, now, stats):
             return {"known": False, "renewed": 0}
         lost = 0
@@ -504,7 +522,7 @@ class MasterService(Component):
             held = set(held)
             lost = self.store.reclaim(worker_id, held, now, grace_s=LOST_LEASE_GRACE_S)
             if lost:
-                self._signal()
+                self._signal(lost)
         return {"known": True, "renewed": self.store.renew(worker_id, now, held), "reclaimed": lost}
 
     def request_tasks(self, worker_id: str, max_n: int, wait_s: float = 0.0) -> list[Lease]:
@@ -513,26 +531,13 @@ class MasterService(Component):
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
         if not self.workers.seen(worker_id, self.clock()):
             raise UnknownWorker(f"unknown worker_id {worker_id!r}: call register_worker first")
-        return self._long_poll(lambda: self.store.request(worker_id, max_n, self.clock()), deadline)
-
-    def _long_poll(self, fetch: Callable[[], list], deadline: float) -> list:
-        """Call `fetch` until it returns something or `deadline` (monotonic) passes; sleeps until work
-        is signalled in between, never missing a signal that came while `fetch` ran."""
-        while True:
-            with self._work:
-                generation = self._generation
-            got = fetch()
-            left = deadline - time.monotonic()
-            if got or left <= 0 or self._stop.is_set():
-                return got
-            with self._work:
-                if generation == self._generation:
-                    self._work.wait(left)
+        return self._work.poll(lambda: self.store.request(worker_id, max_n, self.clock()), deadline, self._stop)
 
     def complete(self, worker_id: str, outcomes: Iterable[Outcome]) -> dict[str, list]:
         """Store outcomes; stale or unknown leases are rejected one by one, never stored twice."""
         accepted: list[str] = []
         rejected: list[dict[str, str]] = []
+        tiles = 0
         for o in outcomes:
             payload = self.store.leased_payload(o.task_id, o.token) if self.rules or self.scenes else None
             try:
@@ -541,6 +546,7 @@ class MasterService(Component):
             except TaskError as e:
                 rejected.append({"task_id": o.task_id, "reason": str(e)})
                 continue
+            tiles += result.kind is TaskKind.TILE
             if result.kind is TaskKind.FRAME:
                 self.fps.observe(result.port, result.completed_at)
                 self._track(result, payload)
@@ -549,15 +555,16 @@ class MasterService(Component):
             if self.rules:
                 self._apply_rules(result, payload)
         self.workers.tally(worker_id, len(accepted), 0)
-        if accepted:
-            self._signal()  # a job server may be waiting for these tiles
+        if tiles:
+            self._finished.signal()  # a job server may be waiting for these tiles
         return {"accepted": accepted, "rejected": rejected}
 
     def fail(self, worker_id: str, task_id: str, token: str, error: str) -> str:
         """A worker could not process a task; it is retried or failed. Returns the new state."""
         state = self.store.fail(task_id, token, error, self.clock())
         self.workers.tally(worker_id, 0, 1)
-        self._signal()
+        self._signal(1)
+        self._finished.signal()  # out of attempts, a tile is finished (failed)
         return state.value
 
     def release(self, worker_id: str, items: Iterable[tuple[str, str]]) -> int:
@@ -570,7 +577,7 @@ class MasterService(Component):
             except FramehiveError as e:
                 log.info("worker %s released %s too late: %s", worker_id, task_id, e)
         if n:
-            self._signal()
+            self._signal(n)
         return n
 
     def _apply_rules(self, result: Result, payload: bytes | None) -> None:
@@ -608,7 +615,8 @@ class MasterService(Component):
         deadline = time.monotonic() + max(0.0, min(float(wait_s), MAX_WAIT_S))
         if ack:
             self.store.ack_job_results(list(ack))
-        return self._long_poll(lambda: self.store.take_job_results(job_id, max_n, self.clock()), deadline)
+        return self._finished.poll(lambda: self.store.take_job_results(job_id, max_n, self.clock()), deadline,
+                                   self._stop)
 
     def cancel_job(self, job_id: str) -> int:
         """Drop everything of a file job (its client went away); returns tasks dropped."""

@@ -125,10 +125,14 @@ class TaskStore:
         self._next_id = 0
         self._lock = threading.Lock()
         self._tasks: dict[str, _Record] = {}
+        # worker -> ids of the tasks it holds: heartbeats renew, reclaim and expire a worker's leases
+        # without scanning every queued frame under the lock (a heartbeat per worker per second)
+        self._leased_by: dict[str, dict[str, None]] = {}
         self._bytes = 0  # payload bytes of the tasks in _tasks
         self._job_seen: dict[str, float] = {}  # when each file job last added or took tiles
         self._lanes: dict[Hashable, deque[str]] = {}
         self._turn: deque[Hashable] = deque()  # lanes with pending tasks, in serving order
+        self._in_turn: set[Hashable] = set()  # the same lanes, to ask "is it there?" in O(1) with 1,000 cameras
         self._rings: dict[int, _Ring] = {}
         self._latest: dict[int, tuple[Result, bytes]] = {}  # newest processed frame per port
         self._job_results: dict[str, deque[tuple[Result, bytes]]] = {}  # finished tiles per job
@@ -232,6 +236,8 @@ class TaskStore:
                 rec = self._next_in_lane(lane_key, now)
                 if self._lanes.get(lane_key):
                     self._turn.append(lane_key)
+                else:
+                    self._in_turn.discard(lane_key)
                 if rec is None:
                     idle += 1
                 else:
@@ -262,6 +268,7 @@ class TaskStore:
         rec.deadline = now + self.config.lease_s
         rec.first_leased = rec.first_leased or now
         rec.leased_at = now
+        self._leased_by.setdefault(worker, {})[rec.task.id] = None
         self.counters["leased"] += 1
         return Lease(rec.task, rec.token, self.config.lease_s, rec.attempts)
 
@@ -328,9 +335,8 @@ class TaskStore:
         """Extend the leases `worker` holds (all, or those in `held`), up to max_hold_s per task."""
         n = 0
         with self._lock:
-            for rec in self._tasks.values():
-                if (rec.state is TaskState.IN_PROGRESS and rec.worker == worker
-                        and (held is None or rec.task.id in held)):
+            for rec in self._held_by(worker):
+                if held is None or rec.task.id in held:
                     rec.deadline = min(now + self.config.lease_s, rec.first_leased + self.config.max_hold_s)
                     n += 1
         return n
@@ -340,9 +346,8 @@ class TaskStore:
         once they are older than `grace_s` (a reply may still be on its way). No attempt is counted."""
         n = 0
         with self._lock:
-            for rec in list(self._tasks.values()):
-                if (rec.state is TaskState.IN_PROGRESS and rec.worker == worker and rec.task.id not in held
-                        and now - rec.leased_at > grace_s):
+            for rec in self._held_by(worker):
+                if rec.task.id not in held and now - rec.leased_at > grace_s:
                     rec.attempts -= 1
                     self._requeue(rec)
                     self.counters["leases_lost"] += 1
@@ -354,10 +359,10 @@ class TaskStore:
         worker went silent holding them, so each is suspect (see `_after_death`)."""
         n = 0
         with self._lock:
-            for rec in list(self._tasks.values()):
-                if rec.state is not TaskState.IN_PROGRESS:
-                    continue
-                if (worker is not None and rec.worker == worker) or (worker is None and rec.deadline <= now):
+            held = self._held_by(worker) if worker is not None else sorted(
+                (r for w in self._leased_by for r in self._held_by(w)), key=lambda r: r.leased_at)
+            for rec in held:
+                if worker is not None or rec.deadline <= now:
                     self.counters["lease_expired"] += 1
                     if died:
                         self._after_death(rec, now)
@@ -406,7 +411,21 @@ class TaskStore:
         self._count(rec.spec.port, "failed")
         return TaskState.FAILED
 
+    def _held_by(self, worker: str) -> list[_Record]:
+        """The records `worker` holds in progress, oldest lease first (a copy: callers may requeue them)."""
+        return [self._tasks[t] for t in self._leased_by.get(worker, ())]
+
+    def _unlease(self, rec: _Record) -> None:
+        """Take a task out of its worker's holdings: it was finished, dropped or requeued."""
+        if rec.state is TaskState.IN_PROGRESS:
+            held = self._leased_by.get(rec.worker)
+            if held is not None:
+                held.pop(rec.task.id, None)
+                if not held:
+                    del self._leased_by[rec.worker]
+
     def _requeue(self, rec: _Record, *, back: bool = False) -> None:
+        self._unlease(rec)
         rec.state, rec.token, rec.worker = TaskState.PENDING, "", ""
         lane = self._lanes.setdefault(rec.lane, deque())
         if back:
@@ -420,7 +439,8 @@ class TaskStore:
         self._ready(rec.lane)
 
     def _ready(self, lane_key: Hashable) -> None:
-        if lane_key not in self._turn:
+        if lane_key not in self._in_turn:
+            self._in_turn.add(lane_key)
             self._turn.append(lane_key)
 
     def _drop(self, task_id: str, reason: str) -> None:
@@ -430,6 +450,7 @@ class TaskStore:
     def _forget(self, task_id: str) -> _Record:
         """Take a task out of the store, and its payload out of the byte count."""
         rec = self._tasks.pop(task_id)
+        self._unlease(rec)
         self._bytes -= len(rec.task.payload)
         return rec
 
@@ -512,7 +533,8 @@ class TaskStore:
             for task_id in doomed:
                 self._drop(task_id, "cancelled")
             self._lanes.pop(("job", job_id), None)
-            if ("job", job_id) in self._turn:
+            if ("job", job_id) in self._in_turn:
+                self._in_turn.discard(("job", job_id))
                 self._turn.remove(("job", job_id))
             self.journal.job_cancelled(job_id)
             return len(doomed)

@@ -193,3 +193,35 @@ def test_deeply_nested_xmlrpc_gets_a_fault_and_the_server_keeps_serving(master):
     p = proxy(master)
     assert p.get_stats()["rejected_requests"]
     assert isinstance(p.add_task(frame_task()), str)  # still serving
+
+
+def test_one_request_beats_for_many_workers(master):
+    """/api/v1/heartbeats: the loops of one worker process in one request; each beat is answered on its
+    own (an unknown worker is told to register), shared stats reach every worker under its own counts,
+    and a worker's held list renews what it holds and hands back what it no longer lists."""
+    now = time.time_ns()
+    with MasterClient(master.url) as c:
+        a, b = (c.register_worker(n)["worker_id"] for n in ("loop-0", "loop-1"))
+        c.add_tasks([(TaskSpec(port=5000 + i, seq=i, pipeline="noop", captured_ns=now, received_ns=now), b"x")
+                     for i in range(3)])
+        held_a = [x.task.id for x in c.lease(a, 2)]
+        [lost] = [x.task.id for x in c.lease(b, 1)]
+        master.service.store._tasks[lost].leased_at -= 60  # long enough ago that no reply can be on its way
+        replies = c.heartbeats([(a, {"tasks_done": 4, "busy": 1}, held_a), (b, {"tasks_done": 2}, []),
+                                ("nobody#x1", {}, None)], {"rss_mb": 33.5, "tasks_done": 0})
+    assert replies == [{"known": True, "renewed": 2, "reclaimed": 0}, {"known": True, "renewed": 0, "reclaimed": 1},
+                       {"known": False, "renewed": 0}]
+    workers = {w["name"]: w["stats"] for w in master.service.stats()["workers"]}
+    assert workers["loop-0"] == {"rss_mb": 33.5, "tasks_done": 4, "busy": 1}
+    assert workers["loop-1"] == {"rss_mb": 33.5, "tasks_done": 2}
+    assert master.service.stats()["pending"] == 1  # b's lost lease is queued again
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"beats": [1]}', b'{"beats": [{"worker": ""}]}',
+                                  b'{"stats": 3, "beats": []}', b'{"beats": [{"worker": "w", "held": "abc"}]}'])
+def test_malformed_heartbeats_are_refused(master, body):
+    conn = http.client.HTTPConnection("127.0.0.1", master.port, timeout=5)
+    conn.request("POST", "/api/v1/heartbeats", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 400 and "error" in json.loads(resp.read())
+    conn.close()

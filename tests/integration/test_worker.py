@@ -20,6 +20,7 @@ from master.api.httpserver import MasterHTTPServer
 from master.core.service import MasterService, ServiceConfig
 from master.core.store import StoreConfig
 from tests.conftest import RunningMaster, wait_until
+from worker.group import WorkerGroup
 from worker.loop import Worker, WorkerConfig
 from worker.pipeline import StageCache
 
@@ -130,3 +131,45 @@ def test_a_slow_task_is_reported_before_the_rest_of_its_batch(master, stages, pe
     first, second = sorted((a, b), key=lambda r: r["completed_at"])
     assert first["worker"] == second["worker"] and first["status"] == second["status"] == "ok"
     assert second["completed_at"] - first["completed_at"] >= 0.3
+
+
+def test_a_worker_group_holds_one_task_per_loop_at_once_and_stops_cleanly(master, stages, person_frames):
+    """`--loops 4`: four pull loops in one process register as four workers and hold four `sleep` tasks
+    at the same moment (what one loop could never do with batch 1); one heartbeat connection keeps
+    all four alive and shows each one busy; a stop finishes the tasks in hand and hands back the rest."""
+    payload = jpeg(person_frames[0])
+    for port in range(5200, 5208):
+        add(master.url, [payload], port=port, pipeline="sleep:1500")
+    group = WorkerGroup(WorkerConfig(master_url=master.url, name="grp", batch=1, wait_s=0.2, loops=4),
+                        stages=stages)
+    with group:
+        wait_until(lambda: master.service.stats()["in_progress"] == 4, 30)
+        wait_until(lambda: sum(w["stats"].get("busy", 0) for w in master.service.stats()["workers"]) == 4, 10)
+    stats = master.service.stats()
+    assert stats["in_progress"] == 0  # nothing left leased: finished or handed back
+    assert stats["counters"].get("completed", 0) == group.done >= 4
+    assert stats["pending"] == 8 - group.done
+    assert {w["name"] for w in stats["workers"]} == {f"grp-{i}" for i in range(4)}
+
+
+def test_loops_and_a_process_pool_do_not_mix():
+    with pytest.raises(ValueError, match="loops and processes"):
+        WorkerConfig(loops=4, processes=2)
+    with pytest.raises(ValueError, match="loops must be"):
+        WorkerConfig(loops=0)
+
+
+def test_a_worker_leases_one_at_a_time_while_its_tasks_are_slow(master, stages, person_frames):
+    """Tasks over EARLY_REPORT_S are reported one by one anyway: a worker then leases one at a time, so
+    no task waits in its hand for another while a second worker may be idle; fast tasks go back to
+    whole batches (one request for several)."""
+    payload = jpeg(person_frames[0])
+    add(master.url, [payload] * 3, port=5300, pipeline="sleep:40")
+    w = Worker(WorkerConfig(master_url=master.url, name="adaptive", batch=4, wait_s=0.2), stages=stages)
+    assert w.lease_size == 4
+    with w:
+        wait_until(lambda: len(results(master.url, 5300)) == 3, 30)
+        assert w.lease_size == 1
+        add(master.url, [payload] * 8, port=5301, pipeline="noop")
+        wait_until(lambda: len(results(master.url, 5301)) == 8, 30)
+        assert w.lease_size == 4

@@ -62,3 +62,32 @@ def test_args_are_typed_with_defaults_filled():
     assert p.args == (0.6, "auto", None) and f.args == (5,)
     [o] = parse_pipeline("objects:dog+cat:tiles=off")
     assert o.args == ("dog+cat", None, "off", None)
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("sleep:-1", "ms must be in 0..60000"),
+    ("sleep:60001", "ms must be in 0..60000"),
+    ("sleep:2.5", "ms must be int"),
+    ("sleep:20:30", "at most 1 plain argument"),
+])
+def test_sleep_takes_whole_milliseconds_up_to_a_minute(spec, words):
+    with pytest.raises(PipelineSpecError, match=re.escape(words)):
+        parse_pipeline(spec)
+    assert normalize_pipeline("sleep:50") == "sleep" and normalize_pipeline("sleep:20") == "sleep:20"
+
+
+def test_sleep_holds_the_task_without_the_cpu_and_finds_nothing():
+    import time
+
+    import numpy as np
+
+    from worker.pipeline import StageCache, run_pipeline
+
+    image = np.zeros((48, 64, 3), np.uint8)
+    stages = StageCache()
+    cpu0 = time.process_time()
+    out = run_pipeline("sleep:120", image, stages)
+    cpu_ms = (time.process_time() - cpu0) * 1000
+    assert out.detections == () and out.image is None
+    assert out.timings_ms["sleep:120"] >= 120.0  # sleep never returns early
+    assert cpu_ms < 60  # held, not computed: a busy loop would use the whole 120 ms

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from common.errors import QueueFull, StaleLease, UnknownTask
+from common.errors import QueueFull, StaleLease, TaskError, UnknownTask
 from common.tasks import Detection, Outcome, TaskKind, TaskSpec, TaskState
 from master.core.store import StoreConfig, TaskStore
 
@@ -313,3 +313,51 @@ def test_a_file_job_nobody_touches_expires():
     assert s.expire_jobs(T0 + 301, idle_s=300) == [("dead", 1)]
     assert s.state_of(tid) is None and s.counters["jobs_expired"] == 1
     assert s.take_job_results("dead", 10) == [] and s.snapshot()["payload_bytes"] == 200
+
+
+def test_the_per_worker_lease_index_follows_every_way_a_lease_ends():
+    """Heartbeats renew, reclaim and expire a worker's leases through an index, not a scan of every
+    task: after any sequence of leases, completions, failures, hand-backs, reclaims, expiries, deaths
+    and drops, the index holds exactly the in-progress tasks of each worker."""
+    import random as _random
+
+    rng = _random.Random(5)
+    store = TaskStore(StoreConfig(max_pending_per_port=4, lease_s=2.0, max_attempts=3))
+    workers = ["a", "b", "c"]
+    held: dict[str, list] = {w: [] for w in workers}
+    now = 1000.0
+    for step in range(3000):
+        now += rng.uniform(0.0, 0.3)
+        op = rng.random()
+        w = rng.choice(workers)
+        if op < 0.3:
+            store.add(TaskSpec(port=5000 + rng.randrange(6), seq=step, pipeline="noop", captured_ns=int(now * 1e9),
+                               received_ns=int(now * 1e9)), b"x", now)
+        elif op < 0.5:
+            held[w] += store.request(w, rng.randint(1, 3), now)
+        elif op < 0.8 and held[w]:
+            lease = held[w].pop(rng.randrange(len(held[w])))
+            try:
+                action = rng.choice(("complete", "fail", "release"))
+                if action == "complete":
+                    store.complete(lease.task.id, lease.token, Outcome(lease.task.id, lease.token), w, now)
+                elif action == "fail":
+                    store.fail(lease.task.id, lease.token, "boom", now)
+                else:
+                    store.release(lease.task.id, lease.token)
+            except TaskError:
+                pass  # requeued or dropped meanwhile: a stale lease
+        elif op < 0.87:
+            store.renew(w, now, {x.task.id for x in held[w][::2]})
+        elif op < 0.92:
+            store.reclaim(w, {x.task.id for x in held[w][1:]}, now, grace_s=0.5)
+        elif op < 0.97:
+            store.expire(now)
+        else:
+            store.expire(now, worker=w, died=True)
+        in_progress: dict[str, set] = {}
+        for rec in store._tasks.values():
+            if rec.state is TaskState.IN_PROGRESS:
+                in_progress.setdefault(rec.worker, set()).add(rec.task.id)
+        assert {k: set(v) for k, v in store._leased_by.items()} == in_progress, step
+        assert store.renew("a", now) == len(in_progress.get("a", ()))
