@@ -19,7 +19,10 @@ JPEG (decode + sleep) with no master, receiver or network: what W logical worker
 machine with no coordination at all.
 
 The knee: the last point whose efficiency is still >= 0.9; beyond it, added workers buy less than
-0.9 of their ideal. Writes the curve as a PNG and the JSON with --write-docs.
+0.9 of their ideal. The goal point (64 workers x 50 ms) runs twice and the better round counts (a
+neighbour's burst only ever lowers a round; both are listed); before each point the bench waits a
+few seconds for other processes to go quiet. Writes the curve as a PNG and the JSON with
+--write-docs; docs/SCALING.md reads them.
 """
 
 from __future__ import annotations
