@@ -3,11 +3,11 @@
 Starts the master (which reads the file), each receiver by name, the publishers of the cameras this
 host publishes and N workers, each as its own `python -m` process. With several `[masters.NAME]`,
 `--master NAME` runs that master's share (its receivers, its cameras' publishers, workers for it);
-without it every master runs here (one box), each with its own receivers and publishers, and the
-workers are dealt out among the masters. A role that dies is restarted with
-backoff (logged and counted); SIGHUP re-reads the file, has the master apply it, and starts or stops
-publishers and receivers to match; SIGINT/SIGTERM stops everything in order (publishers, receivers,
-workers, then the master) and exits 0.
+without it every master runs here (one box), each with its own receivers and publishers, and each
+worker serves all of them (`python -m worker --master URL1,URL2`: a pull loop and lease pool per
+master). A role that dies is restarted with backoff (logged and counted); SIGHUP re-reads the file,
+has the master apply it, and starts or stops publishers and receivers to match; SIGINT/SIGTERM stops
+everything in order (publishers, receivers, workers, then the master) and exits 0.
 """
 
 from __future__ import annotations
@@ -106,10 +106,10 @@ class Up:
                 out[f"publisher {name}"] = Role(f"publisher {name}", "publisher",
                                                 ["sender", "--master", self.urls[cam.master], "--camera", name,
                                                  *self.token_args])
-        masters = list(self.urls.values())
-        for i in range(max(self.workers, len(masters) if self.workers else 0)):  # dealt out: one per master at least
-            out[f"worker {i}"] = Role(f"worker {i}", "worker", ["worker", "--master", masters[i % len(masters)],
-                                                                 "--name", f"{self.host}-w{i}", *self.token_args])
+        masters = ",".join(self.urls.values())  # each worker serves every master run here, a lease pool each
+        for i in range(self.workers):
+            out[f"worker {i}"] = Role(f"worker {i}", "worker", ["worker", "--master", masters, "--name",
+                                                                 f"{self.host}-w{i}", *self.token_args])
         return out
 
     # ----- running ----------------------------------------------------------------------------------

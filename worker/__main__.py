@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from worker.detectors import StageEnv
 from worker.group import WorkerGroup
 from worker.loop import Worker, WorkerConfig
 from worker.models.store import MODEL_DIR_ENV, default_model_dir
+from worker.multi import MultiMaster
 from worker.pipeline import StageCache
 
 log = logging.getLogger("worker")
@@ -30,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m worker", description=__doc__,
                                 epilog=f"stages: {stages}",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--master", default="http://127.0.0.1:8000", help="master URL")
+    p.add_argument("--master", default="http://127.0.0.1:8000",
+                   help="master URL; several, separated by commas, to serve each of them (its own loops, "
+                        "leases and connection per master)")
     p.add_argument("--name", default="", help="worker name shown by the master (default host-pid)")
     p.add_argument("--batch", type=int, default=WorkerConfig.batch, help="tasks leased per request (1..256)")
     p.add_argument("--wait-s", type=float, default=WorkerConfig.wait_s, help="long-poll time per request (0..5)")
@@ -68,15 +73,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def from_flags(args: argparse.Namespace) -> WorkerConfig:
-    """The pull loop's config from parsed flags and the token file (or $FRAMEHIVE_TOKEN)."""
-    return build(WorkerConfig, {
-        "master_url": args.master, "token": auth.load_token(args.token_file or None), "name": args.name,
+    """The pull loop's config from parsed flags and the token file (or $FRAMEHIVE_TOKEN), for the first
+    master given (configs_from_flags: one per master)."""
+    return configs_from_flags(args)[0]
+
+
+def configs_from_flags(args: argparse.Namespace) -> list[WorkerConfig]:
+    """One config per master of --master URL1,URL2,...; with several, each worker's name says its master."""
+    urls = [u.strip() for u in args.master.split(",") if u.strip()]
+    if not urls or len(set(urls)) != len(urls):
+        raise ConfigError("--master: give one URL, or several different ones separated by commas")
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    return [build(WorkerConfig, {
+        "master_url": url, "token": auth.load_token(args.token_file or None),
+        "name": args.name if len(urls) == 1 else f"{name}@{i}",
         "batch": max(args.batch, args.processes), "wait_s": args.wait_s, "processes": args.processes,
-        "loops": args.loops})
+        "loops": args.loops}) for i, url in enumerate(urls)]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = config_or_exit("python -m worker", lambda: from_flags(args))
+    configs = config_or_exit("python -m worker", lambda: configs_from_flags(args))
+    config = configs[0]
     setup_logging(args.log_level)
     if args.threads:
         cv2.setNumThreads(args.threads)
@@ -89,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineSpecError, ConfigError, RuntimeError) as e:
         log.error("cannot preload %s: %s", args.preload, e)
         return 2
-    worker = WorkerGroup(config, stages=stages) if config.loops > 1 else Worker(config, stages=stages)
+    if len(configs) > 1:
+        worker = MultiMaster(configs, stages=stages)
+    else:
+        worker = WorkerGroup(config, stages=stages) if config.loops > 1 else Worker(config, stages=stages)
     supervisor = Supervisor("worker", stop)
     supervisor.add(worker, join_timeout_s=60)  # a stop finishes the task in hand and hands back the rest
     return supervisor.run()

@@ -134,3 +134,31 @@ def looks_right_in_chromium(url: str) -> None:
             assert page.errors == [], page.errors
         finally:
             browser.close()
+
+
+def test_one_worker_process_serves_two_masters_with_a_lease_pool_each(tmp_path):
+    """`python -m worker --master URL1,URL2`: each master sees its own worker, leases only its own tasks
+    to it, and gets every frame's result; one SIGTERM stops both loops (exit 0, checked by the cluster)."""
+    with LocalCluster(log_dir=tmp_path / "logs") as cluster:
+        urls, ports = [], free_udp_ports(2)
+        for i, port in enumerate(ports):
+            url = f"http://127.0.0.1:{free_port()}"
+            cluster.spawn(f"master-{i}", "master", "--port", url.rsplit(":", 1)[1])
+            assert wait_for_master(url, 30)
+            rx = cluster.spawn(f"rx-{i}", "receiver", "--ports", str(port), "--master", url, "--name", f"rx-{i}",
+                               "--pipeline", "noop")
+            wait_for_log(rx, "receiving UDP", 30)
+            urls.append(url)
+        cluster.spawn("worker", "worker", "--master", ",".join(urls), "--name", "both", "--threads", "1")
+        n = 30
+        pubs = [cluster.start_publisher(port, "synthetic:160x120", "--fps", "10", "--max-frames", str(n))
+                for port in ports]
+        for pub in pubs:
+            assert pub.popen.wait(60) == 0
+        for i, (url, port) in enumerate(zip(urls, ports)):
+            wait_until(lambda url=url, port=port: len(seqs(url, port)) >= n - 1, 60)
+            assert len(set(seqs(url, port))) == len(seqs(url, port)), "no duplicate result"
+            with MasterClient(url) as c:
+                workers = [w["name"] for w in c.get_stats()["workers"] if w["alive"]]
+                assert workers == [f"both@{i}"], workers
+                assert c.get_results(ports[1 - i], 0, 10)["results"] == [], "nothing of the other master's camera"
