@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from common.errors import ConfigError
 
@@ -80,3 +81,20 @@ def allowed(authorization: str | None, token: str) -> bool:
     """Whether the header presents `token` (constant-time in the token's content)."""
     got = presented(authorization)
     return got is not None and hmac.compare_digest(got.encode(), token.encode())
+
+
+REFUSAL = (b"a token is required: send 'Authorization: Bearer <token>' "
+           b"(clients read it from --token-file or $FRAMEHIVE_TOKEN)\n")
+
+
+def refuse(handler: Any) -> None:
+    """Answer an HTTP request that lacks the token (401) on a BaseHTTPRequestHandler, and close the
+    connection: an unauthenticated body is never read."""
+    handler.send_response(401)
+    handler.send_header("WWW-Authenticate", 'Basic realm="framehive", charset="UTF-8"')
+    handler.send_header("Content-Type", "text/plain")
+    handler.send_header("Content-Length", str(len(REFUSAL)))
+    handler.send_header("Connection", "close")
+    handler.close_connection = True
+    handler.end_headers()
+    handler.wfile.write(REFUSAL)

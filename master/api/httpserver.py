@@ -149,16 +149,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         if token is None or auth.allowed(self.headers.get("Authorization"), token):
             return True
         self.server.service.errors["unauthorized"] += 1
-        self.send_response(401)
-        self.send_header("WWW-Authenticate", 'Basic realm="framehive", charset="UTF-8"')
-        body = (b"a token is required: send 'Authorization: Bearer <token>' "
-                b"(clients read it from --token-file or $FRAMEHIVE_TOKEN)\n")
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")  # never read an unauthenticated body
-        self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+        auth.refuse(self)
         return False
 
     def _same_origin(self) -> bool:

@@ -155,9 +155,7 @@ class _Handler(SimpleXMLRPCRequestHandler):
         token = self.server.token
         if token is None or auth.allowed(self.headers.get("Authorization"), token):
             return True
-        self._send(401, "text/plain", b"a token is required: send 'Authorization: Bearer <token>'\n",
-                   headers={"WWW-Authenticate": 'Basic realm="framehive", charset="UTF-8"'})
-        self.close_connection = True
+        auth.refuse(self)
         return False
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
