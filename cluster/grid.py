@@ -25,7 +25,9 @@ _GRID, _ZONE, _LINE, _TEXT_BG = (255, 255, 255), (0, 200, 255), (255, 80, 0), (0
 
 
 def latest_frame(cluster: ClusterFile, camera: CameraSpec, timeout_s: float = 5.0) -> bytes:
-    """The camera's newest processed frame from the running master (FramehiveError when there is none)."""
+    """The camera's newest processed frame from its running master (FramehiveError when there is none)."""
+    if camera.master:  # several masters: the camera's own
+        cluster = cluster.for_master(camera.master)
     url = f"{cluster.master_url}/ports/{camera.port}/latest.jpg"
     token = auth.load_token(cluster.master.get("token_file") or None)
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})

@@ -110,9 +110,10 @@ class ClusterFile:
                               (f" (masters: {', '.join(self.masters)})" if self.masters else
                                " (this file has one [master] table: run it without a name)"))
         cameras = {n: c for n, c in self.cameras.items() if c.master == name}
-        ports = {c.port for c in cameras.values()}
-        rules = tuple(dataclasses.replace(r, ports=tuple(p for p in r.ports if p in ports)) if r.ports else r
-                      for r in self.rules if not r.ports or ports & set(r.ports))
+        # masters number their cameras apart (two may both have a port 5000): a rule follows camera names
+        rules = tuple(dataclasses.replace(r, ports=tuple(sorted(cameras[n].port for n in r.cameras if n in cameras)),
+                                          cameras=tuple(n for n in r.cameras if n in cameras)) if r.ports else r
+                      for r in self.rules if not r.ports or any(n in cameras for n in r.cameras))
         return ClusterFile(self.path, dict(self.masters[name]),
                            {n: r for n, r in self.receivers.items() if r.master == name}, cameras, rules, self.mqtt,
                            {})
@@ -200,7 +201,8 @@ def parse(text: str, path: str = "framehive.toml", *, previous: ClusterFile | No
         places = {c.name: Places(frozenset(z.name for z in c.zones), {ln.name: ln.directions for ln in c.lines})
                   for c in cameras.values()}
         rules = parse_rules(text, path, cameras={c.name: c.port for c in cameras.values()},
-                            others=("master", "masters", "receivers", "cameras", "mqtt"), places=places)
+                            others=("master", "masters", "receivers", "cameras", "mqtt"), places=places,
+                            by_name=bool(masters))
     except RulesError as e:
         raise ConfigError(str(e)) from e
     return ClusterFile(path, dict(master), receivers, cameras, tuple(rules), mqtt,
@@ -350,23 +352,29 @@ def _ports(value: Any, path: list[str], where: _Where) -> tuple[int, ...]:
 
 def _cameras(tables: Mapping[str, dict[str, Any]], receivers: Mapping[str, ReceiverSpec],
              previous: ClusterFile | None, where: _Where) -> dict[str, CameraSpec]:
+    """Each camera with its port: a master files results by port, so ports are unique per master (two
+    masters may each have a camera on 5000, on their own receivers' hosts)."""
     if len(tables) > MAX_CAMERAS:
         raise where.error(["cameras"], None, f"at most {MAX_CAMERAS} cameras")
-    taken: dict[int, str] = {}
+    taken: dict[str, dict[int, str]] = {}  # master ("" with one) -> port -> camera
+
+    def receiver_of(table: Mapping[str, Any]) -> ReceiverSpec:
+        return receivers[table.get("receiver") or next(iter(receivers))]
+
     for name, table in tables.items():  # explicit ports first: they are the user's
         _check_camera(name, table, receivers, where)
         if "port" in table:
-            port = table["port"]
-            if port in taken:
-                raise where.error(["cameras", name], "port", f"port {port} is taken by camera {taken[port]!r}")
-            taken[port] = name
+            port, mine = table["port"], taken.setdefault(receiver_of(table).master, {})
+            if port in mine:
+                raise where.error(["cameras", name], "port", f"port {port} is taken by camera {mine[port]!r}")
+            mine[port] = name
     cameras = {}
     for name, table in tables.items():
-        receiver = table.get("receiver") or next(iter(receivers))
-        port = table.get("port") or _keep_or_assign(name, receivers[receiver], previous, taken, where)
-        taken[port] = name
-        cameras[name] = dataclasses.replace(_camera(name, table, receiver, port, where),
-                                            master=receivers[receiver].master)
+        spec = receiver_of(table)
+        mine = taken.setdefault(spec.master, {})
+        port = table.get("port") or _keep_or_assign(name, spec, previous, mine, where)
+        mine[port] = name
+        cameras[name] = dataclasses.replace(_camera(name, table, spec.name, port, where), master=spec.master)
     return cameras
 
 
@@ -430,7 +438,8 @@ def _keep_or_assign(name: str, receiver: ReceiverSpec, previous: ClusterFile | N
     old = previous.cameras.get(name) if previous else None
     if old is not None and old.receiver == receiver.name and old.port not in taken:
         return old.port
-    held = {c.port for c in previous.cameras.values() if c.name != name} if previous else set()
+    held = {c.port for c in previous.cameras.values() if c.name != name and c.master == receiver.master} \
+        if previous else set()
     free = [p for p in receiver.ports if p not in taken and p not in held] or \
         [p for p in receiver.ports if p not in taken]
     if not free:

@@ -95,6 +95,7 @@ class Rule:
     count: int = 1  # occupancy: how many objects of the label at once
     min_width: float = 0.0  # least box width, a fraction of the frame width
     min_height: float = 0.0  # least box height, a fraction of the frame height
+    cameras: tuple[str, ...] = ()  # in a cluster file: the names of the cameras in `ports` (empty: every camera)
 
     def wants(self, label: str) -> bool:
         """Whether objects of `label` are this rule's."""
@@ -163,11 +164,13 @@ def load_rules(path: str | Path) -> list[Rule]:
 
 
 def parse_rules(text: str, path: str = "<rules>", *, cameras: Mapping[str, int] | None = None,
-                others: Iterable[str] = (), places: Mapping[str, Places] | None = None) -> list[Rule]:
+                others: Iterable[str] = (), places: Mapping[str, Places] | None = None,
+                by_name: bool = False) -> list[Rule]:
     """Validate the text of a rules file (`path` only names it in errors). Inside a cluster config file
     (`cameras` maps camera names to ports, and rules may name them; `places` gives each camera's zones
     and lines, which behaviour rules name; top-level tables in `others` belong to the rest of the
-    file) rules are optional."""
+    file) rules are optional. `by_name`: cameras of several masters may share a port number, so a rule
+    must name its cameras rather than give ports."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -188,7 +191,7 @@ def parse_rules(text: str, path: str = "<rules>", *, cameras: Mapping[str, int] 
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for index, table in enumerate(tables):
-        rule = _RuleParser(table, index, lines, cameras or {}, places).parse()
+        rule = _RuleParser(table, index, lines, cameras or {}, places, by_name).parse()
         if rule.name in seen:
             raise lines.error(lines.key_line(index, "name"), f"duplicate rule name {rule.name!r} "
                               f"(first defined at line {lines.rule_line(seen[rule.name])})")
@@ -240,8 +243,9 @@ class _RuleParser:
     """Validates one `[[rule]]` table into a Rule."""
 
     def __init__(self, table: Any, index: int, lines: _Lines, cameras: Mapping[str, int],
-                 places: Mapping[str, Places] | None) -> None:
+                 places: Mapping[str, Places] | None, by_name: bool = False) -> None:
         self.table, self.index, self.lines, self.cameras, self.places = table, index, lines, cameras, places
+        self.by_name = by_name
         self.label = f"rule #{index + 1}"
 
     def fail(self, key: str | None, reason: str) -> RulesError:
@@ -259,7 +263,8 @@ class _RuleParser:
         kind = self.table.get("kind", "detect")
         if kind not in KINDS:
             raise self.fail("kind", f"kind must be one of {', '.join(KINDS)}, got {kind!r:.80}")
-        rule = Rule(name=name, label=self._text("label", required=True), ports=self._ports(),
+        ports, watched = self._ports()
+        rule = Rule(name=name, label=self._text("label", required=True), ports=ports, cameras=watched,
                     min_score=self._number("min_score", DEFAULT_MIN_SCORE, 0.0, 1.0),
                     min_frames=self._min_frames(),
                     cooldown_s=self._number("cooldown_s", DEFAULT_COOLDOWN_S if kind == "detect" else 0.0,
@@ -304,7 +309,7 @@ class _RuleParser:
             raise self.fail("seconds" if "seconds" in self.table else None,
                             "a dwell rule needs seconds = N (> 0): how long an object stays before it counts")
         count = self._count() if kind == "occupancy" else 1
-        watched = [n for n, p in self.cameras.items() if not rule.ports or p in rule.ports]
+        watched = list(rule.cameras) if rule.ports else list(self.cameras)
         having = [n for n in watched if self._has(n, what, place)]
         if rule.ports and len(having) < len(watched):
             missing = next(n for n in watched if n not in having)
@@ -319,7 +324,8 @@ class _RuleParser:
                 raise self.fail("direction", f"line {place!r} has directions {', '.join(sorted(allowed))}, "
                                              f"not {direction!r}")
         ports = rule.ports or tuple(sorted(self.cameras[n] for n in having))
-        return dataclasses.replace(rule, place=place, direction=direction, seconds=seconds, count=count, ports=ports)
+        return dataclasses.replace(rule, place=place, direction=direction, seconds=seconds, count=count, ports=ports,
+                                   cameras=rule.cameras or tuple(sorted(having)))
 
     def _has(self, camera: str, what: str, place: str) -> bool:
         p = self.places.get(camera) if self.places else None
@@ -357,11 +363,15 @@ class _RuleParser:
             raise self.fail("min_frames", f"min_frames must be an integer >= 1 (at most 10000), got {v!r:.80}")
         return v
 
-    def _ports(self) -> tuple[int, ...]:
+    def _ports(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """The ports a rule watches (empty: every camera), and the names of the file's cameras among them."""
         v = self.table.get("ports", [])
         if not isinstance(v, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535
                                               for p in v):
             raise self.fail("ports", f"ports must be a list of port numbers 1..65535, got {v!r:.80}")
+        if v and self.by_name:
+            raise self.fail("ports", "this file has several masters, whose cameras may share port numbers: "
+                                     "name the cameras the rule watches (cameras = [\"NAME\", ...]), not ports")
         names = self.table.get("cameras", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise self.fail("cameras", f"cameras must be a list of camera names, got {names!r:.80}")
@@ -369,7 +379,8 @@ class _RuleParser:
         if unknown:
             raise self.fail("cameras", f"no camera named {unknown[0]!r} in this file"
                             + (f" (cameras: {', '.join(sorted(self.cameras))})" if self.cameras else ""))
-        return tuple(sorted(set(v) | {self.cameras[n] for n in names}))
+        watched = set(names) | {n for n, p in self.cameras.items() if p in v}
+        return tuple(sorted(set(v) | {self.cameras[n] for n in names})), tuple(sorted(watched))
 
     def _zone(self) -> tuple[Point, ...] | None:
         v = self.table.get("zone")

@@ -9,6 +9,7 @@ delays only its own line), with the cluster's token.
     GET  /api/v1/counts         every camera's counts, from its master
     GET  /api/v1/masters        each master's health
     GET  /api/v1/results?camera=NAME[&since=&limit=]   a camera's results page, from its master
+                                (passed-through answers name it in an X-Framehive-Master header)
     GET  /m/<master>/...        a master's pictures, snapshots, clips and event states, passed through
     POST /RPC2                  XML-RPC: get_results(camera, since, limit), get_counts(), list_masters(),
                                 get_stats() (each master's, or its error)
@@ -218,6 +219,7 @@ class _Handler(SimpleXMLRPCRequestHandler):
             for h in ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges"):
                 if reply.getheader(h):
                     self.send_header(h, reply.getheader(h))
+            self.send_header("X-Framehive-Master", name)  # whose answer this is
             self.end_headers()
             left = size
             while left > 0:

@@ -154,6 +154,63 @@ def test_several_masters_mistakes_name_their_line(change, words):
         parse(change(SEVERAL))
 
 
+SAME_PORTS = '''[masters.a]
+host = "10.0.0.1"
+[masters.b]
+host = "10.0.0.2"
+[receivers.rx-a]
+master = "a"
+host = "10.0.0.11"
+ports = [5000]
+[receivers.rx-b]
+master = "b"
+host = "10.0.0.12"
+ports = [5000]
+[cameras.porch]
+source = "synthetic"
+receiver = "rx-a"
+[cameras.porch.zones.door]
+points = [[0, 0], [0.5, 0], [0.5, 1]]
+[cameras.yard]
+source = "synthetic"
+receiver = "rx-b"
+[[rule]]
+name = "at-the-porch"
+label = "person"
+cameras = ["porch"]
+[[rule]]
+name = "into-the-door"
+kind = "enter"
+label = "person"
+zone = "door"
+'''
+
+
+def test_masters_number_their_cameras_apart():
+    """Two masters, each with one receiver on its own host: both cameras take port 5000, and a rule
+    naming one of them (or the zone only one has) is on that camera's master only."""
+    cluster = parse(SAME_PORTS)
+    assert {(c.name, c.master, c.port) for c in cluster.cameras.values()} == {("porch", "a", 5000),
+                                                                              ("yard", "b", 5000)}
+    a, b = cluster.for_master("a"), cluster.for_master("b")
+    assert [(r.name, r.ports) for r in a.rules] == [("at-the-porch", (5000,)), ("into-the-door", (5000,))]
+    assert b.rules == (), "b's yard shares porch's port number, not its rules"
+    assert a.camera_names() == {5000: "porch"} and b.camera_names() == {5000: "yard"}
+    # within one master a port is still one camera's
+    two = SAME_PORTS.replace('receiver = "rx-b"', 'receiver = "rx-b"\nport = 5000') + \
+        '[cameras.gate]\nsource = "synthetic"\nreceiver = "rx-b"\nport = 5000\n'
+    with pytest.raises(ConfigError, match="port 5000 is taken by camera 'yard'"):
+        parse(two)
+    with pytest.raises(ConfigError, match="receiver 'rx-a' has no free port left"):
+        parse(SAME_PORTS + '[cameras.gate]\nsource = "synthetic"\nreceiver = "rx-a"\n')
+
+
+def test_with_several_masters_a_rule_names_cameras_not_ports():
+    text = SAME_PORTS.replace('cameras = ["porch"]', "ports = [5000]")
+    with pytest.raises(ConfigError, match=r":\d+: rule 'at-the-porch': this file has several masters.*cameras = "):
+        parse(text)
+
+
 def test_a_master_key_without_masters_is_an_error():
     with pytest.raises(ConfigError, match="names a master, but the file has no"):
         parse('[cameras.porch]\nsource = "synthetic"\nmaster = "a"\n')
