@@ -92,6 +92,7 @@ class MasterClient:
         self._connection = http.client.HTTPSConnection if address.scheme == "https" else http.client.HTTPConnection
         self.timeout_s = timeout_s
         self._conn: http.client.HTTPConnection | None = None
+        self.backlog = 0  # tasks the master had waiting at the last lease or complete reply
 
     def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
@@ -180,6 +181,7 @@ class MasterClient:
                                         timeout_s=self.timeout_s + wait_s)
         self._check(status, data)
         meta, blobs = batch.unpack(data)
+        self.backlog = _backlog(meta)
         return [lease_from_wire(t, bytes(b)) for t, b in zip(meta.get("tasks", []), blobs)]
 
     def complete(self, worker_id: str, outcomes: Iterable[Outcome] = (),
@@ -197,6 +199,7 @@ class MasterClient:
                                         timeout_s=self.timeout_s + wait_s)
         self._check(status, data)
         reply, blobs = batch.unpack(data)
+        self.backlog = _backlog(reply)
         return reply, [lease_from_wire(t, bytes(b)) for t, b in zip(reply.pop("tasks", []), blobs)]
 
     def take_job_results(self, job_id: str, max_n: int, wait_s: float = 0.0,
@@ -251,6 +254,12 @@ class MasterClient:
     def get_stats(self) -> dict[str, Any]:
         """The master's counters, workers and sources."""
         return self.call("get_stats")
+
+
+def _backlog(reply: Any) -> int:
+    """The master's waiting tasks from a lease or complete reply (0 from a master that does not say)."""
+    n = reply.get("backlog", 0) if isinstance(reply, dict) else 0
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
 
 
 def wait_for_master(url: str, timeout_s: float) -> bool:

@@ -115,10 +115,16 @@ class Worker(Component):
 
     @property
     def lease_size(self) -> int:
-        """Tasks to lease next: the batch, or one while tasks are slow (each is reported at once anyway,
-        so a second one in hand would only wait for the first while another worker may be idle). A
-        local process pool always takes whole batches: it runs them in parallel."""
-        return 1 if self._slow and self._pool is None else self.config.batch
+        """Tasks to lease next: the batch, or one while tasks are slow and nothing waits at the master
+        (each is then reported at once, so a second one in hand would only wait for the first while
+        another worker may be idle). A local process pool always takes whole batches."""
+        return 1 if self._slow and not self._backlogged() and self._pool is None else self.config.batch
+
+    def _backlogged(self) -> bool:
+        """Whether other tasks waited at the master when this worker last leased: then no worker is
+        idle, and a second slow task in hand, reported together with the first, costs its camera
+        nothing that the queue did not cost it already, and saves a request."""
+        return self.client.backlog > 0
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -196,7 +202,7 @@ class Worker(Component):
             else:
                 failed.append((lease.task.id, lease.token, error))
             rest = leases[i + 1:]
-            if rest and not pending and time.monotonic() - started >= EARLY_REPORT_S:
+            if rest and not pending and not self._backlogged() and time.monotonic() - started >= EARLY_REPORT_S:
                 self._report(outcomes, failed, [], lease_more=False, hold=frozenset(x.task.id for x in rest))
                 outcomes, failed = [], []
         self.busy = False

@@ -69,7 +69,7 @@ def lease(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     req = _json_body(body)
     max_n, wait_s = _lease_args(req)
     leases = svc.request_tasks(_worker(req), max(1, max_n), wait_s)
-    meta = {"tasks": [lease_to_wire(x) for x in leases]}
+    meta = {"tasks": [lease_to_wire(x) for x in leases], "backlog": svc.backlog()}
     return 200, batch.CONTENT_TYPE, batch.pack(meta, [x.task.payload for x in leases])
 
 
@@ -101,6 +101,7 @@ def complete(svc: MasterService, body: bytes) -> tuple[int, str, bytes]:
     max_n, wait_s = _lease_args(meta.get("lease", {"max": 0}))
     leases = svc.request_tasks(worker, max_n, wait_s) if max_n else []
     out["tasks"] = [lease_to_wire(x) for x in leases]
+    out["backlog"] = svc.backlog()
     return 200, batch.CONTENT_TYPE, batch.pack(out, [x.task.payload for x in leases])
 
 

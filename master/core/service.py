@@ -533,6 +533,11 @@ class MasterService(Component):
             raise UnknownWorker(f"unknown worker_id {worker_id!r}: call register_worker first")
         return self._work.poll(lambda: self.store.request(worker_id, max_n, self.clock()), deadline, self._stop)
 
+    def backlog(self) -> int:
+        """Tasks waiting for a worker (told with every lease reply: a worker that knows others wait
+        behind it may hold a second slow task and report both in one request)."""
+        return self.store.waiting()
+
     def complete(self, worker_id: str, outcomes: Iterable[Outcome]) -> dict[str, list]:
         """Store outcomes; stale or unknown leases are rejected one by one, never stored twice."""
         accepted: list[str] = []

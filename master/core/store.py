@@ -128,6 +128,7 @@ class TaskStore:
         # worker -> ids of the tasks it holds: heartbeats renew, reclaim and expire a worker's leases
         # without scanning every queued frame under the lock (a heartbeat per worker per second)
         self._leased_by: dict[str, dict[str, None]] = {}
+        self._leased_n = 0  # tasks in progress: what the store holds beyond them is waiting
         self._bytes = 0  # payload bytes of the tasks in _tasks
         self._job_seen: dict[str, float] = {}  # when each file job last added or took tiles
         self._lanes: dict[Hashable, deque[str]] = {}
@@ -269,6 +270,7 @@ class TaskStore:
         rec.first_leased = rec.first_leased or now
         rec.leased_at = now
         self._leased_by.setdefault(worker, {})[rec.task.id] = None
+        self._leased_n += 1
         self.counters["leased"] += 1
         return Lease(rec.task, rec.token, self.config.lease_s, rec.attempts)
 
@@ -419,8 +421,9 @@ class TaskStore:
         """Take a task out of its worker's holdings: it was finished, dropped or requeued."""
         if rec.state is TaskState.IN_PROGRESS:
             held = self._leased_by.get(rec.worker)
-            if held is not None:
-                held.pop(rec.task.id, None)
+            if held is not None and rec.task.id in held:
+                del held[rec.task.id]
+                self._leased_n -= 1
                 if not held:
                     del self._leased_by[rec.worker]
 
@@ -573,6 +576,11 @@ class TaskStore:
                     "in_progress": states.get(TaskState.IN_PROGRESS.value, 0),
                     "payload_bytes": self._bytes, "max_payload_bytes": self.config.max_bytes,
                     "counters": dict(self.counters), "ports": ports}
+
+    def waiting(self) -> int:
+        """Tasks queued and not leased (a retried tile still backing off counts): the backlog."""
+        with self._lock:
+            return len(self._tasks) - self._leased_n
 
     def state_of(self, task_id: str) -> TaskState | None:
         """The state of a task still held (None once completed, failed or dropped)."""

@@ -173,3 +173,19 @@ def test_a_worker_leases_one_at_a_time_while_its_tasks_are_slow(master, stages, 
         add(master.url, [payload] * 8, port=5301, pipeline="noop")
         wait_until(lambda: len(results(master.url, 5301)) == 8, 30)
         assert w.lease_size == 4
+
+
+def test_with_a_backlog_a_worker_reports_slow_tasks_together(master, stages, person_frames):
+    """When tasks wait at the master behind the ones leased (every lease reply says how many), no worker
+    is idle: a worker then keeps its batch of slow tasks and reports them in one request, half the
+    requests per result, instead of one request per task."""
+    payload = jpeg(person_frames[0])
+    for port in range(5400, 5405):
+        add(master.url, [payload] * 2, port=port, pipeline="sleep:40")
+    w = Worker(WorkerConfig(master_url=master.url, name="backlog", batch=2, wait_s=0.2), stages=stages)
+    with w:
+        wait_until(lambda: sum(len(results(master.url, p)) for p in range(5400, 5405)) == 10, 30)
+    done = sorted(r["completed_at"] for p in range(5400, 5405) for r in results(master.url, p))
+    # the first batch of 2 was leased with 8 waiting behind it: both stored by one request, not 40 ms apart
+    assert done[1] - done[0] < 0.02
+    assert all(b - a >= 0.04 for a, b in zip(done[1::2], done[2::2]))  # one request per pair, each after its 2nd task

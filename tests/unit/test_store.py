@@ -360,4 +360,5 @@ def test_the_per_worker_lease_index_follows_every_way_a_lease_ends():
             if rec.state is TaskState.IN_PROGRESS:
                 in_progress.setdefault(rec.worker, set()).add(rec.task.id)
         assert {k: set(v) for k, v in store._leased_by.items()} == in_progress, step
+        assert store.waiting() == sum(r.state is TaskState.PENDING for r in store._tasks.values()), step
         assert store.renew("a", now) == len(in_progress.get("a", ()))
