@@ -96,3 +96,6 @@ def test_the_dockerfile_copies_what_exists_and_installs_the_pinned_requirements(
                 assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
     assert "pip install -r requirements.txt" in text and "--no-deps -r requirements-nodeps.txt" in text
     assert "\nUSER " in text, "the roles must not run as root in the container"
+    # what `make setup` does beyond pip: the compiled datagram core, and the detector's model in the image
+    assert "python scripts/build_datagram_core.py --strict" in text and "python -m worker.models" in text
+    assert "FRAMEHIVE_MODEL_DIR=" in text, "the model must live where the unprivileged user reads it"
