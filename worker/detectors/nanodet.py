@@ -8,7 +8,9 @@ distance from the cell's centre to that side.
 Frames are letterboxed (aspect kept, never squeezed: squeezing a 16:9 frame drops recall from 204 to
 28 of 279 frames on the hall clip). Wide low-resolution frames lose small people to the downscale, so
 `tiles` adds two overlapping square crops (the frame's left and right h x h squares) run at the model's
-full resolution; their boxes are merged with the full pass (see `merge_crops`).
+full resolution; their boxes are merged with the full pass (see `merge_crops`). At the other end, a
+person near the camera in a 4:3 frame can fall in the model's scale dip (RESCUE_MIN_HEIGHT); `tiles`
+then adds one pass at a smaller input size.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ CROP_NMS_IOU = 0.5
 CROP_MIN_ASPECT = 1.5  # crops pay only for frames at least this much wider than tall
 PROBE_RATIO = 0.6  # `tiles=auto`: a candidate over this share of its class threshold, but under it, is "unsure"
 CUT_EDGE_PX = 4  # a crop's box this close to the crop's inner edge may be a half object
+# Big objects: NanoDet-g scores a person whose box is ~210-310 px tall in its 416 input low (0.3-0.5 where
+# 200 or 400 px score 0.8+): in 4:3 frames someone near the camera falls in that dip. An unsure candidate
+# at least this share of the frame's longer side tall gets one more pass at RESCUE_SIZE, where it scores
+# 0.7-0.9 (docs/DETECTION.md: measurements; 0.4 and 0.5 find the same on the 4:3 hall frames).
+RESCUE_MIN_HEIGHT = 0.45
+RESCUE_SIZE = 320  # a multiple of the largest stride
 CLASS_INDEX = {name: i for i, name in enumerate(COCO80)}
 
 
@@ -171,6 +179,14 @@ def unsure_windows(windows: list[tuple[int, int, int]], probe: Found, thresholds
     return [i for i, (x, side, _) in enumerate(windows) if np.any((centres >= x) & (centres < x + side))]
 
 
+def unsure_and_big(frame_wh: tuple[int, int], probe: Found, thresholds: np.ndarray) -> bool:
+    """Whether the probe holds a candidate under its class threshold that is at least RESCUE_MIN_HEIGHT
+    of the frame's longer side tall (`tiles=auto` then runs the smaller RESCUE_SIZE pass)."""
+    unsure = probe.scores < thresholds[probe.ids]
+    heights = probe.boxes[unsure, 3] - probe.boxes[unsure, 1]
+    return bool(np.any(heights >= RESCUE_MIN_HEIGHT * max(frame_wh)))
+
+
 def _overlap_share(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """How much of `box` each of `others` covers (intersection / area of box)."""
     ix = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
@@ -237,8 +253,9 @@ class NanoDet:
         outs = self._session.run(None, {self._input: np.zeros((1, 3, INPUT, INPUT), np.float32)})
         return [list(o.shape) for o in outs]
 
-    def _pass(self, image: np.ndarray, thresholds: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Found:
-        blob, lb = preprocess(image)
+    def _pass(self, image: np.ndarray, thresholds: np.ndarray, offset: tuple[int, int] = (0, 0),
+              size: int = INPUT) -> Found:
+        blob, lb = preprocess(image, size)
         outs = self._session.run(None, {self._input: blob})
         boxes, scores, ids = decode([outs[i] for i in self._order[0]], [outs[i] for i in self._order[1]], thresholds,
                                     blob.shape[2:])
@@ -246,22 +263,26 @@ class NanoDet:
         return nms(Found(corners, scores, ids), NMS_IOU)
 
     def find(self, image: np.ndarray, thresholds: np.ndarray, tiles: str = "auto") -> Found:
-        """Detections over their class thresholds. `tiles`: off, one pass; on, the pass and both
-        crops of a wide frame; auto, the pass with thresholds lowered to PROBE_RATIO of themselves,
-        then only the crops that hold a candidate between the two (docs/DETECTION.md: why)."""
-        windows = crop_windows((image.shape[1], image.shape[0]), tiles)
-        if not windows:
+        """Detections over their class thresholds. `tiles`: off, one pass; on, the pass, both crops of
+        a wide frame and a smaller pass (RESCUE_SIZE); auto, the pass with thresholds lowered to
+        PROBE_RATIO of themselves, then only the crops that hold a candidate between the two, and the
+        smaller pass only when such a candidate is big (docs/DETECTION.md: why)."""
+        wh = (image.shape[1], image.shape[0])
+        if tiles == "off":
             return self._pass(image, thresholds)
+        windows = crop_windows(wh, tiles)
         if tiles == "auto":
             probe = self._pass(image, thresholds * PROBE_RATIO)
             windows = [windows[i] for i in unsure_windows(windows, probe, thresholds)]
+            rescue = unsure_and_big(wh, probe, thresholds)
             full = probe.select(np.flatnonzero(probe.scores >= thresholds[probe.ids]))
-            if not windows:
-                return full
         else:
-            full = self._pass(image, thresholds)
+            full, rescue = self._pass(image, thresholds), True
         crops = [(self._pass(image[:, x:x + side], thresholds, (x, 0)), edge) for x, side, edge in windows]
-        return merge_crops(full, crops)
+        merged = merge_crops(full, crops) if crops else full
+        if not rescue:
+            return merged
+        return nms(Found.concat([merged, self._pass(image, thresholds, size=RESCUE_SIZE)]), CROP_NMS_IOU)
 
 
 def to_detections(found: Found) -> list[Detection]:
