@@ -71,9 +71,14 @@ def runnable_stages(env: StageEnv) -> list[str]:
 
 
 def resolved_device(env: StageEnv) -> str:
-    """The device ONNX stages actually run on here ('cpu' when the build has no accelerator)."""
+    """The device ONNX stages run on here: that of the NanoDet session loaded for the worker's own
+    device preference when there is one (it knows whether the accelerator really started), else what
+    the onnxruntime build offers for the preference ('cpu' when it has no accelerator)."""
     if not _has_module("onnxruntime"):
         return "cpu"
+    for key, net in env.loaded("nanodet"):
+        if key[-1] == env.device:
+            return str(net.device)
     from worker.detectors import providers
 
     return providers.choose(env.device, providers.available_providers())[0]
@@ -89,6 +94,7 @@ class Capabilities:
 
     def report(self) -> dict[str, Any]:
         if self._static is None:
-            self._static = {"device": resolved_device(self.env), "stages": runnable_stages(self.env),
+            self._static = {"stages": runnable_stages(self.env),
                             "model": "nanodet-g-416" if _model_ready(self.env) else ""}
-        return {**self._static, "ms": self.times.snapshot()}
+        # the device each time: a session loaded since the last report may have found its accelerator missing
+        return {"device": resolved_device(self.env), **self._static, "ms": self.times.snapshot()}

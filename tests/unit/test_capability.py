@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from master.core.workers import MAX_CAPABILITY_STAGES, WorkerRegistry, clean_capabilities
 from worker.capability import Capabilities, StageTimes, runnable_stages
 from worker.detectors import StageEnv
@@ -48,3 +50,25 @@ def test_heartbeat_capabilities_reach_the_snapshot():
     [w] = reg.snapshot(1.0)
     assert w["capabilities"] == {"device": "cuda", "stages": ["person"], "ms": {"person": 4.0}}
     assert "capabilities" not in w["stats"]  # not a flat stat
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own note that CUDA is not there
+def test_the_reported_device_is_the_loaded_session_s(monkeypatch, caplog):
+    """The build claims CUDA (as onnxruntime-gpu does on a host without CUDA's libraries); the session
+    onnxruntime makes runs on the CPU. The heartbeat says cpu, not cuda, once the model is loaded."""
+    from common.pipeline import parse_stage
+    from worker.detectors import providers
+    from worker.models.store import ModelStore
+    from worker.pipeline import StageCache
+
+    if not ModelStore().ready():
+        pytest.skip("the NanoDet model is not built (`make setup`)")
+    monkeypatch.setattr(providers, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    providers._warned.discard("cuda:session")
+    env = StageEnv(device="auto", threads=1)
+    caps = Capabilities(env)
+    assert caps.report()["device"] == "cuda"  # what the build claims, before any session exists
+    with caplog.at_level("WARNING"):
+        StageCache(env).get(parse_stage("person"))
+    assert caps.report()["device"] == "cpu"
+    assert any("could not start" in r.getMessage() for r in caplog.records)

@@ -47,6 +47,12 @@ class StageEnv:
                 self._shared[key] = factory()
             return self._shared[key]
 
+    def loaded(self, kind: str) -> list[tuple[Any, Any]]:
+        """(key, object) of what `shared` made under keys (kind, ...): the models loaded so far. Read
+        without the lock, which `shared` holds while a model loads (a heartbeat must not wait for that):
+        list() of a dict's items is one step under the GIL."""
+        return [(k, v) for k, v in list(self._shared.items()) if isinstance(k, tuple) and k and k[0] == kind]
+
     def once(self, key: Any) -> bool:
         """True the first time `key` is asked about in this process (for log-once messages)."""
         with self._lock:

@@ -225,10 +225,11 @@ class NanoDet:
     def __init__(self, path: Path | str, *, device: str = "auto", threads: int = 0) -> None:
         import onnxruntime
 
-        self.device, provider_list = providers.choose(device, providers.available_providers())
+        chosen, provider_list = providers.choose(device, providers.available_providers())
         self._session = onnxruntime.InferenceSession(str(path), providers_options=None,
                                                      sess_options=providers.session_options(threads),
                                                      providers=provider_list)
+        self.device = providers.session_device(self._session, chosen)
         self._input = self._session.get_inputs()[0].name
         self._order = self._output_order()
         log.info("NanoDet %s loaded on %s (%s)", path, self.device, ", ".join(self._session.get_providers()))

@@ -357,9 +357,10 @@ class OrtRuntime:
 
         from worker.detectors import providers
 
-        self.device, provider_list = providers.choose(device, providers.available_providers())
+        chosen, provider_list = providers.choose(device, providers.available_providers())
         self._session = onnxruntime.InferenceSession(str(path), sess_options=providers.session_options(threads),
                                                      providers=provider_list)
+        self.device = providers.session_device(self._session, chosen)
         self._input = self._session.get_inputs()[0].name
 
     def run(self, blob: np.ndarray) -> np.ndarray:

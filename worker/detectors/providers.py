@@ -22,6 +22,8 @@ _PROVIDERS = {
     "openvino": ("OpenVINOExecutionProvider",),
 }
 _AUTO_ORDER = ("cuda", "openvino")
+_DEVICE_OF = {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda",
+              "OpenVINOExecutionProvider": "openvino"}
 _warned: set[str] = set()
 
 
@@ -49,6 +51,21 @@ def choose(device: str, available: Sequence[str]) -> tuple[str, list[str]]:
                         "(docs/DETECTION.md: installing a GPU build)", device, ", ".join(available))
         return "cpu", [CPU]
     return device, [*wanted, CPU] if device != "cpu" else [CPU]
+
+
+def session_device(session, chosen: str) -> str:  # session: onnxruntime.InferenceSession
+    """The device a session really runs on, read from the providers it got. `available_providers()`
+    names what the build was compiled with: a CUDA build on a host without the CUDA or cuDNN libraries
+    (or without a GPU) lists CUDA there, then quietly gives the session only the CPU, saying so in
+    onnxruntime's own log at most. `chosen` is what `choose` picked; when it was an accelerator and the
+    session has none, one log line per device says so."""
+    got = list(session.get_providers())
+    actual = next((_DEVICE_OF[p] for p in got if p in _DEVICE_OF), "cpu")
+    if chosen != "cpu" and actual == "cpu" and f"{chosen}:session" not in _warned:
+        _warned.add(f"{chosen}:session")
+        log.warning("device %s: onnxruntime could not start it here (missing CUDA/cuDNN or OpenVINO libraries, or "
+                    "no device): running on the CPU (docs/DETECTION.md: installing a GPU build)", chosen)
+    return actual
 
 
 def session_options(threads: int):  # -> onnxruntime.SessionOptions
