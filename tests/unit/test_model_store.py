@@ -56,6 +56,18 @@ def test_build_from_sources_then_reuse(seeded: ModelStore):
     assert seeded.ensure(fetch=False) == path and path.stat().st_mtime_ns == before  # nothing rebuilt
 
 
+def test_a_missing_or_altered_licence_is_put_back(seeded: ModelStore):
+    seeded.ensure(fetch=False)
+    licence = seeded.dir / "LICENSE.txt"
+    good = licence.read_bytes()
+    licence.write_text("junk")
+    assert "licence" in seeded.problem()
+    seeded.ensure(fetch=False)
+    assert licence.read_bytes() == good and seeded.ready()
+    licence.unlink()
+    assert "licence" in seeded.problem()
+
+
 def test_a_truncated_model_is_detected_and_rebuilt_identically(seeded: ModelStore):
     seeded.ensure(fetch=False)
     good = seeded.onnx_path.read_bytes()

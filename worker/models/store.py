@@ -8,10 +8,11 @@ Layout of the cache directory (default `~/.cache/framehive/models`, `$FRAMEHIVE_
     nanodet-g-416/manifest.json                       what the .onnx was made from, and its sha256
     nanodet-g-416/LICENSE.txt                         the weights' Apache-2.0 licence, kept beside them
 
-`ensure()` is idempotent and cheap when the cache is sound: it reads the manifest and hashes the
-7.6 MB ONNX file. Anything missing, partial or corrupt is rebuilt: source files are re-downloaded only
-when their own hashes fail. Every file is written to a temporary name and renamed into place, so a
-run killed half way leaves either the old file or none, never half of one.
+`ensure()` is idempotent and cheap when the cache is sound: it reads the manifest, compares the
+licence and hashes the 15 MB ONNX file (float16 weights are stored as float32). Anything missing,
+partial or corrupt is rebuilt: source files are re-downloaded only when their own hashes fail. Every
+file is written to a temporary name and renamed into place, so a run killed half way leaves either
+the old file or none, never half of one.
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ class ModelStore:
             return f"built from other inputs ({', '.join(stale)} changed)"
         if not self.onnx_path.is_file():
             return "the ONNX file is missing"
-        if not (self.dir / "LICENSE.txt").is_file():
-            return "the weights' licence file is missing"
+        licence = self.dir / "LICENSE.txt"
+        if not licence.is_file() or licence.read_bytes() != LICENCE_FILE.read_bytes():
+            return "the weights' licence file is missing or altered"
         if sha256_file(self.onnx_path) != manifest.get("onnx_sha256"):
             return "the ONNX file does not match its recorded sha256 (partial or corrupt)"
         return ""
