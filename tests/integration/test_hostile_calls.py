@@ -142,7 +142,12 @@ def test_xml_entity_declarations_are_refused_before_parsing(master):
 def test_a_tokenless_loopback_master_answers_only_to_its_own_names(master):
     assert get(master, "/api/v1/stats", host="attacker.example")[0] == 421
     assert get(master, "/api/v1/stats", host=f"attacker.example:{master.port}")[0] == 421
-    for host in (f"localhost:{master.port}", f"127.0.0.1:{master.port}", f"[::1]:{master.port}", "localhost"):
+    # names that merely start like a loopback address are an attacker's too (127.0.0.1.nip.io resolves
+    # to 127.0.0.1, and a rebinding domain may be called anything)
+    for host in ("127.attacker.example", f"127.0.0.1.nip.io:{master.port}", "127.0.0.1.attacker.example"):
+        assert get(master, "/api/v1/stats", host=host)[0] == 421, host
+    for host in (f"localhost:{master.port}", f"127.0.0.1:{master.port}", f"[::1]:{master.port}", "localhost",
+                 "127.0.0.2"):
         assert get(master, "/api/v1/stats", host=host)[0] == 200, host
     assert get(master, "/healthz", host="attacker.example")[0] == 200  # health checks stay open
 
