@@ -92,9 +92,12 @@ def _job_servers(sources: Mapping[str, Any]) -> list[Metric]:
         report = src.get("jobs")
         if not isinstance(report, Mapping):
             continue
-        for event, n in sorted(report.get("counters", {}).items()):
+        counters = report.get("counters")  # the receiver's word: anything well formed, checked here
+        for event, n in sorted(counters.items() if isinstance(counters, Mapping) else []):
             events.add_metric([name, event], _f(n))
-        jobs = [j for j in report.get("jobs", []) if isinstance(j, Mapping) and j.get("state") == "running"]
+        listed = report.get("jobs")
+        jobs = [j for j in (listed if isinstance(listed, list) else [])
+                if isinstance(j, Mapping) and j.get("state") == "running"]
         running.add_metric([name], _f(len(jobs)))
         for j in jobs:
             for stage in ("total", "in", "out"):

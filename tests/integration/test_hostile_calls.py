@@ -110,6 +110,17 @@ def test_a_poisoned_receiver_report_is_refused(master, counters):
     read_outs_are_valid(master)
 
 
+@pytest.mark.parametrize("jobs", [{"counters": "x"}, {"counters": [1]}, {"jobs": True}, {"jobs": -1},
+                                  {"jobs": [{"started_at": "x"}]}, {"jobs": [{"started_at": [1]}]},
+                                  {"jobs": [{"state": "running", "job_id": ["j"], "frames_in": "many"}]}])
+def test_a_well_formed_but_odd_file_job_report_leaves_every_read_out_valid(master, jobs):
+    """What a report's `jobs` section holds is the receiver's word: a string where the read-outs expect a
+    struct, a bool where they expect a list, text where they expect a time. Taken (it is well formed),
+    it must show as nothing or 0, never break /metrics, the dashboard or the status command."""
+    rpc(master).report_source("odd", {"ports": {"5000": {"frames_complete": 1}}, "jobs": jobs})
+    read_outs_are_valid(master)
+
+
 def test_nesting_3000_deep_is_refused(master):
     wid = rpc(master).register_worker("w")["worker_id"]
     for verb, first in (("heartbeat", wid), ("report_source", "receiver")):

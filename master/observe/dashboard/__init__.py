@@ -173,9 +173,14 @@ def file_jobs(sources: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, src in sorted(sources.items()):
         report = src.get("jobs")
-        if isinstance(report, Mapping):
-            out += [{**j, "source": name} for j in report.get("jobs", []) if isinstance(j, Mapping)]
-    return sorted(out, key=lambda j: (j.get("state") != "running", -float(j.get("started_at") or 0)))
+        listed = report.get("jobs") if isinstance(report, Mapping) else None
+        if isinstance(listed, list):  # the receiver's word: anything well formed, checked here
+            out += [{**j, "source": name} for j in listed if isinstance(j, Mapping)]
+    return sorted(out, key=lambda j: (j.get("state") != "running", -_number_or_0(j.get("started_at"))))
+
+
+def _number_or_0(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def event_rows(entries: list[Mapping[str, Any]], limit: int = RECENT_EVENTS) -> list[dict[str, Any]]:
