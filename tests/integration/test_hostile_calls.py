@@ -138,9 +138,17 @@ def test_bogus_source_names_cannot_hide_a_real_receiver(master):
     assert "real" in stats["sources"] and len(stats["sources"]) <= 64
 
 
-def test_xml_entity_declarations_are_refused_before_parsing(master):
-    body = (b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
-            b'<methodCall><methodName>get_stats</methodName><params/></methodCall>')
+ENTITIES = ('<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+            '<methodCall><methodName>report_source</methodName><params><param><value><string>&b;&b;</string>'
+            '</value></param><param><value><struct></struct></value></param></params></methodCall>')
+
+
+@pytest.mark.parametrize("body", [ENTITIES.encode(), ENTITIES.encode("utf-16"),
+                                  "\ufeff".encode("utf-16-be") + ENTITIES.replace('<?xml version="1.0"?>', "")
+                                  .encode("utf-16-be")], ids=["utf-8", "utf-16", "utf-16-be-no-declaration"])
+def test_xml_entity_declarations_are_refused_before_parsing(master, body):
+    """expat reads UTF-16 (told by a byte-order mark) as well as UTF-8: a declaration is refused whatever
+    the encoding, before any entity is expanded (the entity here would name a source 100 a's long)."""
     conn = http.client.HTTPConnection("127.0.0.1", master.port, timeout=10)
     conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
     reply = conn.getresponse().read()
@@ -148,6 +156,15 @@ def test_xml_entity_declarations_are_refused_before_parsing(master):
     with pytest.raises(xmlrpc.client.Fault, match="must not declare a DOCTYPE or entities"):
         xmlrpc.client.loads(reply)
     assert rpc(master).get_stats()["rejected_requests"]["xml_declaration"] == 1
+
+
+def test_a_utf16_call_without_declarations_is_served(master):
+    body = xmlrpc.client.dumps(("real", {"ports": {}}), "report_source").replace("<?xml version='1.0'?>", "")
+    conn = http.client.HTTPConnection("127.0.0.1", master.port, timeout=10)
+    conn.request("POST", "/RPC2", body=body.encode("utf-16"), headers={"Content-Type": "text/xml"})
+    (ok,), _ = xmlrpc.client.loads(conn.getresponse().read())
+    conn.close()
+    assert ok is True and "real" in rpc(master).get_stats()["sources"]
 
 
 def test_a_tokenless_loopback_master_answers_only_to_its_own_names(master):
