@@ -207,11 +207,12 @@ class SqliteJournal(NullJournal):
         """The results' incarnation, kept in the file: cursors stay valid across restarts with it."""
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()
-            if row:
-                return str(row[0])
-            value = secrets.token_hex(6)
+        if row:
+            return str(row[0])
+        value = secrets.token_hex(6)
+        with self._write() as db:  # a first start on a full disk: this life's results are not durable
             db.execute("INSERT INTO meta (key, value) VALUES ('incarnation', ?)", (value,))
-            return value
+        return value
 
     def track_ids_reserved(self) -> int:
         with self._tx() as db:
@@ -219,7 +220,7 @@ class SqliteJournal(NullJournal):
             return int(row[0]) if row else 0
 
     def reserve_track_ids(self, up_to: int) -> None:
-        with self._tx() as db:
+        with self._write() as db:  # on a full disk too: not durable, said once, never a failed start
             db.execute("INSERT INTO meta (key, value) VALUES ('track_ids', ?) ON CONFLICT(key) DO UPDATE SET "
                        "value = excluded.value", (str(up_to),))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from common.tasks import Outcome, TaskKind, TaskSpec
 from master.core.journal import SqliteJournal, iter_tables
 from master.core.store import StoreConfig, TaskStore
@@ -85,3 +87,54 @@ def test_the_incarnation_is_kept_with_the_results(tmp_path):
     assert again.incarnation() == value == again.incarnation()
     again.close()
     assert NullJournal().incarnation() != NullJournal().incarnation()
+
+
+class FullDisk:
+    """A journal connection on a full disk: every transaction fails at COMMIT, as SQLite's WAL file
+    cannot grow (the real thing is in tests/integration/test_full_disk.py); `room()` frees the disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db, self.full, self.wrote = db, True, False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql in ("BEGIN", "ROLLBACK"):
+            self.wrote = False
+        elif sql == "COMMIT" and self.full and self.wrote:  # a transaction that only read commits
+            raise sqlite3.OperationalError("database or disk is full")
+        elif not sql.lstrip().upper().startswith(("SELECT", "PRAGMA")):
+            self.wrote = True
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        self.wrote = True
+        return self.db.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def room(self) -> None:
+        self.full = False
+
+
+def full_journal(path) -> tuple[SqliteJournal, FullDisk]:
+    journal = SqliteJournal(path)
+    disk = journal._db = FullDisk(journal._db)  # noqa: SLF001 - the fault under test
+    return journal, disk
+
+
+def test_a_master_starts_on_a_full_disk_not_durable(tmp_path):
+    """A master restarted (by its supervisor) while --state-dir is full reserves its track ids like any
+    other write: it starts, says it is not durable, and goes on from memory."""
+    from master.core.service import MasterService
+
+    path = tmp_path / "m.sqlite3"
+    earlier = SqliteJournal(path)  # an earlier life
+    earlier.incarnation()
+    earlier.close()
+    journal, _ = full_journal(path)
+    service = MasterService(store=TaskStore(journal=journal))
+    assert not journal.durable and journal.write_errors >= 1
+    assert service.stats()["journal"]["durable"] is False
+    fresh, _ = full_journal(tmp_path / "new.sqlite3")  # a first start on a full disk, too
+    assert TaskStore(journal=fresh).incarnation and not fresh.durable
+
