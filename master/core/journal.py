@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 WAL_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages
-DURABLE_AGAIN_AFTER = 16  # consecutive good writes before a journal that failed counts as durable again
+DURABLE_AGAIN_AFTER = 16  # consecutive good writes before a journal that failed is rewritten from memory
+RESYNC_EVERY_S = 10.0  # ... or this long after the last attempt, so an idle master recovers too
 PRUNE_EVERY = 64  # results written to a port between two deletions of those past its ring
 
 
@@ -91,6 +92,15 @@ class NullJournal:
     def restore(self) -> Restored:
         return Restored([], [], {})
 
+    def resync_due(self, now: float) -> bool:
+        """Whether a journal that could not write should try to catch up with the master's memory now."""
+        return False
+
+    def resync(self, tiles: list[Task], job_results: list[tuple[str, Result, bytes]],
+               results: dict[int, list[Result]], ring_size: int, now: float) -> bool:
+        """Write what the master holds (see SqliteJournal.resync); True when the journal is durable."""
+        return True
+
     def track_ids_reserved(self) -> int:
         """The track ids handed out (or reserved) by earlier lives of the master: the next life starts above."""
         return 0
@@ -119,7 +129,8 @@ class SqliteJournal(NullJournal):
     A write that fails (a full disk, an I/O error) never fails the master's call: the journal says it
     is not durable (once, loudly, in the log; `durable` false in stats, /metrics and the dashboard),
     the master keeps serving from memory, and every later write tries again, so it is durable again by
-    itself once there is room."""
+    itself once there is room: not after some writes succeed (what was accepted while none could is
+    still missing), but once the store has rewritten what it holds into it (`resync`)."""
 
     enabled = True
 
@@ -131,6 +142,7 @@ class SqliteJournal(NullJournal):
         self._lock = threading.Lock()
         self._writes: dict[int, int] = {}
         self._good_writes = 0
+        self._resync_tried = 0.0
         with self._lock:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -157,10 +169,42 @@ class SqliteJournal(NullJournal):
                           "can; the master goes on from memory", self.path, e)
             return
         self._good_writes += 1
-        if not self.durable and self._good_writes >= DURABLE_AGAIN_AFTER:  # not on one lucky delete
-            self.durable = True
-            log.warning("journal %s: writing again after %d failed write(s): durable again", self.path,
-                        self.write_errors)
+
+    def resync_due(self, now: float) -> bool:
+        return not self.durable and (self._good_writes >= DURABLE_AGAIN_AFTER  # not on one lucky delete
+                                     or now - self._resync_tried >= RESYNC_EVERY_S)
+
+    def resync(self, tiles: list[Task], job_results: list[tuple[str, Result, bytes]],
+               results: dict[int, list[Result]], ring_size: int, now: float) -> bool:
+        """Make the journal hold what the master holds, in one transaction, after writes failed: every
+        tile queued or leased (and none else), every finished tile waiting for its job server (those
+        handed out and not yet acknowledged stay as they are), every result in the rings. Durable again
+        when it commits; True then."""
+        self._resync_tried = now
+        try:
+            with self._tx() as db:
+                db.execute("DELETE FROM tiles")
+                db.executemany("INSERT INTO tiles VALUES (?, ?, ?, ?, ?)",
+                               [(t.id, t.spec.job_id, json.dumps(spec_to_wire(t.spec)), t.payload, t.queued_ns)
+                                for t in tiles])
+                db.executemany("INSERT OR IGNORE INTO job_results (task_id, job_id, result, image) VALUES (?, ?, ?, ?)",
+                               [(r.task_id, job, json.dumps(r.to_wire()), image) for job, r, image in job_results])
+                for port, kept in results.items():
+                    db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
+                                   [(port, r.cursor, json.dumps(r.to_wire())) for r in kept])
+                    if kept:
+                        db.execute("DELETE FROM results WHERE port = ? AND cursor <= ?",
+                                   (port, kept[-1].cursor - ring_size))
+        except (sqlite3.Error, OSError) as e:
+            self.write_errors += 1
+            self.last_error = str(e)[:200]
+            self._good_writes = 0
+            return False
+        self.durable = True
+        log.warning("journal %s: writing again after %d failed write(s): durable again, with the %d tile(s), %d "
+                    "finished tile(s) and %d result(s) the master holds rewritten", self.path, self.write_errors,
+                    len(tiles), len(job_results), sum(len(v) for v in results.values()))
+        return True
 
     def _tx(self) -> _Tx:
         return _Tx(self._db, self._lock)

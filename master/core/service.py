@@ -172,6 +172,9 @@ class MasterService(Component):
                 self._act(scene.tick(now), scene, None)
         if self.clips is not None:
             self.clips.poll(now)
+        if self.store.resync_journal(now):  # durable again: what lives beside the store, too
+            self.store.journal.reserve_track_ids(self._track_ids_reserved)
+            self._counts_dirty = self._counts_dirty or bool(self.scenes)
         if self._counts_dirty and now - self._counts_saved_at >= COUNTS_SAVE_S:
             self.save_counts()
         for job_id, dropped in self.store.expire_jobs(now, self.config.job_idle_s):

@@ -511,6 +511,17 @@ class TaskStore:
         with self._lock:
             self.journal.job_results_taken(list(task_ids))
 
+    def resync_journal(self, now: float) -> bool:
+        """A journal that could not write catches up with what this store holds (when it is due: see
+        SqliteJournal.resync); True when it just became durable again."""
+        with self._lock:
+            if not self.journal.resync_due(now):
+                return False
+            tiles = [r.task for r in self._tasks.values() if r.spec.kind is TaskKind.TILE]
+            done = [(job, result, image) for job, queue in self._job_results.items() for result, image in queue]
+            results = {port: [r for _, r in ring.items] for port, ring in self._rings.items()}
+            return self.journal.resync(tiles, done, results, self.config.results_per_port, now)
+
     def expire_jobs(self, now: float, idle_s: float) -> list[tuple[str, int]]:
         """Cancel file jobs whose job server has neither added nor taken a tile for `idle_s` (its receiver
         died mid-job): their queued tiles and finished ones would otherwise be kept for ever. Returns

@@ -90,6 +90,9 @@ def test_a_full_state_disk_degrades_to_not_durable_and_recovers(tiny_disk, perso
         filler.unlink()
         send(7102, 40)
         wait_until(lambda: accounted(7102, 40), 30)
-        with c.client() as m:
-            assert m.get_stats()["journal"]["durable"]
+        def durable() -> bool:  # the master rewrites what it holds into the journal at its next pass
+            with c.client() as m:
+                return m.get_stats()["journal"]["durable"]
+
+        wait_until(durable, 15)
         assert "durable again" in master.log_text()

@@ -138,3 +138,27 @@ def test_a_master_starts_on_a_full_disk_not_durable(tmp_path):
     fresh, _ = full_journal(tmp_path / "new.sqlite3")  # a first start on a full disk, too
     assert TaskStore(journal=fresh).incarnation and not fresh.durable
 
+
+
+def test_durable_again_holds_what_was_accepted_while_the_disk_was_full(tmp_path):
+    """When writes work again the journal is durable only once it holds what the master accepted in the
+    meantime: the tiles queued and the results stored while nothing could be written."""
+    from master.core.service import MasterService
+
+    path = tmp_path / "m.sqlite3"
+    journal, disk = full_journal(path)
+    service = MasterService(store=TaskStore(journal=journal))
+    store = service.store
+    store.add(spec(seq=1), b"jpeg", NOW)
+    assert len(finish(store, 1)) == 1  # a frame's result stored while the disk is full
+    tiles = [store.add(spec(port=0, seq=i, job="j1"), b"tile", NOW) for i in range(2)]
+    disk.room()
+    for i in range(20):  # plenty of good writes once the disk has room again
+        journal.save_state("probe", i)
+    service.monitor_once()
+    assert journal.durable, "durable again by itself"
+    journal.close()
+    again = TaskStore(journal=SqliteJournal(path))
+    restored = {lease.task.id for lease in again.request("w2", 10, NOW)}
+    assert set(tiles) <= restored, "a tile accepted while the disk was full survives a restart once durable"
+    assert again.results(5000, 0, 10)["results"][0].seq == 1, "so does a result stored then"
