@@ -263,8 +263,8 @@ class RpcDispatcher(SimpleXMLRPCDispatcher):
                 self._errors["multicall_refused"] += 1
                 raise Fault(FAULT_BAD_ARGS, f"{name} cannot be called inside system.multicall")
             params = call.get("params") if isinstance(call, dict) else None
-            first = params[0] if isinstance(params, list) and params else None
-            items += len(first) if isinstance(first, list) else 1
+            lists = [len(p) for p in params if isinstance(p, list)] if isinstance(params, list) else []
+            items += sum(lists) if lists else 1  # tasks, completions, held ids: whichever argument holds them
         if items > MAX_BATCH_ITEMS:  # the batch caps hold for the request as a whole
             self._errors["multicall_refused"] += 1
             raise Fault(FAULT_BAD_ARGS, f"system.multicall carries {items} items in all (max {MAX_BATCH_ITEMS})")

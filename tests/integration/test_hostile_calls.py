@@ -216,6 +216,23 @@ def test_multicall_is_bounded(master):
     assert len(list(ok())) == 2
 
 
+def test_a_multicall_counts_the_items_of_every_list_it_carries(master):
+    """The 1,024-item cap holds for a request whatever argument carries the lists: 32 complete_tasks of
+    1,024 completions each (their list is the second argument) are 32,768 items, not 32."""
+    wid = rpc(master).register_worker("w")["worker_id"]
+    done = [{"task_id": f"t{i}", "token": "x", "detections": [], "timings_ms": {}, "error": ""} for i in range(1024)]
+    many = xmlrpc.client.MultiCall(rpc(master))
+    for _ in range(32):
+        many.complete_tasks(wid, done)
+    with pytest.raises(xmlrpc.client.Fault, match="32768 items in all"):
+        many()
+    beats = xmlrpc.client.MultiCall(rpc(master))
+    for _ in range(2):
+        beats.heartbeat(wid, {}, [f"t{i}" for i in range(1000)])
+    with pytest.raises(xmlrpc.client.Fault, match="2000 items in all"):
+        beats()
+
+
 def test_registrations_are_capped(master):
     proxy = rpc(master)
     for i in range(MAX_WORKERS):
