@@ -233,6 +233,22 @@ def test_a_multicall_counts_the_items_of_every_list_it_carries(master):
         beats()
 
 
+def test_a_multicall_stops_calling_when_its_time_is_spent(master, monkeypatch):
+    """No verb in a multicall can wait, but some take long (get_stats of a master with 64 receivers
+    reporting every port: ~1 s each, and 32 of them made one request of 40 s and a 1 GB reply). Past
+    the budget, the calls left are answered with a Fault without being run."""
+    import master.api.rpc as rpc_module
+
+    monkeypatch.setattr(rpc_module, "MULTICALL_BUDGET_S", 0.0)
+    many = xmlrpc.client.MultiCall(rpc(master))
+    for _ in range(5):
+        many.get_stats()
+    replies = many().results
+    assert "uptime_s" in replies[0][0]  # the first call always runs
+    assert all(r["faultCode"] == FAULT_BAD_ARGS and "time" in r["faultString"] for r in replies[1:]), replies[1:]
+    assert rpc(master).get_stats()["rejected_requests"]["multicall_over_time"] == 4
+
+
 def test_registrations_are_capped(master):
     proxy = rpc(master)
     for i in range(MAX_WORKERS):
