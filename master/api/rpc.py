@@ -270,8 +270,8 @@ class RpcDispatcher(SimpleXMLRPCDispatcher):
         if items > MAX_BATCH_ITEMS:  # the batch caps hold for the request as a whole
             self._errors["multicall_refused"] += 1
             raise Fault(FAULT_BAD_ARGS, f"system.multicall carries {items} items in all (max {MAX_BATCH_ITEMS})")
-        # and its time: some verbs take long without waiting (get_stats of a big cluster, ~1 s); the first
-        # call always runs, the rest only while the budget lasts (the standard library's loop otherwise)
+        # and its time: some verbs take long without waiting, or have long replies (get_stats of a big
+        # cluster, ~1 s); the first call always runs, the rest only while the budget lasts
         deadline = time.monotonic() + MULTICALL_BUDGET_S
         results: list = []
         for n, call in enumerate(call_list):
@@ -281,7 +281,12 @@ class RpcDispatcher(SimpleXMLRPCDispatcher):
                                 f"{MULTICALL_BUDGET_S:g} s time budget was spent before this call; send it again"})
                 continue
             try:
-                results.append([self._dispatch(call["methodName"], call["params"])])
+                value = self._dispatch(call["methodName"], call["params"])
+                # the reply is written after every call ran; writing this one now puts its cost (several
+                # times the value's size, ~1 s for a big get_stats) in the budget, and one that cannot be
+                # written fails this call alone, not the whole multicall
+                xmlrpc.client.dumps((value,), allow_none=False, encoding="utf-8")
+                results.append([value])
             except Fault as fault:
                 results.append({"faultCode": fault.faultCode, "faultString": fault.faultString})
             except BaseException as exc:  # noqa: BLE001 - as the standard library's multicall answers

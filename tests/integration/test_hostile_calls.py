@@ -249,6 +249,27 @@ def test_a_multicall_stops_calling_when_its_time_is_spent(master, monkeypatch):
     assert rpc(master).get_stats()["rejected_requests"]["multicall_over_time"] == 4
 
 
+def test_a_multicall_budget_counts_the_time_its_replies_take_to_write(master, monkeypatch):
+    """A call's reply is written after the calls ran (XML is several times a stats dict's size): the
+    budget counts each reply's writing too, or 15 get_stats of a big master fit in 2 s and the reply
+    was 460 MiB."""
+    import master.api.rpc as rpc_module
+
+    big = {"ports": {str(i): {f"c{j}": j for j in range(60)} for i in range(130)}}
+    for i in range(16):
+        master.service.report_source(f"fat{i}", big)
+    monkeypatch.setattr(rpc_module, "MULTICALL_BUDGET_S", 0.5)
+    started = time.monotonic()  # what one get_stats costs the master: the call and its reply's XML
+    written = xmlrpc.client.dumps((rpc_module.xmlrpc_safe(master.service.stats()),), allow_none=False)
+    one_s = time.monotonic() - started
+    assert len(written) > 4 * 2**20
+    many = xmlrpc.client.MultiCall(rpc(master))
+    for _ in range(32):
+        many.get_stats()
+    ran = sum(isinstance(r, list) for r in many().results)
+    assert 1 <= ran <= int(0.5 / one_s) + 2 and ran < 32, (ran, one_s)
+
+
 def test_registrations_are_capped(master):
     proxy = rpc(master)
     for i in range(MAX_WORKERS):
