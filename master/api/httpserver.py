@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from xmlrpc.server import SimpleXMLRPCRequestHandler
 
 from common import auth
+from common.deadlineio import DeadlineReader
 from common.errors import BadRequest, DecodeError, FramehiveError, QueueFull
 from common.runtime import is_loopback
 from master.api import taskapi
@@ -44,25 +45,6 @@ RESERVE_HEAD_S = 2.0
 BODY_TIMEOUT_S = 60.0  # a request's whole body (32 MiB at half a MB/s)
 WRITE_BUFFER_BYTES = 64 * 1024  # a reply up to this size goes out in one send
 
-
-class _DeadlineReader(socket.SocketIO):
-    """A connection's reading side with one deadline for a whole stage (head, then body): a client
-    sending a byte every few seconds can no longer hold a slot for ever, only until the deadline."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(sock, "rb")
-        self.deadline: float | None = None
-
-    def readinto(self, b: Any) -> int | None:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the request took too long to arrive")
-            self._sock.settimeout(min(left, IDLE_TIMEOUT_S))
-        try:
-            return super().readinto(b)
-        finally:
-            self._sock.settimeout(IDLE_TIMEOUT_S)  # writes keep the plain per-operation timeout
 
 EVENT_SNAPSHOT = re.compile(r"/events/([A-Za-z0-9_.-]{1,64})/snapshot\.jpg")
 EVENT_CLIP = re.compile(r"/events/([A-Za-z0-9_.-]{1,64})/clip\.mp4")
@@ -120,7 +102,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self._reader = _DeadlineReader(self.connection)
+        self._reader = DeadlineReader(self.connection, IDLE_TIMEOUT_S)
         self.rfile = io.BufferedReader(self._reader)
         self.reserved = self.server.is_reserved(self.connection)
 

@@ -4,15 +4,18 @@ and preview GIF, the images themselves, and their progress as JSON (`/progress.j
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from common import auth
+from common.deadlineio import DeadlineReader
 from receiver.jobs.runner import Job
 from receiver.jobs.server import JobServer
 
@@ -22,6 +25,7 @@ JOB_PAGE = re.compile(r"/jobs/([\w-]{1,64})/?")
 FRAME = re.compile(r"/jobs/([\w-]{1,64})/frame/(\d{1,9})")
 GIF = re.compile(r"/jobs/([\w-]{1,64})/gif")
 LATEST_FRAME = re.compile(r"/frame/(\d{1,9})")
+HEAD_TIMEOUT_S = 10.0  # a request's whole head (GET only: no body); a trickling client is cut then
 
 
 def thumbnail_at(job: Job, n: int) -> bytes | None:
@@ -78,6 +82,15 @@ class PreviewHandler(BaseHTTPRequestHandler):
 
     server: PreviewServer
     timeout = 30
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.deadline = time.monotonic() + HEAD_TIMEOUT_S  # read at call time: tests shorten it
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)

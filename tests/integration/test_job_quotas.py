@@ -88,3 +88,41 @@ def test_an_upload_that_only_sends_empty_messages_is_refused_as_idle(server):
         answer = recv(sock)
     assert answer["code"] == "idle" and "no upload bytes" in answer["message"]
     sock.close()
+
+
+def test_trickling_preview_clients_give_their_slots_back(server, monkeypatch):
+    """A byte every fraction of a second keeps a per-read timeout happy for ever: with every preview slot
+    held so, nobody could watch a job. A request's whole head has a deadline; past it the slot is freed."""
+    import threading
+    import time
+    import urllib.request
+
+    from receiver.jobs import preview
+
+    monkeypatch.setattr(preview, "HEAD_TIMEOUT_S", 1.0)
+    httpd = preview.PreviewServer(("127.0.0.1", 0), server.server, max_connections=4)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    port = httpd.server_address[1]
+    tricklers = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+    try:
+        for s in tricklers:
+            s.sendall(b"GET /progress.json HTTP/1.1\r\n")
+        served, deadline = False, time.monotonic() + 10
+        while not served and time.monotonic() < deadline:
+            for s in tricklers:
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    pass
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress.json", timeout=2) as r:
+                    served = r.status == 200
+            except OSError:
+                time.sleep(0.3)
+        assert served, "a new preview client got in once the tricklers' head deadline passed"
+    finally:
+        for s in tricklers:
+            s.close()
+        httpd.shutdown()
+        httpd.server_close()
