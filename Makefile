@@ -6,6 +6,9 @@ STAMP    := $(VENV)/.framehive-setup
 CORE     := $(VENV)/.framehive-datagram-core
 DURATION ?= 30
 BACKEND  ?= builtin
+# Test files run in this many processes (pytest-xdist; a file's tests stay together in one): most
+# integration tests wait on real processes and sockets, so two share two cores well. TEST_JOBS=0: one.
+TEST_JOBS ?= 2
 
 .PHONY: setup models demo test test-slow bench clean diagrams
 
@@ -28,7 +31,7 @@ demo: $(STAMP) $(CORE) models
 	DURATION=$(DURATION) BACKEND=$(BACKEND) $(PY) -m cluster.demo
 
 test: $(STAMP) $(CORE) models
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_JOBS) --dist loadfile
 
 test-slow: $(STAMP) $(CORE) models
 	$(PY) -m pytest -m slow -q
