@@ -75,8 +75,16 @@ def test_one_address_cannot_take_every_slot(small_master):
     finally:
         for h in hogs:
             h.close()
-    # the hogs' slots come back: the same address is served again
-    wait_until(lambda: urllib.request.urlopen(f"{small_master.url}/healthz", timeout=5).status == 200, 10)
+    # the hogs' slots come back: the same address is served again (once the master has seen them close;
+    # until then it still refuses this address, closing the connection)
+
+    def served() -> bool:
+        try:
+            return urllib.request.urlopen(f"{small_master.url}/healthz", timeout=5).status == 200
+        except OSError:
+            return False
+
+    wait_until(served, 10)
 
 
 def test_when_every_slot_is_held_a_client_with_the_token_still_gets_in(tmp_path):
