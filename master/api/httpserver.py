@@ -76,7 +76,7 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
-def _loopback_address(host: str) -> bool:
+def loopback_address(host: str) -> bool:
     """Whether `host` is a loopback IP address written as one (127.0.0.5, ::1): not a name that merely
     starts like one (127.0.0.1.nip.io, or any name an attacker's DNS points at 127.0.0.1)."""
     try:
@@ -159,7 +159,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         if not self.server.host_check:
             return True
         host = host_name(self.headers.get("Host", ""))
-        if host in self.server.allowed_hosts or _loopback_address(host):
+        if host in self.server.allowed_hosts or loopback_address(host):
             return True
         self.server.service.errors["bad_host"] += 1
         self._send(421, "text/plain", f"this master answers to localhost only, not {host[:60]!r} "

@@ -227,6 +227,20 @@ def _loads_without_dtd(data: bytes) -> tuple[tuple, str | None]:
     return unmarshaller.close(), unmarshaller.getmethodname()
 
 
+def declares_dtd(data: bytes) -> bool:
+    """Whether an XML-RPC body declares a DOCTYPE or entities, in any encoding (a body that is not
+    XML at all declares nothing: its dispatcher answers it with a Fault)."""
+    if _DECLARATION.search(data):
+        return True
+    try:
+        _loads_without_dtd(data)
+    except _Declared:
+        return True
+    except Exception:  # noqa: BLE001 - malformed XML or XML-RPC: not this check's business
+        return False
+    return False
+
+
 class RpcDispatcher(SimpleXMLRPCDispatcher):
     """Dispatches only MasterRpc's verbs and turns every error into a Fault a user can read."""
 

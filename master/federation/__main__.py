@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token-file", default="",
                    help=f"the cluster's token: presented to the masters, and asked of this server's clients "
                         f"(default: ${auth.TOKEN_ENV})")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="without a token, requests must name this machine in their Host header (localhost, "
+                        "127.x, ::1); add another name you reach the view by (repeatable)")
     p.add_argument("--insecure", action="store_true", help="bind beyond loopback without a token")
     p.add_argument("--poll-s", type=float, default=1.0, help="how often each master is asked")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = stop_on_signals()
     federation = Federation(masters, token, poll_s=args.poll_s)
     try:
-        server = FederationServer((args.host, args.port), federation, token=token)
+        server = FederationServer((args.host, args.port), federation, token=token, allowed_hosts=args.allowed_host)
     except OSError as e:
         print(f"python -m master.federation: error: cannot listen on {args.host}:{args.port}: {e.strerror}",
               file=sys.stderr)

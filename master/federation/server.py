@@ -33,7 +33,9 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 from common import auth
 from common.errors import BadRequest
 from common.masterclient import master_address
-from common.runtime import Component
+from common.runtime import Component, is_loopback
+from master.api.httpserver import host_name, loopback_address
+from master.api.rpc import declares_dtd, xmlrpc_safe
 from master.federation.view import MasterState, cameras_of, health, merge_counts, merge_dashboards
 from master.observe import dashboard
 
@@ -43,6 +45,7 @@ POLL_S = 1.0
 TIMEOUT_S = 3.0
 PROXY_CHUNK = 256 * 1024
 MAX_PROXY_BYTES = 256 * 2**20
+MAX_BODY_BYTES = 64 * 1024  # an XML-RPC call here carries a camera name and two numbers
 PASSED = re.compile(r"/m/([a-z0-9][a-z0-9_-]{0,47})(/(?:ports/\d{1,5}/latest\.jpg|events/[A-Za-z0-9_.-]{1,64}/"
                     r"(?:snapshot\.jpg|clip\.mp4)|api/v1/events/[A-Za-z0-9_.-]{1,64}))")
 DASHBOARD_FILE = re.compile(r"/dashboard/([a-z]+\.[a-z]+)")
@@ -159,16 +162,39 @@ class _Handler(SimpleXMLRPCRequestHandler):
         auth.refuse(self)
         return False
 
+    def _host_allowed(self) -> bool:
+        """Without a token on loopback, only this machine's names (a page on another site whose DNS
+        name points at 127.0.0.1 must not read the cameras: DNS rebinding), as on the master."""
+        if not self.server.host_check:
+            return True
+        host = host_name(self.headers.get("Host", ""))
+        if host in ("localhost", *self.server.allowed_hosts) or loopback_address(host):
+            return True
+        self._send(421, "text/plain", f"this view answers to localhost only, not {host[:60]!r} "
+                   "(start it with a token)\n".encode())
+        self.close_connection = True
+        return False
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        if self._authorized():
-            super().do_POST()
+        if not self._host_allowed() or not self._authorized():
+            return
+        try:
+            size = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            size = -1
+        if not 0 <= size <= MAX_BODY_BYTES:
+            self._send(413, "text/plain", f"a request body here is 0..{MAX_BODY_BYTES} bytes with a "
+                       "Content-Length\n".encode())
+            self.close_connection = True
+            return
+        super().do_POST()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         url = urlsplit(self.path)
         fed = self.server.federation
         if url.path == "/healthz":
             self._send(200, "text/plain", b"ok\n")
-        elif not self._authorized():
+        elif not self._host_allowed() or not self._authorized():
             return
         elif url.path == "/":
             self._static("index.html")
@@ -260,13 +286,23 @@ class FederationServer(ThreadingMixIn, SimpleXMLRPCServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], federation: Federation, *, token: str | None) -> None:
+    def __init__(self, address: tuple[str, int], federation: Federation, *, token: str | None,
+                 allowed_hosts: Sequence[str] = ()) -> None:
         super().__init__(address, requestHandler=_Handler, logRequests=False, allow_none=False)
         self.federation, self.token = federation, token
-        self.register_function(federation.results, "get_results")
-        self.register_function(federation.counts, "get_counts")
-        self.register_function(federation.health, "list_masters")
-        self.register_function(federation.stats, "get_stats")
+        self.host_check = token is None and is_loopback(address[0])
+        self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
+        # XML-RPC has no None and no integer past 32 bits: what the masters' JSON holds is made to fit
+        for verb, method in (("get_results", federation.results), ("get_counts", federation.counts),
+                             ("list_masters", federation.health), ("get_stats", federation.stats)):
+            self.register_function(lambda *a, method=method: xmlrpc_safe(method(*a)), verb)
+
+    def _marshaled_dispatch(self, data: bytes, dispatch_method: Any = None, path: Any = None) -> bytes:
+        """No DOCTYPE or entity declarations (expat would expand entities 100-fold), as on the master."""
+        if declares_dtd(data):
+            fault = xmlrpc.client.Fault(1, "XML-RPC requests must not declare a DOCTYPE or entities")
+            return xmlrpc.client.dumps(fault, methodresponse=True, allow_none=False).encode()
+        return super()._marshaled_dispatch(data, dispatch_method, path)
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = super().get_request()
