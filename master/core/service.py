@@ -42,6 +42,7 @@ LOST_LEASE_GRACE_S = 3.0  # a lease younger than this may still be on its way to
 
 
 SOURCE_TTL_S = 60.0  # a receiver that has not reported for this long is left out of stats
+SOURCE_SETTLED_REPORTS = 3  # a source that has reported this often is settled: a newcomer cannot push it out
 MAX_SOURCES = 64
 SOURCE_CLASH_S = 5.0  # two instances reporting under one name within this long are two live receivers
 MAX_HELD_FRAMES = 4096  # frames waiting in the tracker's reorder windows, kept for zones, lines and snapshots
@@ -218,7 +219,10 @@ class MasterService(Component):
     def report_source(self, name: str, counters: Mapping[str, Any]) -> None:
         """Keep a receiver's own counters (frames complete, malformed, ...) for stats. A report that is
         not well formed is refused whole (BadRequest); a source silent for SOURCE_TTL_S is forgotten,
-        and when MAX_SOURCES report at once the stalest gives way, so names cannot pile up."""
+        and when MAX_SOURCES report at once the stalest newcomer gives way, so names cannot pile up. A
+        settled source (one that has reported SOURCE_SETTLED_REPORTS times) never gives way to a new name:
+        a flood of made-up names only displaces each other, and when every slot is settled a new name is
+        refused (counted `sources_full`) until one falls silent."""
         if not isinstance(name, str) or not 0 < len(name) <= 64:
             raise BadRequest("a source name must be a string of 1..64 characters")
         if not isinstance(counters, Mapping):
@@ -233,7 +237,14 @@ class MasterService(Component):
             for stale in [k for k, v in self.sources.items() if now - v["at"] > SOURCE_TTL_S]:
                 del self.sources[stale]
             if name not in self.sources and len(self.sources) >= MAX_SOURCES:
-                del self.sources[min(self.sources, key=lambda k: self.sources[k]["at"])]
+                newcomers = [k for k, v in self.sources.items() if v["reports"] < SOURCE_SETTLED_REPORTS]
+                if not newcomers:
+                    if self.errors["sources_full"] in (0, 9, 99) or self.errors["sources_full"] % 1000 == 999:
+                        log.warning("%d sources report already: %r is left out of stats until one falls silent",
+                                    MAX_SOURCES, name[:64])
+                    self.errors["sources_full"] += 1
+                    return
+                del self.sources[min(newcomers, key=lambda k: self.sources[k]["at"])]
             before = self.sources.get(name)
             clashes = before["clashes"] if before else 0
             if before and self._is_clash(before, counters, now):
@@ -242,7 +253,8 @@ class MasterService(Component):
                     log.warning("two receivers report as %r (instances %s and %s), so each overwrites the other's "
                                 "stats: give each its own --name", name, before["counters"].get("instance"),
                                 counters.get("instance"))
-            self.sources[name] = {"at": now, "counters": counters, "clashes": clashes}
+            self.sources[name] = {"at": now, "counters": counters, "clashes": clashes,
+                                  "reports": (before["reports"] if before else 0) + 1}
 
     @staticmethod
     def _is_clash(before: Mapping[str, Any], counters: Mapping[str, Any], now: float) -> bool:

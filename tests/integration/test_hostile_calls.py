@@ -129,6 +129,30 @@ def test_nesting_3000_deep_is_refused(master):
     read_outs_are_valid(master)
 
 
+def test_a_flood_of_new_source_names_cannot_push_out_a_settled_receiver(master):
+    """A receiver reports once a second; between two of its reports a client invents hundreds of names.
+    The made-up names displace only each other; when 64 settled sources fill every slot, a new name is
+    left out and counted."""
+    proxy = rpc(master)
+    for _ in range(3):
+        proxy.report_source("real", {"ports": {"5000": {"frames_complete": 3}}})
+    for i in range(500):
+        proxy.report_source(f"bogus-{i}", {"ports": {}})
+        if i % 50 == 0:
+            assert "real" in proxy.get_stats()["sources"], f"pushed out after {i} made-up names"
+    stats = read_outs_are_valid(master)
+    assert "real" in stats["sources"] and len(stats["sources"]) <= 64
+    assert stats["sources"]["real"]["ports"]["5000"]["frames_complete"] == 3
+    # 64 settled sources: a 65th name is refused, the settled ones stay
+    for i in range(63):
+        for _ in range(3):
+            proxy.report_source(f"rx-{i}", {"ports": {}})
+    proxy.report_source("late", {"ports": {}})
+    stats = proxy.get_stats()
+    assert "late" not in stats["sources"] and "real" in stats["sources"] and len(stats["sources"]) == 64
+    assert stats["rejected_requests"]["sources_full"] == 1
+
+
 def test_bogus_source_names_cannot_hide_a_real_receiver(master):
     proxy = rpc(master)
     for i in range(200):
