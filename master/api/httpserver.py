@@ -42,6 +42,10 @@ IDLE_TIMEOUT_S = 60.0
 HEAD_TIMEOUT_S = 15.0  # a kept-alive connection's wait for its next request, and that request's whole head
 RESERVE_SLOTS = 16  # connections taken when every slot is busy: one request each, head within RESERVE_HEAD_S
 RESERVE_HEAD_S = 2.0
+# When every slot and every reserve slot is held, a newcomer takes the slot of the connection that has
+# waited longest for a request head (an idle keep-alive, or a head trickling in), if it has waited this
+# long: many addresses each holding their share of idle sockets then cannot keep everyone else out.
+EVICT_AFTER_S = 1.0
 BODY_TIMEOUT_S = 60.0  # a request's whole body (32 MiB at half a MB/s)
 WRITE_BUFFER_BYTES = 64 * 1024  # a reply up to this size goes out in one send
 
@@ -109,6 +113,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
     def handle_one_request(self) -> None:
         head_s = RESERVE_HEAD_S if self.reserved else self.server.head_timeout_s
         self._reader.deadline = time.monotonic() + head_s
+        self.server.waiting_for_head(self.connection, True)
         super().handle_one_request()
         if self.reserved:  # a reserve slot serves one request: it is room for clients that know what they
             self.close_connection = True  # want (workers, operators with the token), not a place to idle
@@ -119,6 +124,7 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         return ok
 
     def parse_request(self) -> bool:
+        self.server.waiting_for_head(self.connection, False)
         ok = super().parse_request()
         self._reader.deadline = time.monotonic() + self.server.body_timeout_s  # the head is in: the body's turn
         return ok
@@ -354,7 +360,8 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, token: str | None = None,
                  allowed_hosts: Iterable[str] = (),
-                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST) -> None:
+                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST,
+                 reserve_slots: int = RESERVE_SLOTS) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.service = service
         self.token = token  # None: no authentication (loopback, or --insecure)
@@ -369,8 +376,10 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections_per_host = max_connections_per_host
-        self._reserve = threading.BoundedSemaphore(RESERVE_SLOTS)
+        self._reserve = threading.BoundedSemaphore(reserve_slots) if reserve_slots else None
         self._reserved: set[socket.socket] = set()
+        self._waiting: dict[socket.socket, float] = {}  # connections waiting for a request head, since when
+        self._handed_over: set[socket.socket] = set()  # evicted: their slot went to a newcomer
         self.head_timeout_s, self.body_timeout_s = HEAD_TIMEOUT_S, BODY_TIMEOUT_S
         self._per_host: Counter[str] = Counter()
         self._open: set[socket.socket] = set()
@@ -392,11 +401,15 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
             self.shutdown_request(request)
             return
         if not self._slots.acquire(blocking=False):
-            if self._reserve.acquire(blocking=False):  # every slot busy (a slowloris?): a short, single chance
-                self.service.errors["served_from_reserve"] += 1
+            if self._reserve is not None and self._reserve.acquire(blocking=False):
+                self.service.errors["served_from_reserve"] += 1  # every slot busy (a slowloris?): one short chance
                 with self._open_lock:
                     self._reserved.add(request)
                 super().process_request(request, client_address)
+                return
+            if self._evict_idle():
+                self.service.errors["evicted_idle"] += 1
+                super().process_request(request, client_address)  # in the evicted connection's slot
                 return
             self._host_done(host)
             self.service.errors["too_many_connections"] += 1
@@ -404,6 +417,39 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def waiting_for_head(self, conn: socket.socket, waiting: bool) -> None:
+        """A handler says its connection now waits for a request head (True), or has one (False)."""
+        with self._open_lock:
+            if waiting:
+                self._waiting[conn] = time.monotonic()
+            else:
+                self._waiting.pop(conn, None)
+
+    def idle_connections(self, older_than_s: float = 0.0) -> int:
+        """Connections (not reserve ones) that have waited for a request head at least this long."""
+        now = time.monotonic()
+        with self._open_lock:
+            return sum(1 for c, since in self._waiting.items()
+                       if c not in self._reserved and now - since >= older_than_s)
+
+    def _evict_idle(self) -> bool:
+        """Close the connection that has waited longest for a request head (at least EVICT_AFTER_S), its
+        slot going to the caller's new connection; False when there is none."""
+        now = time.monotonic()
+        with self._open_lock:
+            idle = [(since, c) for c, since in self._waiting.items()
+                    if c not in self._reserved and c not in self._handed_over and now - since >= EVICT_AFTER_S]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda x: x[0])[1]
+            del self._waiting[victim]
+            self._handed_over.add(victim)
+        try:
+            victim.shutdown(socket.SHUT_RDWR)  # its handler's read ends; the thread ends without releasing
+        except OSError:
+            pass
+        return True
 
     def is_reserved(self, conn: socket.socket) -> bool:
         """Whether a connection holds a reserve slot (see process_request)."""
@@ -424,9 +470,13 @@ class MasterHTTPServer(ThreadingMixIn, HTTPServer):
         finally:
             with self._open_lock:
                 self._open.discard(request)
+                self._waiting.pop(request, None)
                 reserved = request in self._reserved
                 self._reserved.discard(request)
-            (self._reserve if reserved else self._slots).release()
+                handed_over = request in self._handed_over
+                self._handed_over.discard(request)
+            if not handed_over:  # an evicted connection's slot is the newcomer's now
+                (self._reserve if reserved else self._slots).release()
             self._host_done(str(client_address[0]))
 
     def server_close(self) -> None:

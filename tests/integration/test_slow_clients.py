@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from master.api.httpserver import EVICT_AFTER_S
 from tests.conftest import RunningMaster, wait_until
 
 
@@ -114,4 +115,32 @@ def test_when_every_slot_is_held_a_client_with_the_token_still_gets_in(tmp_path)
     finally:
         for h in hogs:
             h.close()
+        m.stop()
+
+
+def test_idle_sockets_from_many_addresses_give_way_to_a_newcomer():
+    """Every slot held by idle sockets from many addresses, each under the per-address cap (and no
+    reserve slot left: here there is none): a new client still gets in, in the slot of the socket that
+    has waited longest for a request head."""
+    m = RunningMaster(max_connections=4, max_connections_per_host=2, reserve_slots=0)
+    m.start()
+    hogs = [connect(m, f"127.0.0.{10 + i // 2}") for i in range(4)]  # two per address, within the cap
+    newcomers: list[socket.socket] = []
+    try:
+        wait_until(lambda: m.server.idle_connections(older_than_s=EVICT_AFTER_S) == 4, 10)
+        for n in range(1, 4):  # each newcomer is served at once, in the slot of the longest-idle hog
+            new = connect(m, f"127.0.0.{30 + n}")
+            newcomers.append(new)  # kept open: the slots stay full for the next one
+            new.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert new.recv(1024).startswith(b"HTTP/1.1 200"), n
+            assert m.service.errors["evicted_idle"] == n
+        wait_until(lambda: sum(closed_by_peer(h) for h in hogs) == 3, 10)  # the oldest idle ones gave way
+        assert m.service.errors["too_many_connections"] == 0
+        # slots are counted right through the hand-overs: once everyone leaves, all 4 are free again
+        for s in hogs + newcomers:
+            s.close()
+        wait_until(lambda: m.server._slots._value == 4, 10)  # noqa: SLF001
+    finally:
+        for s in hogs + newcomers:
+            s.close()
         m.stop()
