@@ -202,7 +202,8 @@ def run(config: ReceiverConfig) -> int:
 
             sockets.append(ZmqHub(config.host, config.zmq_port, buffer, pipelines=dict(config.pipelines),
                                   default_pipeline=config.default_pipeline, key=config.key,
-                                  ports=set(config.ports) or None))  # no UDP ports: any camera port
+                                  ports=set(config.ports) or None,  # no UDP ports: any camera port
+                                  max_image_pixels=config.max_image_pixels))
         if config.unix_sockets:
             sockets.append(UnixIngest(config.unix_sockets, dict(config.pipelines), buffer))
         jobs, preview = job_parts(config)

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 import zmq
 
-from common.errors import ProtocolError
+from common.errors import DecodeError, ProtocolError
+from common.imageinfo import MAX_IMAGE_PIXELS, check_image
 from common.protocol import zmq_mac
 from common.runtime import Component
 from receiver.buffer import FrameBuffer, ReadyFrame
@@ -106,8 +107,9 @@ class ZmqHub(Component):
 
     def __init__(self, host: str, port: int, buffer: FrameBuffer, *, pipelines: dict[int, str],
                  default_pipeline: str, ports: set[int] | None = None, key: bytes | None = None,
-                 wall_clock: Callable[[], int] = time.time_ns) -> None:
+                 wall_clock: Callable[[], int] = time.time_ns, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.key, self.wall_clock = key, wall_clock
         self.replay = ReplayGuard()
         self.buffer = buffer
@@ -147,6 +149,7 @@ class ZmqHub(Component):
         however malformed, gets past this method: every one is answered and counted."""
         try:
             frame = self._frame(parts)
+            image_problem = self._image_problem(frame)
         except Refused as e:
             self.counters[e.reason] += 1
             log.debug("zmq hub: %s", e)
@@ -160,9 +163,22 @@ class ZmqHub(Component):
             if self.counters["errors"] in (1, 10, 100) or self.counters["errors"] % 1000 == 0:
                 log.exception("zmq hub: request %d that could not be handled", self.counters["errors"])
             return f"ERR could not handle the request ({type(e).__name__})".encode()
+        if image_problem:  # refused here, not after an OK: a sender told OK takes the frame as delivered
+            self.counters["refused_image"] += 1
+            log.debug("zmq hub: %s", image_problem)
+            return f"ERR refused_image: {image_problem}".encode()
         self.buffer.put(frame)
         self.counters["frames_complete"] += 1
         return b"OK"
+
+    def _image_problem(self, frame: ReadyFrame) -> str:
+        """Why a frame's picture is refused before any decode (not a JPEG or PNG, or more pixels than
+        allowed, read from its header), or "" when it is fine."""
+        try:
+            check_image(frame.data, self.max_image_pixels)
+        except DecodeError as e:
+            return str(e)
+        return ""
 
     def _frame(self, parts: list[bytes]) -> ReadyFrame:
         if len(parts) != 2:

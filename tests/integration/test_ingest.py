@@ -290,3 +290,31 @@ def test_hub_answers_hostile_numbers_and_unknown_ports_and_keeps_serving():
     finally:
         hub.stop()
         hub.join(5)
+
+
+def test_hub_refuses_a_bomb_or_a_non_image_instead_of_answering_ok():
+    """imagezmq is the reliable transport: an OK tells the sender its frame is delivered, so a picture
+    the forwarder would refuse (20000x20000 claimed in a few hundred bytes, or not an image at all) is
+    refused in the reply, and the next frame is taken as usual."""
+    from cluster.testdata import jpeg_claiming
+
+    buf = FrameBuffer(per_port=100)
+    port = free_port()
+    hub = ZmqHub("127.0.0.1", port, buf, pipelines={}, default_pipeline="person", ports={7000},
+                 max_image_pixels=4096 * 4096)
+    hub.start()
+    good = cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes()
+
+    def send(seq: int, image: bytes) -> bytes:
+        msg = json.dumps({"port": 7000, "seq": seq, "capture_ns": 1})
+        return raw_request(port, [json.dumps({"msg": msg}).encode(), image])
+
+    try:
+        assert send(1, jpeg_claiming(20000, 20000)).startswith(b"ERR refused_image")
+        assert send(2, b"GIF89a not a jpeg").startswith(b"ERR refused_image")
+        assert send(3, good) == b"OK"
+        assert [f.seq for f in drain(buf, 1)] == [3]
+        assert hub.counters["refused_image"] == 2 and hub.counters["frames_complete"] == 1
+    finally:
+        hub.stop()
+        hub.join(5)
