@@ -80,3 +80,25 @@ def master() -> Iterator[RunningMaster]:
     m = RunningMaster().start()
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def netns_ok() -> None:
+    """Skip (saying why) where Linux network namespaces cannot be made: not root, or no iproute2."""
+    from cluster import netns
+
+    why = netns.unavailable()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture
+def lab(netns_ok, tmp_path):
+    """A NetLab whose every process gets one fresh cluster token ($FRAMEHIVE_TOKEN): every server in it
+    binds a non-loopback address."""
+    import secrets
+
+    from cluster import netns
+
+    with netns.NetLab(log_dir=tmp_path / "logs", env={"FRAMEHIVE_TOKEN": secrets.token_hex(24)}) as lab:
+        yield lab

@@ -12,29 +12,11 @@ and the receivers' UDP ports run with --insecure (no datagram key in this test).
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import time
 
-import pytest
-
-from cluster import netns
-
 CAMERAS = {"a": "porch", "b": "yard", "c": "shop"}
 MASTER_PORT, UDP_PORT, VIEW_PORT = 8000, 5000, 8100  # each host has its own stack: fixed ports are free
-
-
-@pytest.fixture(scope="module")
-def netns_ok() -> None:
-    why = netns.unavailable()
-    if why:
-        pytest.skip(why)
-
-
-@pytest.fixture
-def lab(netns_ok, tmp_path):
-    with netns.NetLab(log_dir=tmp_path / "logs", env={"FRAMEHIVE_TOKEN": secrets.token_hex(24)}) as lab:
-        yield lab
 
 
 # run on the operator's host: the federated dashboard, and each live master's results for its camera

@@ -8,29 +8,13 @@ as $FRAMEHIVE_TOKEN) and the receiver's UDP ports with --insecure (no datagram k
 from __future__ import annotations
 
 import json
-import secrets
 import time
-
-import pytest
 
 from cluster import netns
 from cluster.local import free_port
 
 N = 60  # frames per camera
 RX_PORTS = (5000, 5001)  # 5000: a clean link; 5001: a publisher whose link loses 5 % of its packets
-
-
-@pytest.fixture(scope="module")
-def netns_ok() -> None:
-    why = netns.unavailable()
-    if why:
-        pytest.skip(why)
-
-
-@pytest.fixture
-def lab(netns_ok, tmp_path):
-    with netns.NetLab(log_dir=tmp_path / "logs", env={"FRAMEHIVE_TOKEN": secrets.token_hex(24)}) as lab:
-        yield lab
 
 
 QUERY = """
