@@ -35,6 +35,8 @@ def unpack(body: bytes | memoryview) -> tuple[dict[str, Any], list[memoryview]]:
         meta = json.loads(bytes(view[8:8 + n]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DecodeError(f"batch metadata is not JSON: {e}") from e
+    except RecursionError:
+        raise DecodeError("batch metadata is nested too deeply") from None
     sizes = meta.get("sizes") if isinstance(meta, dict) else None
     if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
         raise DecodeError("batch metadata has no valid 'sizes' list")

@@ -146,6 +146,8 @@ def _json_body(body: bytes) -> dict:
         req = json.loads(body or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(f"request body is not JSON: {e}") from e
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(req, dict):
         raise BadRequest("request body must be a JSON object")
     return req

@@ -301,3 +301,21 @@ def test_registrations_are_capped(master):
     with pytest.raises(xmlrpc.client.Fault, match="workers are registered and alive"):
         proxy.register_worker("one-too-many")
     assert len(proxy.get_stats()["workers"]) == MAX_WORKERS
+
+
+@pytest.mark.parametrize("path", ["/api/v1/lease", "/api/v1/complete"])
+def test_json_nested_too_deep_for_the_parser_is_a_400_not_a_500(master, path):
+    """A JSON body (lease) or batch metadata (complete) nested 100,000 deep: json.loads runs out of
+    recursion; that is the client's error, said as such, and the master goes on."""
+    from common import batch
+
+    nested = b"[" * 100_000 + b"]" * 100_000
+    body = nested if path == "/api/v1/lease" else \
+        batch.MAGIC + len(nested).to_bytes(4, "big") + nested
+    conn = http.client.HTTPConnection("127.0.0.1", master.port, timeout=10)
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/octet-stream", "Host": "localhost"})
+    reply = conn.getresponse()
+    text = reply.read()
+    conn.close()
+    assert reply.status == 400 and b"nested too deeply" in text, (reply.status, text[:200])
+    read_outs_are_valid(master)
