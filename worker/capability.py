@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cv2
 
 from common.pipeline import STAGES
-from worker.detectors import StageEnv
+from worker.detectors import MODEL_RECHECK_S, StageEnv
 
 MAX_TIMED_STAGES = 32
 EWMA_WEIGHT = 0.2  # each new frame's share of the moving average
@@ -85,15 +86,22 @@ def resolved_device(env: StageEnv) -> str:
 
 
 class Capabilities:
-    """A worker's capability report; the slow parts (probing the model cache) are done once."""
+    """A worker's capability report. The slow part (probing the model cache, ~40 ms) is done once when
+    the model is there, and again every MODEL_RECHECK_S while it is not: a model installed after the
+    worker started shows up (and `person` takes it, worker.detectors._PersonUntilModel)."""
 
-    def __init__(self, env: StageEnv, times: StageTimes | None = None) -> None:
+    def __init__(self, env: StageEnv, times: StageTimes | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.env = env
         self.times = times or StageTimes()
         self._static: dict[str, Any] | None = None
+        self._clock, self._probed_at = clock, 0.0
 
     def report(self) -> dict[str, Any]:
-        if self._static is None:
+        stale = self._static is not None and not self._static["model"] and \
+            self._clock() - self._probed_at >= MODEL_RECHECK_S
+        if self._static is None or stale:
+            self._probed_at = self._clock()
             self._static = {"stages": runnable_stages(self.env),
                             "model": "nanodet-g-416" if _model_ready(self.env) else ""}
         # the device each time: a session loaded since the last report may have found its accelerator missing

@@ -282,3 +282,35 @@ def test_person_falls_back_to_person_ssd_when_the_model_is_missing(tmp_path: Pat
     assert len(warnings) == 1 and "python -m worker.models" in warnings[0].getMessage()
     with pytest.raises(PipelineSpecError, match="not installed"):
         cache.get(parse_stage("objects"))
+
+
+def test_person_takes_the_model_once_it_is_installed_without_a_restart(model_path: Path, tmp_path: Path,
+                                                                         monkeypatch, caplog):
+    """A worker started before `python -m worker.models` ran: `person` runs person-ssd, looks at the
+    cache again every MODEL_RECHECK_S, and runs NanoDet-g from the frame after the model appears; the
+    capability report offers `objects` from then on too."""
+    import shutil
+
+    import worker.detectors as detectors
+    from worker.capability import Capabilities
+
+    env = StageEnv(model_dir=tmp_path, device="cpu", threads=1)
+    now = [0.0]
+    caps = Capabilities(env, clock=lambda: now[0])
+    assert caps.report()["model"] == "" and "objects" not in caps.report()["stages"]
+    monkeypatch.setattr(detectors, "MODEL_RECHECK_S", 0.0)  # look on every frame (the clock is real here)
+    person = StageCache(env).get(parse_stage("person"))
+    frame = sample_image("astronaut.png")
+    assert [d.label for d in person(frame)] == ["person"]
+    assert not [k for k in env._shared if k[0] == "nanodet"], "still on person-ssd"
+    shutil.copytree(ModelStore().dir, ModelStore(root=tmp_path).dir)  # what `python -m worker.models` writes
+    with caplog.at_level("INFO"):
+        found = person(frame)
+    assert [k for k in env._shared if k[0] == "nanodet"], "NanoDet-g loaded"
+    assert any("installed now" in r.getMessage() for r in caplog.records)
+    assert [d.label for d in found] == ["person"] and iou(found[0].box, ASTRONAUT_PERSON) > 0.9
+    now[0] += 59.0
+    assert caps.report()["model"] == "", "the report probes the cache at most once a minute"
+    now[0] += 1.0
+    report = caps.report()
+    assert report["model"] == "nanodet-g-416" and "objects" in report["stages"]

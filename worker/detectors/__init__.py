@@ -121,13 +121,39 @@ def _nanodet_stage(net: Any, classes: dict[str, float], tiles: str) -> Detector:
     return lambda image: to_detections(net.find(image, thresholds, tiles))
 
 
+MODEL_RECHECK_S = 60.0  # how often a `person` stage on its fallback looks for the model again
+
+
+class _PersonUntilModel:
+    """`person` while the NanoDet model is missing: person-ssd, and every MODEL_RECHECK_S a look at the
+    model cache; once the model is there (`python -m worker.models` run meanwhile), NanoDet-g from the
+    next frame on, without a restart."""
+
+    def __init__(self, fallback: Detector, load: Callable[[], Any], upgrade: Callable[[Any], Detector],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._detector, self._load, self._upgrade, self._clock = fallback, load, upgrade, clock
+        self._next_check: float | None = clock() + MODEL_RECHECK_S
+
+    def __call__(self, image: Any) -> Any:
+        if self._next_check is not None and self._clock() >= self._next_check:
+            self._next_check = self._clock() + MODEL_RECHECK_S
+            net = self._load()
+            if net is not None:
+                self._detector, self._next_check = self._upgrade(net), None
+                log.info("the NanoDet model is installed now: `person` runs NanoDet-g")
+        return self._detector(image)
+
+
 def _person(spec: StageSpec, env: StageEnv) -> Detector:
     min_score, tiles, device = spec.args
     net = _nanodet(env, device)
     if net is None:
         if env.once("person-fallback"):
-            log.warning("%s; `person` runs person-ssd (SSDLite, lower recall) until then", _missing_model_message(env))
-        return _person_ssd(StageSpec("person-ssd", (min_score,)), env)
+            log.warning("%s; `person` runs person-ssd (SSDLite, lower recall) until then (looked for again every "
+                        "%.0f s)", _missing_model_message(env), MODEL_RECHECK_S)
+        return _PersonUntilModel(_person_ssd(StageSpec("person-ssd", (min_score,)), env),
+                                 lambda: _nanodet(env, device),
+                                 lambda found: _nanodet_stage(found, {"person": min_score}, tiles))
     return _nanodet_stage(net, {"person": min_score}, tiles)
 
 
