@@ -73,6 +73,8 @@ def open_port_group(host: str, port: int, rcvbuf: int, n: int) -> list[socket.so
     core = ingestcore.compiled_module()
     if core is None:
         raise RuntimeError("several ingest threads need the compiled datagram core")
+    if port:  # a group admits any socket with SO_REUSEPORT of the same user, a second receiver too: first
+        open_udp_socket(host, port, 4096).close()  # a plain bind, which fails (EADDRINUSE) if anyone holds the port
     group: list[socket.socket] = []
     try:
         for _ in range(n):

@@ -307,3 +307,17 @@ def test_a_port_dropped_and_taken_back_in_two_quick_reloads_is_served_again(core
         ing.join(5)
         ing.close()
     assert [(f.port, f.pipeline) for f in frames] == [(port, "face")]
+
+
+@compiled_only
+def test_a_second_receiver_cannot_join_a_ports_ingest_group(two_lane_ingest):
+    """SO_REUSEPORT admits any socket of the same user that sets it: a second receiver started on the
+    same ports with --ingest-threads would have taken half of every camera's streams, silently. It is
+    refused like any bind to a port in use, with one thread or several."""
+    ing, _ = two_lane_ingest
+    [port] = ing.sockets
+    for threads in (2, 1):
+        with pytest.raises(OSError) as e:
+            UdpIngest("127.0.0.1", [port], {port: "person"}, FrameBuffer(per_port=10), core="compiled",
+                      threads=threads)
+        assert e.value.errno == errno.EADDRINUSE
