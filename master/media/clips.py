@@ -275,6 +275,13 @@ class ClipRecorder:
                         self.counters["clips_empty"] += 1
             return out
 
+    def finish_all(self) -> list[ClipJob]:
+        """Every open recording, cut where it is (the master is stopping), removed from the recorder."""
+        with self._lock:
+            for r in self._open.values():
+                r.reason = r.reason or "stopped"
+        return self.due(float("-inf"))
+
     def cancel(self, event_id: str) -> bool:
         """Drop an open recording (no clip); False if it is not open."""
         with self._lock:

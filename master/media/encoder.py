@@ -190,6 +190,7 @@ class ClipEncoder(Component):
         self._lock = threading.Lock()  # the queue, the counters and the warning limiter
         self._changed = threading.Condition(self._lock)  # a job queued, or stop()
         self._warnings = Throttle(WARN_EVERY_S, clock)
+        self._drain_until: float | None = None  # finish(): after stop, queued clips are encoded until then
 
     def submit(self, job: ClipJob) -> bool:
         """Queue a finished recording; False (counted) when the queue is full or the encoder stopped."""
@@ -202,12 +203,25 @@ class ClipEncoder(Component):
             self._changed.notify()
             return True
 
+    def finish(self, budget_s: float) -> None:
+        """Stop, but encode the clips queued (finished recordings of a stopping master) for up to
+        `budget_s` first; what is left then is abandoned, as after stop()."""
+        with self._changed:
+            self._drain_until = time.monotonic() + budget_s
+        self.stop()
+
+    def _out_of_time(self) -> bool:
+        """Whether a clip being encoded must give up: stopped, and past finish()'s budget if any."""
+        return self._stop.is_set() and (self._drain_until is None or time.monotonic() >= self._drain_until)
+
     def run(self) -> None:
-        while not self._stop.is_set():
+        while True:
             with self._changed:
                 if not self._queue and not self._stop.is_set():  # stop() notifies under this lock after setting
                     self._changed.wait(IDLE_WAIT_S)
-                job = self._queue.popleft() if self._queue and not self._stop.is_set() else None
+                if self._stop.is_set() and (not self._queue or self._out_of_time()):
+                    break
+                job = self._queue.popleft() if self._queue else None
             if job is not None:
                 self.encode(job)
         self._abandon_queued()
@@ -252,7 +266,7 @@ class ClipEncoder(Component):
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             info.update(write_clip(job.frames, part, max_pixels=self.max_pixels, max_fps=self.max_fps,
-                                   crf=self.crf, stopped=self._stop.is_set))
+                                   crf=self.crf, stopped=self._out_of_time))
             info["bytes"] = part.stat().st_size
             os.replace(part, final)
         finally:

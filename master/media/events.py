@@ -27,6 +27,7 @@ from master.media.store import MediaDir
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 30.0  # retention pass over the media directory (master's clock)
+STOP_BUDGET_S = 3.0  # a stopping master encodes its last clips for at most this long
 
 
 class EventMedia(Component):
@@ -53,8 +54,13 @@ class EventMedia(Component):
         self.encoder.start()
 
     def stop(self) -> None:
+        """Recordings still open are cut where they are and encoded, with what is queued, for up to
+        STOP_BUDGET_S (a master must stop within seconds); clips not done by then are abandoned."""
         super().stop()
-        self.encoder.stop()
+        for job in self.recorder.finish_all():
+            if not self.encoder.submit(job):
+                self._on_clip(job.event_id, "failed")
+        self.encoder.finish(STOP_BUDGET_S)
 
     def join(self, timeout: float | None = None) -> bool:
         ended = self.encoder.join(timeout)

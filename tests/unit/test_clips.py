@@ -613,3 +613,60 @@ def test_recorder_to_encoder_end_to_end(media, encoders):
 ])
 def test_clip_rate_is_the_median_interval_rounded_and_capped(times, fps):
     assert clip_rate(times) == fps
+
+
+def test_finish_encodes_the_queued_clips_before_stopping(media, encoders):
+    """A stopping master: the clips queued are still written, within the budget."""
+    done = Done()
+    enc = encoders(media, done, start=False)
+    for name in ("a", "b"):
+        assert enc.submit(job_of([0.0, 0.1, 0.2], event_id=name))
+    enc.finish(60.0)
+    assert not enc.submit(job_of([0.0], event_id="c")), "no new clip once stopping"
+    enc.start()
+    assert enc.join(30)
+    assert all(p is not None for p, _ in done.wait("a", "b"))
+    assert enc.counters["clips_written"] == 2 and enc.counters["clips_abandoned"] == 0
+
+
+def test_finish_abandons_what_the_budget_does_not_cover(media, encoders):
+    done = Done()
+    enc = encoders(media, done, start=False)
+    for name in ("a", "b"):
+        assert enc.submit(job_of([0.0, 0.1], event_id=name))
+    enc.finish(0.0)  # no time at all: as stop()
+    enc.start()
+    assert enc.join(10)
+    assert [p for p, _ in done.wait("a", "b")] == [None, None] and enc.counters["clips_abandoned"] == 2
+
+
+def test_finish_all_cuts_every_open_recording_where_it_is():
+    r = recorder(pre_s=1.0, post_s=5.0)
+    feed(r, [i / 10 for i in range(10)])
+    assert r.open("ev-open", "cam", start_at=0.5, now=0.0) and r.open("ev-ending", "cam", start_at=0.2, now=0.0)
+    r.close("ev-ending", end_at=0.8, now=0.0)  # its post-roll would run to 5.8
+    feed(r, [1.0, 1.1], seq0=10)
+    jobs = {j.event_id: j for j in r.finish_all()}
+    assert set(jobs) == {"ev-open", "ev-ending"} and all(j.reason == "stopped" for j in jobs.values())
+    assert seqs(jobs["ev-open"]) == list(range(12)) and not r.is_open("ev-open")
+    assert r.finish_all() == [] and r.stats()["counters"]["clips_finished_stopped"] == 2
+
+
+def test_a_stopping_event_media_writes_the_clip_of_an_event_still_going(tmp_path):
+    """The master stops mid-event: its clip is cut at the last frame and written, not abandoned."""
+    from master.media.events import EventMedia
+
+    states: dict[str, str] = {}
+    em = EventMedia(tmp_path / "media", lambda event_id, state: states.__setitem__(event_id, state),
+                    clip=ClipConfig(pre_s=1.0, post_s=2.0))
+    em.start()
+    try:
+        for i in range(10):
+            em.frame("cam", i, i / 10, jpeg(40 + 10 * i), [], now=0.0)
+        assert em.recorder.open("ev-1", "cam", 0.3, now=0.0)
+        for i in range(10, 20):
+            em.frame("cam", i, i / 10, jpeg(40 + 10 * i), [], now=0.0)
+    finally:
+        em.stop()
+        assert em.join(10)
+    assert states == {"ev-1": "ready"} and em.clip_path("ev-1") is not None
