@@ -144,3 +144,12 @@ def test_small_portrait_on_a_busy_wide_frame_is_missed(stages: dict[str, Detecto
     """The known limitation, pinned: if `person` starts finding these, move them to PERSON_FOUND."""
     frame, _, _ = compose(backgrounds[key], astronaut, height, at)
     assert stages["person"](frame) == []
+
+
+def test_a_frame_larger_than_1080p_is_scanned_for_faces_downscaled(stages: dict[str, Detector],
+                                                                     astronaut: np.ndarray) -> None:
+    """A 4096x4096 frame (at the default pixel cap) is scanned at 1920x1920, and the face comes back in
+    the big frame's pixels (what that saves is measured in bench/face_cost.py, not here)."""
+    big = cv2.resize(astronaut, (4096, 4096), interpolation=cv2.INTER_LINEAR)
+    best = max(stages["face"](big), key=lambda d: d.score)  # Haar also fires on the blown-up suit's texture
+    assert iou(best.box, place(ASTRONAUT_FACE, 0, 0, 4096)) >= MIN_IOU, best
