@@ -26,6 +26,7 @@ from pathlib import Path
 
 from common.config import MasterLink
 from common.errors import ConfigError
+from common.hostnames import is_this_host
 from common.masterclient import wait_for_master
 from master.clusterfile import ClusterFile, load
 
@@ -88,6 +89,14 @@ class Up:
 
     # ----- what should run -------------------------------------------------------------------------
 
+    def publishes(self, host: str) -> bool:
+        """Whether a camera with this `host` key is published here: any host when empty; else this
+        machine's name, its name with a domain, or one of its addresses (for `up` on this machine's
+        own name; a `host` given to Up for another machine matches only itself)."""
+        if not host or host == self.host:
+            return True
+        return self.host == socket.gethostname() and is_this_host(host)
+
     def wanted(self) -> dict[str, Role]:
         """The roles the current file asks of this host."""
         out = {}
@@ -102,7 +111,7 @@ class Up:
             argv += ["--key-file", spec.key_file] if spec.key_file else []
             out[f"receiver {name}"] = Role(f"receiver {name}", "receiver", argv)
         for name, cam in self.file.cameras.items():
-            if cam.enabled and cam.host in ("", self.host) and cam.master in self.urls:
+            if cam.enabled and self.publishes(cam.host) and cam.master in self.urls:
                 out[f"publisher {name}"] = Role(f"publisher {name}", "publisher",
                                                 ["sender", "--master", self.urls[cam.master], "--camera", name,
                                                  *self.token_args])

@@ -23,6 +23,7 @@ import numpy as np
 from common.cli import DefaultsHelpFormatter
 from common.config import MasterLink, config_or_exit
 from common.errors import ConfigError
+from common.hostnames import is_this_host, local_names
 from common.protocol import DEFAULT_CHUNK_BYTES, KEY_ENV, LOOPBACK_CHUNK_BYTES, key_from, max_chunk_bytes
 from common.runtime import Component, Supervisor, is_loopback, setup_logging, stop_on_signals
 from sender.credentials import mask_url
@@ -235,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def this_hosts_cameras(args: argparse.Namespace) -> list[argparse.Namespace]:
     """--all: one set of flags per enabled camera the master's file gives this host (or any host)."""
-    host = socket.gethostname()
+    host, mine = socket.gethostname(), local_names()
     with MasterLink.load(args.master, args.token_file).client(timeout_s=10.0) as client:
-        listed = client.call("list_cameras", host)["cameras"]
-    names = [c["name"] for c in listed if c["enabled"]]
+        listed = client.call("list_cameras", "")["cameras"]  # every camera: this host may be named many ways
+    names = [c["name"] for c in listed if c["enabled"] and (not c.get("host") or is_this_host(c["host"], mine))]
     if not names:
         raise ConfigError(f"the master's config file has no enabled camera for this host ({host})")
     return [argparse.Namespace(**{**vars(args), "camera": name}) for name in names]
