@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# isort: off
+import common.early  # noqa: F401 - first of all: a SIGTERM while the rest imports exits 0
+# isort: on
 import argparse
 import logging
 import os
