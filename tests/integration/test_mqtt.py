@@ -98,8 +98,13 @@ def test_events_counts_snapshot_stats_and_discovery_reach_the_broker(tmp_path, b
         assert stats["cameras"]["porch"]["port"] == 5000 and stats["workers"] == 1 and stats["mqtt"]["connected"]
 
         # a newcomer gets the retained state at once, equal to get_counts
+        wanted = {NODE.format("binary_sensor", "porch_person_detected"), NODE.format("sensor", "porch_person_count"),
+                  NODE.format("sensor", "porch_zone_steps_person"), NODE.format("sensor", "porch_line_gate_in_person"),
+                  NODE.format("camera", "porch_snapshot"), NODE.format("binary_sensor", "status")}
         with Subscriber(broker.port, ["framehive/#", "homeassistant/#"]) as late:
-            wait_until(lambda: late.latest("framehive/porch/zones/steps/person") is not None, 5)
+            # each filter's retained messages come after its own subscription: wait for both
+            wait_until(lambda: late.latest("framehive/porch/zones/steps/person") is not None
+                       and all(late.latest(t) is not None for t in wanted), 10)
             retained = {msg.topic: msg.payload for msg in late.messages if msg.retain}
         assert retained["framehive/available"] == b"online"
         for direction, by_label in counts["lines"]["gate"].items():
@@ -109,9 +114,7 @@ def test_events_counts_snapshot_stats_and_discovery_reach_the_broker(tmp_path, b
         configs = {t: json.loads(p) for t, p in retained.items() if t.startswith("homeassistant/")}
         for topic, config in configs.items():
             assert problems(topic, config) == []
-        assert {NODE.format("binary_sensor", "porch_person_detected"), NODE.format("sensor", "porch_person_count"),
-                NODE.format("sensor", "porch_zone_steps_person"), NODE.format("sensor", "porch_line_gate_in_person"),
-                NODE.format("camera", "porch_snapshot"), NODE.format("binary_sensor", "status")} <= set(configs)
+        assert wanted <= set(configs)
         assert configs[NODE.format("camera", "porch_snapshot")]["topic"] == "framehive/porch/snapshot"
         assert not any("/switch/" in t for t in configs), "no command entities while commands are off"
     assert sub.latest("framehive/available") == b"offline"  # said on a clean stop
