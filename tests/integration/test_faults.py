@@ -43,10 +43,12 @@ def test_1000_tasks_with_workers_sigkilled_at_random_lose_and_duplicate_nothing(
     payloads = [cv2.imencode(".jpg", cv2.resize(f, (320, 180)), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
                 for f in person_frames]
     ports = [50000 + i for i in range(N_PORTS)]  # camera ports are only labels here: nothing binds them
-    # Nothing may be dropped legitimately: the window keeps at most WINDOW tasks queued in all (and a
-    # reclaimed task goes back to the front of its lane), the age limit is far beyond the run.
+    # Nothing may be dropped legitimately: the window keeps at most WINDOW tasks queued in all, the age
+    # limit is far beyond the run, and these kills are random, not a poison task's doing: a task that
+    # happens to be in the hands of two victims must not be quarantined as one (that is test_store's).
     cluster.start_master("--worker-timeout-s", "2", "--max-pending-per-port", str(WINDOW + 8),
-                         "--max-frame-age-s", "600")
+                         "--max-frame-age-s", "600", "--max-worker-deaths", str(N_KILLS + 1),
+                         "--max-attempts", str(N_KILLS + 2))
     # `person-hog` (~25 ms a frame here, no model to load on a restart) and a full window keep every
     # worker busy, so a kill almost always lands on leases in hand
     workers = cluster.start_workers(3, "--threads", "1")
@@ -108,7 +110,8 @@ def test_1000_tasks_with_workers_sigkilled_at_random_lose_and_duplicate_nothing(
         seqs = Counter(r["seq"] for r in rs)
         dup += sum(n - 1 for n in seqs.values()) + len(rs) - len({r["task_id"] for r in rs})
         lost += len(set(range(per_port)) - set(seqs))
-        assert all(r["status"] == "ok" for r in rs), [r for r in rs if r["status"] != "ok"][:3]
+        assert all(r["status"] == "ok" for r in rs), [(r["seq"], r["status"], r.get("error"), r.get("attempts"))
+                                                      for r in rs if r["status"] != "ok"][:3]
         attempts.update(r["attempts"] for r in rs)
     with cluster.client() as c:
         stats = c.get_stats()
