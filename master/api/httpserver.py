@@ -89,6 +89,13 @@ def loopback_address(host: str) -> bool:
         return False
 
 
+def foreign_host(header: str, allowed: frozenset[str]) -> str | None:
+    """The name in a Host header when it is neither a loopback address nor one of `allowed` (a page
+    of another site reaching us through a DNS-rebound name), else None."""
+    host = host_name(header)
+    return None if host in allowed or loopback_address(host) else host
+
+
 class MasterHandler(SimpleXMLRPCRequestHandler):
     """Routes one connection's requests; XML-RPC goes to the dispatcher unchanged."""
 
@@ -164,8 +171,8 @@ class MasterHandler(SimpleXMLRPCRequestHandler):
         """On a tokenless loopback master, refuse a Host that is not this machine (DNS rebinding)."""
         if not self.server.host_check:
             return True
-        host = host_name(self.headers.get("Host", ""))
-        if host in self.server.allowed_hosts or loopback_address(host):
+        host = foreign_host(self.headers.get("Host", ""), self.server.allowed_hosts)
+        if host is None:
             return True
         self.server.service.errors["bad_host"] += 1
         self._send(421, "text/plain", f"this master answers to localhost only, not {host[:60]!r} "

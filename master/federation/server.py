@@ -34,7 +34,7 @@ from common import auth
 from common.errors import BadRequest
 from common.masterclient import master_address
 from common.runtime import Component, is_loopback
-from master.api.httpserver import host_name, loopback_address
+from master.api.httpserver import LOOPBACK_NAMES, foreign_host
 from master.api.rpc import declares_dtd, xmlrpc_safe
 from master.federation.view import MasterState, cameras_of, health, merge_counts, merge_dashboards
 from master.observe import dashboard
@@ -167,8 +167,8 @@ class _Handler(SimpleXMLRPCRequestHandler):
         name points at 127.0.0.1 must not read the cameras: DNS rebinding), as on the master."""
         if not self.server.host_check:
             return True
-        host = host_name(self.headers.get("Host", ""))
-        if host in ("localhost", *self.server.allowed_hosts) or loopback_address(host):
+        host = foreign_host(self.headers.get("Host", ""), self.server.allowed_hosts)
+        if host is None:
             return True
         self._send(421, "text/plain", f"this view answers to localhost only, not {host[:60]!r} "
                    "(start it with a token)\n".encode())
@@ -291,7 +291,7 @@ class FederationServer(ThreadingMixIn, SimpleXMLRPCServer):
         super().__init__(address, requestHandler=_Handler, logRequests=False, allow_none=False)
         self.federation, self.token = federation, token
         self.host_check = token is None and is_loopback(address[0])
-        self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) | LOOPBACK_NAMES
         # XML-RPC has no None and no integer past 32 bits: what the masters' JSON holds is made to fit
         for verb, method in (("get_results", federation.results), ("get_counts", federation.counts),
                              ("list_masters", federation.health), ("get_stats", federation.stats)):
