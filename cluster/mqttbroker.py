@@ -13,14 +13,13 @@ from __future__ import annotations
 import getpass
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster import childserver
 from cluster.local import free_port
 
 SBIN = ("/usr/sbin", "/usr/local/sbin")
@@ -121,24 +120,11 @@ class MosquittoBroker:
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the broker and wait until it accepts TCP connections."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.folder / "mosquitto.conf")], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log_text()}")
-            if self.accepts():
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} in {timeout_s}s: {self.log_text()}")
+        self.proc = childserver.start("mosquitto", [self.binary, "-c", str(self.folder / "mosquitto.conf")],
+                                      self.log_path, self.accepts, timeout_s=timeout_s, log_tail=self.log_text)
 
     def accepts(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return childserver.accepts(self.port)
 
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence and exits), SIGKILL if it will not."""
@@ -149,13 +135,7 @@ class MosquittoBroker:
         self._end(signal.SIGKILL)
 
     def _end(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        childserver.end(self.proc, sig)
         self.proc = None
 
     def restart(self, *, kill: bool = False) -> None:

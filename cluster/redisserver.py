@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cluster import childserver
 from cluster.local import free_port
 
 
@@ -45,17 +46,8 @@ class RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.data_dir), "--maxmemory", f"{self.maxmemory_mb}mb",
                 "--maxmemory-policy", "noeviction", "--protected-mode", "yes", "--loglevel", "warning"]
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.log_text()}")
-            if self.ping():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer PING on port {self.port} in {timeout_s}s")
+        self.proc = childserver.start("redis-server", args, self.data_dir / "redis.log", self.ping,
+                                      timeout_s=timeout_s, log_tail=self.log_text)
 
     def ping(self) -> bool:
         try:
@@ -67,13 +59,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL); its data is gone, as persistence is off."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        childserver.end(self.proc)
         self.proc = None
 
     def restart(self, down_s: float = 0.0) -> None:
