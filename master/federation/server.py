@@ -171,7 +171,7 @@ class _Handler(SimpleXMLRPCRequestHandler):
         if host is None:
             return True
         self._send(421, "text/plain", f"this view answers to localhost only, not {host[:60]!r} "
-                   "(start it with a token)\n".encode())
+                   "(start it with --allowed-host NAME, or with a token)\n".encode())
         self.close_connection = True
         return False
 
